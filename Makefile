@@ -1,0 +1,40 @@
+# `make run` and `make test` are all a new user needs: both install into .venv first if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+
+export PATH := $(BIN):$(PATH)
+export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := true
+
+.PHONY: install run test test-fast repro ui serve bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	touch $(STAMP)
+
+run: install  ## the whole pipeline on the bundled data, as a Prefect flow
+	$(BIN)/python -m flows.pipeline
+
+test: install  ## every test, offline, on CPU
+	$(BIN)/python -m pytest
+
+test-fast: install  ## the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+repro: install  ## the same DAG through DVC alone
+	$(BIN)/dvc repro
+
+ui: install  ## the MLflow UI over the project's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+serve: install  ## serve the latest Bento on http://127.0.0.1:3000
+	$(BIN)/bentoml serve digits_classifier:latest --port 3000
+
+clean:  ## remove stage outputs and local stores (keeps .venv)
+	rm -rf artifacts data/raw data/prepared mlflow.db mlartifacts dvc.lock

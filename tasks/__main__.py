@@ -1,0 +1,5 @@
+import sys
+
+from tasks.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""Stage `compress`: make pruned and int8 variants, measure each against fp32, ship the best within the budget."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.atomic import write_json, write_with
+from tasks.config import CompressParams, Params
+from tasks.dataset import load_split
+
+log = logging.getLogger(__name__)
+BASELINE = "fp32-torch"
+OBJECTIVE_KEY = {"latency_b1": "latency_b1_ms", "latency_b64": "latency_b64_ms", "size": "size_bytes"}
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    chosen: str
+    reason: str
+    table: list[dict]
+
+
+def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, out_dir: Path) -> CompressResult:
+    """Build, measure and choose; the chosen ONNX model lands in `out_dir/model.onnx`."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.checkpoint import load_checkpoint
+    from tasks.latency import measure, onnx_predictor, predicted_classes, torch_predictor
+    from tasks.variants import export_onnx, fine_tune, prune_channels, quantize_int8, servable
+
+    cfg, pixel_max = params.compress, params.prepare.pixel_max
+    model, payload = load_checkpoint(train_dir / "model.pt")
+    train, val, test = (load_split(prepared_dir / s) for s in ("train", "val", "test"))
+    images = _raw(test.x, pixel_max)
+    baseline = servable(model, pixel_max)
+    reference = predicted_classes(torch_predictor(baseline), images)
+    variants_dir = out_dir / "variants"
+    variants_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), measure(torch_predictor(baseline), images, test.y, reference, cfg.latency_repeats))]
+    calibration = _raw(train.x[: cfg.calibration_samples], pixel_max)
+    sources = [("fp32-onnx", model)]
+    if cfg.prune_ratio > 0:
+        pruned = prune_channels(model, np.asarray(train.x), cfg.prune_ratio, payload["n_classes"])
+        pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,
+                           lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed)
+        sources.append(("pruned-onnx", pruned))
+    for name, net in sources:
+        fp32_path = variants_dir / f"{name}.onnx"
+        export_onnx(servable(net, pixel_max), images[:2], fp32_path)
+        int8_name = name.replace("-onnx", "-int8-onnx").replace("fp32-", "")
+        int8_path = variants_dir / f"{int8_name}.onnx"
+        quantize_int8(fp32_path, int8_path, calibration)
+        for variant, path in ((name, fp32_path), (int8_name, int8_path)):
+            rows.append(_row(variant, path.stat().st_size, _count(net),
+                             measure(onnx_predictor(path), images, test.y, reference, cfg.latency_repeats)))
+    table = _relative_to_baseline(rows)
+    chosen, reason = choose(table, cfg)
+    shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", out_dir / "model.onnx.tmp")
+    (out_dir / "model.onnx.tmp").replace(out_dir / "model.onnx")
+    write_json(out_dir / "variants.json", {"variants": table})
+    write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
+    write_json(out_dir / "choice.json", {"variant": chosen["variant"], "reason": reason, "pixel_max": pixel_max,
+                                          "input_shape": payload["input_shape"], "n_classes": payload["n_classes"]})
+    write_with(out_dir / "accuracy_vs_latency.png", lambda tmp: _plot(tmp, table, chosen["variant"]))
+    with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json"):
+        mlflow.log_table({k: [r[k] for r in table] for k in table[0]}, artifact_file="compression/variants.json")
+        mlflow.log_artifact(str(out_dir / "accuracy_vs_latency.png"), artifact_path="compression")
+        mlflow.log_artifact(str(out_dir / "model.onnx"), artifact_path="compression")
+        mlflow.log_metrics({f"compress_{k}": float(v) for k, v in chosen.items() if k != "variant"})
+        mlflow.set_tags({"compress.chosen": chosen["variant"], "compress.reason": reason})
+    log.info("compress: %s", reason)
+    return CompressResult(chosen["variant"], reason, table)
+
+
+def choose(table: list[dict], cfg: CompressParams) -> tuple[dict, str]:
+    """The best variant by `cfg.objective` among the servable ones within `max_accuracy_drop` of fp32."""
+    key = OBJECTIVE_KEY[cfg.objective]
+    eligible = [r for r in table if r["variant"] != BASELINE and r["accuracy_drop"] <= cfg.max_accuracy_drop]
+    if not eligible:  # fp32 ONNX computes the same function; only numerical noise can exclude it
+        eligible = [r for r in table if r["variant"] == "fp32-onnx"]
+    best = min(eligible, key=lambda r: r[key])
+    reason = (
+        f"chose {best['variant']}: lowest {key} ({best[key]:.4g}) among {len(eligible)} variant(s) within "
+        f"{cfg.max_accuracy_drop:.3f} of fp32 accuracy; {best['size_ratio']:.1f}x smaller, "
+        f"{best['speedup_b1']:.1f}x faster at batch 1, {best['speedup_b64']:.1f}x at batch 64, "
+        f"accuracy {best['accuracy']:.4f} (drop {best['accuracy_drop']:+.4f})"
+    )
+    return best, reason
+
+
+def _row(name: str, size: int, parameters: int, m) -> dict:
+    return {"variant": name, "size_bytes": size, "parameters": parameters, **asdict(m)}
+
+
+def _relative_to_baseline(rows: list[dict]) -> list[dict]:
+    base = rows[0]
+    return [
+        {
+            **r,
+            "accuracy_drop": round(base["accuracy"] - r["accuracy"], 6),
+            "size_ratio": base["size_bytes"] / r["size_bytes"],
+            "speedup_b1": base["latency_b1_ms"] / r["latency_b1_ms"],
+            "speedup_b64": base["latency_b64_ms"] / r["latency_b64_ms"],
+        }
+        for r in rows
+    ]
+
+
+def _raw(x: np.ndarray, pixel_max: float) -> np.ndarray:
+    """Prepared N×1×H×W images back to the raw intensities the service receives."""
+    return np.ascontiguousarray(np.asarray(x)[:, 0] * np.float32(pixel_max), dtype=np.float32)
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _state_dict_bytes(model) -> int:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _plot(path: Path, table: list[dict], chosen: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in table:
+        ax.scatter(row["latency_b64_ms"], row["accuracy"], s=40 + row["size_bytes"] / 4000,
+                   marker="*" if row["variant"] == chosen else "o")
+        ax.annotate(f"{row['variant']} ({row['size_bytes'] / 1024:.0f} KB)", (row["latency_b64_ms"], row["accuracy"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("CPU latency at batch 64 (ms, median)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Compression variants (star: shipped)")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

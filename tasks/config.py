@@ -1,0 +1,119 @@
+"""params.yaml, typed once: one frozen model per section, loaded and validated here only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(Section):
+    seed: int = 42
+    experiment: str = "digits-pipeline"
+
+
+class IngestParams(Section):
+    source: Literal["digits", "arrays"] = "digits"
+    path: str = ""  # for `arrays`: a folder under data/sources holding images.npy and labels.npy
+
+    @model_validator(mode="after")
+    def _arrays_need_a_path(self) -> IngestParams:
+        if self.source == "arrays" and not self.path:
+            raise ValueError("source 'arrays' needs ingest.path (a folder with images.npy and labels.npy)")
+        return self
+
+
+class PrepareParams(Section):
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    pixel_max: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10 % for training")
+        return self
+
+
+class ValidateParams(Section):
+    min_rows_per_class: int = Field(20, ge=1)
+    labels: tuple[int, ...] = tuple(range(10))
+    value_min: float = 0.0
+    value_max: float = 1.0
+
+
+class TrainParams(Section):
+    model: Literal["cnn", "mlp"] = "cnn"
+    cnn_channels: tuple[int, int, int] = (32, 64, 128)
+    mlp_hidden: tuple[int, ...] = (256, 128)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.002, gt=0)
+    weight_decay: float = Field(0.0001, ge=0)
+    patience: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+
+
+class EvaluateParams(Section):
+    registered_model: str = "digits-classifier"
+    min_accuracy: float = Field(0.97, ge=0, le=1)
+
+
+class CompressParams(Section):
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+    objective: Literal["latency_b1", "latency_b64", "size"] = "latency_b64"
+    prune_ratio: float = Field(0.5, ge=0, lt=1)
+    finetune_epochs: int = Field(15, ge=0)
+    calibration_samples: int = Field(512, ge=1)
+    latency_repeats: int = Field(50, ge=3)
+
+
+class PackageParams(Section):
+    bento_model: str = "digits-classifier"
+    service_name: str = "digits_classifier"
+    max_batch_size: int = Field(256, ge=1)
+    max_latency_ms: int = Field(20, ge=1)
+
+
+class Params(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    base: BaseParams = BaseParams()
+    ingest: IngestParams = IngestParams()
+    prepare: PrepareParams = PrepareParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    compress: CompressParams = CompressParams()
+    package: PackageParams = PackageParams()
+
+    def as_dict(self) -> dict:
+        """The resolved config, with the section names of params.yaml."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def load_params(path: Path) -> Params:
+    """Read and check params.yaml; any unknown or ill-typed key fails with its dotted name."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path} not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from err

@@ -1,0 +1,31 @@
+"""The named errors a user can meet; the command line turns them into a one-line message and an exit code."""
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """params.yaml is missing, malformed, or has an unknown or ill-typed key."""
+
+    exit_code = 2
+
+
+class DataError(PipelineError):
+    """Input data cannot be read or split."""
+
+    exit_code = 3
+
+
+class ValidationFailed(PipelineError):
+    """A data version failed its Great Expectations suite."""
+
+    exit_code = 4
+
+
+class PromotionError(PipelineError):
+    """The registry or the model store refused a step."""
+
+    exit_code = 5

@@ -1,0 +1,76 @@
+"""Measure a model the way it would be served: CPU latency at batch 1 and 64, and accuracy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Measurement:
+    latency_b1_ms: float
+    latency_b64_ms: float
+    p95_b1_ms: float
+    p95_b64_ms: float
+    accuracy: float
+    agreement: float  # share of test images whose class equals the fp32 model's
+
+
+def onnx_predictor(path) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session as a function from raw images to probabilities."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images})[0]
+
+
+def torch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
+    """A torch module (eager, fp32) as a function from raw images to probabilities."""
+    import torch
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+
+    return predict
+
+
+def measure(predict, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, repeats: int) -> Measurement:
+    """Median and p95 latency at batch 1 and 64 (after warm-up), test accuracy and agreement with `reference`."""
+    predicted = predicted_classes(predict, images)
+    b1 = _timings(predict, images[:1], repeats * 4)
+    b64 = _timings(predict, _batch_of(images, 64), repeats)
+    return Measurement(
+        latency_b1_ms=float(np.median(b1)),
+        latency_b64_ms=float(np.median(b64)),
+        p95_b1_ms=float(np.percentile(b1, 95)),
+        p95_b64_ms=float(np.percentile(b64, 95)),
+        accuracy=float((predicted == labels).mean()),
+        agreement=float((predicted == reference).mean()) if reference is not None else 1.0,
+    )
+
+
+def predicted_classes(predict, images: np.ndarray) -> np.ndarray:
+    """Argmax classes of `predict` over `images`, in chunks of 256."""
+    return np.concatenate([predict(images[i : i + 256]) for i in range(0, len(images), 256)]).argmax(1)
+
+
+def _batch_of(images: np.ndarray, size: int) -> np.ndarray:
+    reps = -(-size // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
+
+
+def _timings(predict, batch: np.ndarray, repeats: int) -> np.ndarray:
+    for _ in range(5):
+        predict(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(batch)
+        times.append((time.perf_counter() - start) * 1000)
+    return np.asarray(times)

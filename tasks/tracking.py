@@ -1,0 +1,81 @@
+"""MLflow set-up and lineage: one run per pipeline run, opened by `train` and resumed by later stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from tasks.atomic import write_json
+
+LIBRARIES = ("torch", "mlflow", "great-expectations", "prefect", "dvc", "bentoml", "onnxruntime", "numpy")
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store inside the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+
+
+def configure(root: Path, experiment: str) -> str:
+    """Point MLflow at the project's store and experiment; return the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    # The local default keeps artifacts beside the database; a tracking server picks its own store.
+    location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path(root) / "mlartifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+@contextmanager
+def resumed_run(root: Path, experiment: str, run_file: Path):
+    """Reopen the run `train` recorded in `run_file`."""
+    import mlflow
+
+    configure(root, experiment)
+    run_id = json.loads(Path(run_file).read_text())["run_id"]
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def record_run(run_file: Path, run_id: str, experiment_id: str) -> None:
+    write_json(run_file, {"run_id": run_id, "experiment_id": experiment_id})
+
+
+def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[str, str]:
+    """Tags that tie a run to its code, data, params and libraries."""
+    params_blob = json.dumps(params, sort_keys=True).encode()
+    tags = {
+        "git.commit": _git(root, "rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower(),
+        "params.md5": hashlib.md5(params_blob).hexdigest(),
+        "python": platform.python_version(),
+    }
+    tags.update({f"data.{name}.md5": digest for name, digest in data_hashes.items()})
+    for lib in LIBRARIES:
+        try:
+            tags[f"version.{lib}"] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    if "PREFECT__FLOW_RUN_ID" in os.environ:
+        tags["prefect.flow_run_id"] = os.environ["PREFECT__FLOW_RUN_ID"]
+    return tags
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return done.stdout.strip()

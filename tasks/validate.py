@@ -1,0 +1,139 @@
+"""Stage `validate`: a Great Expectations suite over each split; a failure names every broken expectation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.atomic import write_json
+from tasks.config import ValidateParams
+from tasks.dataset import SPLITS, load_split
+from tasks.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    split: str
+    expectation: str
+    column: str | None
+    observed: str
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    success: bool
+    failures: list[Failure] = field(default_factory=list)
+    data_docs: Path | None = None
+
+
+def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path) -> ValidateResult:
+    """Check every split against the suite, write Data Docs and `report.json`; raise if any check fails."""
+    import great_expectations as gx  # seconds to import: only here
+
+    context = gx.get_context(mode="file", project_root_dir=out_dir)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # our own log lines say enough
+    source = context.data_sources.add_or_update_pandas("prepared")
+    failures: list[Failure] = []
+    for split_name in SPLITS:
+        split = load_split(prepared_dir / split_name)
+        for asset_name, frame, suite in _tables(split_name, split.x, split.y, params):
+            failures += _run_checkpoint(gx, context, source, asset_name, frame, suite, split_name)
+    docs = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    result = ValidateResult(success=not failures, failures=failures, data_docs=docs)
+    write_json(Path(out_dir) / "report.json", _report(result))
+    if failures:
+        lines = "\n".join(f"  - {f.split}: {f.expectation}({f.column or ''}) observed {f.observed}" for f in failures)
+        raise ValidationFailed(f"{len(failures)} expectation(s) failed; Data Docs: {docs}\n{lines}")
+    log.info("all splits passed validation; Data Docs: %s", docs)
+    return result
+
+
+def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParams):
+    """The two tables checked per split: one row per image, and one row per class (its count)."""
+    import great_expectations.expectations as gxe
+
+    pixels = x.reshape(len(x), -1)
+    columns = [f"pixel_{i}" for i in range(pixels.shape[1])]
+    rows = pd.DataFrame(pixels, columns=columns)
+    rows["label"] = y
+    row_checks = [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*columns, "label"]),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeOfType(column="label", type_="int64"),
+        gxe.ExpectColumnValuesToNotBeNull(column="label"),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(params.labels)),
+    ]
+    for column in columns:
+        row_checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        row_checks.append(
+            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=params.value_min, max_value=params.value_max)
+        )
+    labels, counts = np.unique(y, return_counts=True)
+    per_class = pd.DataFrame({"label": labels, "rows": counts})
+    class_checks = [
+        gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(params.labels)),
+        gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=params.min_rows_per_class),
+    ]
+    yield f"{split_name}_rows", rows, row_checks
+    yield f"{split_name}_class_counts", per_class, class_checks
+
+
+def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_name) -> list[Failure]:
+    if asset_name in source.get_asset_names():
+        asset = source.get_asset(asset_name)
+        batch = asset.batch_definitions[0]
+    else:
+        asset = source.add_dataframe_asset(asset_name)
+        batch = asset.add_batch_definition_whole_dataframe("whole")
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=asset_name, expectations=expectations))
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=asset_name, data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=asset_name,
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "SUMMARY"},
+        )
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    failures = []
+    for run in outcome.run_results.values():
+        for res in run.results:
+            if not res.success:
+                cfg = res.expectation_config
+                failures.append(
+                    Failure(
+                        split=split_name,
+                        expectation=cfg.type,
+                        column=cfg.kwargs.get("column"),
+                        observed=_observed(res.result),
+                    )
+                )
+    return failures
+
+
+def _observed(result: dict) -> str:
+    if "observed_value" in result:
+        return str(result["observed_value"])
+    if "partial_unexpected_list" in result:
+        sample = result["partial_unexpected_list"][:5]
+        return f"{result.get('unexpected_count')} unexpected value(s), e.g. {sample}"
+    return str(result)
+
+
+def _report(result: ValidateResult) -> dict:
+    return {
+        "success": result.success,
+        "failures": [vars(f) for f in result.failures],
+        "data_docs": str(result.data_docs) if result.data_docs else None,
+    }

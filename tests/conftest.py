@@ -1,0 +1,77 @@
+"""Shared fixtures: small real data, isolated stores for MLflow, BentoML and Prefect, a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_stores(tmp_path_factory, monkeypatch):
+    """No test touches the user's MLflow, BentoML or Prefect state."""
+    home = tmp_path_factory.mktemp("homes")
+    monkeypatch.setenv("BENTOML_HOME", str(home / "bentoml"))
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
+    monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def params():
+    from tasks.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, params):
+    """The bundled digits, ingested and split as the pipeline does, in a temporary folder."""
+    from tasks.ingest import ingest
+    from tasks.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    ingest(params.ingest, root, root / "raw")
+    prepare(params.prepare, params.base.seed, root / "raw", root / "prepared")
+    return root / "prepared"
+
+
+def project_copy(dest: Path) -> Path:
+    """The project as a fresh clone would have it (tracked and unignored files), as its own git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in listed:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("artifacts/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "copy for a test")
+    return dest
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+    return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def run_python(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python <args>` in `root` with the venv's tools first on PATH, as `make` does."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
