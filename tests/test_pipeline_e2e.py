@@ -1,0 +1,183 @@
+"""The whole pipeline, end to end, in a temporary copy of the project: the Prefect flow, DVC, MLflow, the Bento over HTTP.
+
+Tests run in file order and share one project: the last ones change params.yaml and the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import free_port, project_copy
+
+pytestmark = pytest.mark.slow
+
+
+def _env(base: Path) -> dict:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "BENTOML_HOME": str(base / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREFECT_HOME": str(base / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOCAL_STORAGE_PATH": str(base / "prefect" / "storage"),
+    }
+
+
+def _run(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    root = project_copy(base / "project")
+    (root.parent / "bentoml").mkdir()
+    env = _env(base)
+    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return root, env, done.stdout
+
+
+def _client(root: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def test_the_flow_runs_every_stage_and_reaches_the_accuracy_bar(project):
+    root, _, stdout = project
+    assert "stages run:      ingest, prepare, validate, train, evaluate, compress, package" in stdout
+    assert json.loads((root / "artifacts/evaluate/metrics.json").read_text())["accuracy"] >= 0.97
+    for line in ("test accuracy:", "model version:   1 (champion", "compressed:", "bento:", "bentoml serve", "mlflow ui"):
+        assert line in stdout
+
+
+def test_dvc_status_is_clean_and_repro_executes_nothing(project):
+    root, env, _ = project
+    status = _run(root, env, "dvc", "status")
+    assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout
+    repro = _run(root, env, "dvc", "repro")
+    assert repro.returncode == 0
+    assert repro.stdout.count("didn't change, skipping") == 7, repro.stdout
+
+
+def test_data_versions_are_pushed_to_the_local_remote(project):
+    root, env, _ = project
+    status = _run(root, env, "dvc", "status", "--cloud")
+    assert status.returncode == 0 and "Cache and remote 'local' are in sync." in status.stdout
+
+
+def test_the_run_and_registered_model_carry_metrics_and_lineage(project):
+    root, _, _ = project
+    client = _client(root)
+    champion = client.get_model_version_by_alias("digits-classifier", "champion")
+    assert str(champion.version) == "1"
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["test_accuracy"] >= 0.97
+    assert {"test_f1_macro", "test_precision_macro", "test_recall_macro", "val_loss", "compress_latency_b64_ms"} <= set(run.data.metrics)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["git.commit"] == commit and champion.tags["git.commit"] == commit
+    assert len(run.data.tags["data.test.md5"]) == 32
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts
+
+
+def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
+    from tasks.latency import onnx_predictor
+
+    root, env, _ = project
+    tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
+    port = free_port()
+    server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=root.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, server)
+        images = (np.load(root / "data/prepared/test/x.npy")[:, 0] * 16.0).astype(np.float32)
+        expected = onnx_predictor(root / "artifacts/compress/model.onnx")(images)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            answers = [http.post("/predict", json={"images": images[i : i + 50].tolist()}) for i in range(0, len(images), 50)]
+            assert all(a.status_code == 200 for a in answers)
+            classes = sum((a.json()["classes"] for a in answers), [])
+            probabilities = np.array(sum((a.json()["probabilities"] for a in answers), []))
+            assert classes == expected.argmax(1).tolist()
+            np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+            for bad, message in (
+                ({"images": [[1.0, 2.0]]}, "shape"),
+                ({"images": (images[:1] * 10).tolist()}, "pixel values"),
+                ({"images": "not an array"}, "images"),
+                ({}, "images"),
+            ):
+                answer = http.post("/predict", json=bad)
+                assert answer.status_code == 400 and message in answer.text, (bad, answer.text)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "bentoml serve exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def _edit_params(root: Path, section: str, **values) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_param_change_reexecutes_only_the_stages_that_read_it(project):
+    root, env, _ = project
+    _edit_params(root, "compress", latency_repeats=20)
+    repro = _run(root, env, "dvc", "repro")
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    ran = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+           if f"Running stage '{s}'" in repro.stdout]
+    assert ran == ["compress", "package"]
+
+
+def test_bad_data_stops_at_validate_and_registers_nothing(project):
+    root, env, _ = project
+    client = _client(root)
+    versions_before = len(client.search_model_versions("name='digits-classifier'"))
+    model_bytes = (root / "artifacts/train/model.pt").read_bytes()
+    source = root / "data/sources/bad"
+    source.mkdir(parents=True)
+    images = (np.load(root / "data/raw/images.npy"))
+    labels = np.load(root / "data/raw/labels.npy")
+    labels[labels == 3] = 10  # a label outside 0-9, in every split
+    np.save(source / "images.npy", images)
+    np.save(source / "labels.npy", labels)
+    _edit_params(root, "ingest", source="arrays", path="data/sources/bad")
+
+    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "stage 'validate' failed" in output
+    assert "expect_column_values_to_be_in_set(label)" in output and "ValidationFailed" in output
+    assert "Running stage 'train'" not in output
+    assert len(client.search_model_versions("name='digits-classifier'")) == versions_before
+    assert str(client.get_model_version_by_alias("digits-classifier", "champion").version) == "1"
+    assert (root / "artifacts/train/model.pt").read_bytes() == model_bytes
+    assert (root / "artifacts/validate/gx/uncommitted/data_docs/local_site/index.html").is_file()

@@ -1,0 +1,57 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tasks.errors import ValidationFailed
+from tasks.validate import validate
+
+
+def test_bundled_digits_pass_and_data_docs_are_written(prepared, params, tmp_path):
+    result = validate(params.validate_, prepared, tmp_path / "out")
+    assert result.success and not result.failures
+    assert result.data_docs.is_file()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["success"] is True
+
+
+@pytest.fixture
+def corrupted(prepared, tmp_path):
+    """A writable copy of the prepared splits."""
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    return copy
+
+
+def test_label_outside_the_set_is_named_with_its_value(corrupted, params, tmp_path):
+    y = np.load(corrupted / "train" / "y.npy")
+    y[:3] = 10
+    np.save(corrupted / "train" / "y.npy", y)
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, tmp_path / "out")
+    message = str(info.value)
+    assert "train: expect_column_values_to_be_in_set(label)" in message and "[10, 10, 10]" in message
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["success"] is False
+    assert (tmp_path / "out" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").is_file()
+
+
+def test_out_of_range_pixels_and_nans_are_named(corrupted, params, tmp_path):
+    x = np.load(corrupted / "test" / "x.npy")
+    x[0, 0, 0, 3] = 7.5
+    x[1, 0, 2, 2] = np.nan
+    np.save(corrupted / "test" / "x.npy", x)
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, tmp_path / "out")
+    message = str(info.value)
+    assert "test: expect_column_values_to_be_between(pixel_3)" in message
+    assert "test: expect_column_values_to_not_be_null(pixel_18)" in message
+
+
+def test_a_missing_class_is_named(corrupted, params, tmp_path):
+    x, y = np.load(corrupted / "val" / "x.npy"), np.load(corrupted / "val" / "y.npy")
+    keep = y != 4
+    np.save(corrupted / "val" / "x.npy", x[keep])
+    np.save(corrupted / "val" / "y.npy", y[keep])
+    with pytest.raises(ValidationFailed, match=r"val: expect_column_distinct_values_to_contain_set\(label\)"):
+        validate(params.validate_, corrupted, tmp_path / "out")
