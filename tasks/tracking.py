@@ -63,6 +63,7 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
         "python": platform.python_version(),
     }
     tags.update({f"data.{name}.md5": digest for name, digest in data_hashes.items()})
+    tags.update(dvc_hashes(root))
     for lib in LIBRARIES:
         try:
             tags[f"version.{lib}"] = metadata.version(lib)
@@ -71,6 +72,22 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
     if "PREFECT__FLOW_RUN_ID" in os.environ:
         tags["prefect.flow_run_id"] = os.environ["PREFECT__FLOW_RUN_ID"]
     return tags
+
+
+def dvc_hashes(root: Path) -> dict[str, str]:
+    """DVC's recorded hash of each data output (`data/raw`, `data/prepared`), from dvc.lock when DVC ran the stages."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {
+        f"dvc.{out['path']}": out["md5"]
+        for stage in stages.values()
+        for out in stage.get("outs", [])
+        if str(out.get("path", "")).startswith("data/") and "md5" in out
+    }
 
 
 def _git(root: Path, *args: str) -> str:
