@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test test-fast repro ui serve bench clean
+.PHONY: install run test test-fast repro ui serve clean
 
 install: $(STAMP)
 
