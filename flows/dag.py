@@ -32,11 +32,12 @@ def stage_order(root: Path) -> list[str]:
         return [stage.addressing for stage in ordered]
 
 
-def repro_stage(root: Path, stage: str) -> StageRun:
+def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None) -> StageRun:
     """`dvc repro --single-item <stage>`: DVC decides whether it is up to date, exactly as `dvc repro` would."""
     import time
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           **(extra_env or {})}
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,

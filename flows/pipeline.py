@@ -15,7 +15,10 @@ from flows.dag import StageRun, push_data, repro_stage, stage_order
 @task(name="stage", task_run_name="{stage}")
 def run_stage(root: str, stage: str) -> StageRun:
     """One dvc.yaml stage, skipped by DVC when its deps, params and outs are unchanged."""
-    result = repro_stage(Path(root), stage)
+    from prefect.runtime import flow_run
+
+    # The stage records this id as a lineage tag on the MLflow run (tasks/tracking.py).
+    result = repro_stage(Path(root), stage, {"PIPELINE_FLOW_RUN_ID": str(flow_run.id)})
     get_run_logger().info("%s: %s in %.1f s", stage, "ran" if result.executed else "up to date", result.seconds)
     return result
 
@@ -68,7 +71,7 @@ def render(summary: dict) -> str:
         "Next:",
         "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
         f"  serve:       bentoml serve {summary['bento']['bento_tag']} --port 3000",
-        "  predict:     curl -X POST http://127.0.0.1:3000/predict -H 'content-type: application/json' -d '{\"images\": [[[0,...8 values],...8 rows]]}'",
+        "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
     ])
 
 

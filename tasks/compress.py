@@ -46,16 +46,15 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), measure(torch_predictor(baseline), images, test.y, reference, cfg.latency_repeats))]
     calibration = _raw(train.x[: cfg.calibration_samples], pixel_max)
-    sources = [("fp32-onnx", model)]
+    sources = [("fp32-onnx", "int8-onnx", model)]
     if cfg.prune_ratio > 0:
         pruned = prune_channels(model, np.asarray(train.x), cfg.prune_ratio, payload["n_classes"])
         pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,
                            lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed)
-        sources.append(("pruned-onnx", pruned))
-    for name, net in sources:
+        sources.append(("pruned-onnx", "pruned-int8-onnx", pruned))
+    for name, int8_name, net in sources:
         fp32_path = variants_dir / f"{name}.onnx"
         export_onnx(servable(net, pixel_max), images[:2], fp32_path)
-        int8_name = name.replace("-onnx", "-int8-onnx").replace("fp32-", "")
         int8_path = variants_dir / f"{int8_name}.onnx"
         quantize_int8(fp32_path, int8_path, calibration)
         for variant, path in ((name, fp32_path), (int8_name, int8_path)):
@@ -63,8 +62,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
                              measure(onnx_predictor(path), images, test.y, reference, cfg.latency_repeats)))
     table = _relative_to_baseline(rows)
     chosen, reason = choose(table, cfg)
-    shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", out_dir / "model.onnx.tmp")
-    (out_dir / "model.onnx.tmp").replace(out_dir / "model.onnx")
+    write_with(out_dir / "model.onnx", lambda tmp: shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", tmp))
     write_json(out_dir / "variants.json", {"variants": table})
     write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
     write_json(out_dir / "choice.json", {"variant": chosen["variant"], "reason": reason, "pixel_max": pixel_max,

@@ -26,9 +26,6 @@ class Layout:
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 
-    def split(self, name: str) -> Path:
-        return self.prepared / name
-
     @property
     def validation(self) -> Path:
         return self.root / "artifacts" / "validate"
@@ -52,7 +49,3 @@ class Layout:
     @property
     def bento_dir(self) -> Path:
         return self.root / "bento"
-
-    @property
-    def great_expectations(self) -> Path:
-        return self.root / "gx"

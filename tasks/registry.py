@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 
 import numpy as np
 
@@ -25,8 +26,11 @@ def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: 
     from mlflow.models import infer_signature
 
     signature = infer_signature(np.asarray(example_x), example_y)
+    # Stated, not inferred: inference re-imports the model in a subprocess (seconds) and drops torch's +cpu label anyway.
+    requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in ("torch", "numpy")]
     info = mlflow.pytorch.log_model(
-        model, name="model", signature=signature, input_example=np.asarray(example_x), registered_model_name=name
+        model, name="model", signature=signature, input_example=np.asarray(example_x),
+        registered_model_name=name, pip_requirements=requirements,
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

@@ -69,8 +69,8 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
             tags[f"version.{lib}"] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             pass
-    if "PREFECT__FLOW_RUN_ID" in os.environ:
-        tags["prefect.flow_run_id"] = os.environ["PREFECT__FLOW_RUN_ID"]
+    if os.environ.get("PIPELINE_FLOW_RUN_ID"):  # set by flows/pipeline.py when Prefect runs the stage
+        tags["prefect.flow_run_id"] = os.environ["PIPELINE_FLOW_RUN_ID"]
     return tags
 
 

@@ -90,6 +90,7 @@ def test_the_run_and_registered_model_carry_metrics_and_lineage(project):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["git.commit"] == commit and champion.tags["git.commit"] == commit
     assert len(run.data.tags["data.test.md5"]) == 32
+    assert len(run.data.tags["prefect.flow_run_id"]) == 36  # a UUID: Prefect ran this run
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert run.data.tags["dvc.data/raw"] == lock["ingest"]["outs"][0]["md5"]
     assert run.data.tags["dvc.data/prepared"] == lock["prepare"]["outs"][0]["md5"]
