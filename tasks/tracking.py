@@ -25,13 +25,17 @@ def configure(root: Path, experiment: str) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
     import mlflow
 
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
+    user_server = "MLFLOW_TRACKING_URI" in os.environ
+    mlflow.set_tracking_uri(tracking_uri(root))
+    if not user_server:
+        # set_tracking_uri exports the variable for subprocesses; left there, it would pin this process (and
+        # every later project root in it) to this root's store and be mistaken for a user's server below.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     # The local default keeps artifacts beside the database; a tracking server picks its own store.
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path(root) / "mlartifacts").resolve().as_uri()
+    location = None if user_server else (Path(root) / "mlartifacts").resolve().as_uri()
     try:
         return mlflow.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
