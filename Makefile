@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test test-fast repro ui serve clean
+.PHONY: install run test test-fast bench repro ui serve clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ test: install  ## every test, offline, on CPU
 
 test-fast: install  ## the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)
+	$(BIN)/python -m benchmarks.compression
+	$(BIN)/python -m benchmarks.compression_backends
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone
 	$(BIN)/dvc repro

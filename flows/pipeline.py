@@ -42,7 +42,7 @@ def summarize(root: Path, runs: list[StageRun]) -> dict:
     """The figures a user wants after a run, read from the stage outputs."""
     artifacts = root / "artifacts"
     read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
-    variants = {row["variant"]: row for row in read("compress/variants.json")["variants"]}
+    variants = read("compress/variants.json")
     chosen = read("compress/choice.json")["variant"]
     return {
         "executed": [r.stage for r in runs if r.executed],

@@ -31,3 +31,16 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     model = build_model(train_params, tuple(payload["input_shape"]), payload["n_classes"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """The resumable state after an epoch (weights, optimizer, schedule, RNG, history), written atomically."""
+    write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: Path, fingerprint: str) -> dict | None:
+    """The state saved by an interrupted run of the same params and data, or None (nothing to resume)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None

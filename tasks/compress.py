@@ -33,7 +33,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     from tasks import tracking
     from tasks.checkpoint import load_checkpoint
     from tasks.latency import measure, onnx_predictor, predicted_classes, torch_predictor
-    from tasks.variants import export_onnx, fine_tune, prune_channels, quantize_int8, servable
+    from tasks.variants import export_onnx, fine_tune, prune_channels, quantize_dynamic_int8, quantize_int8, servable
 
     cfg, pixel_max = params.compress, params.prepare.pixel_max
     model, payload = load_checkpoint(train_dir / "model.pt")
@@ -46,24 +46,31 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), measure(torch_predictor(baseline), images, test.y, reference, cfg.latency_repeats))]
     calibration = _raw(train.x[: cfg.calibration_samples], pixel_max)
-    sources = [("fp32-onnx", "int8-onnx", model)]
+    sources = [("", model)]
     if cfg.prune_ratio > 0:
         pruned = prune_channels(model, np.asarray(train.x), cfg.prune_ratio, payload["n_classes"])
         pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,
-                           lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed)
-        sources.append(("pruned-onnx", "pruned-int8-onnx", pruned))
-    for name, int8_name, net in sources:
-        fp32_path = variants_dir / f"{name}.onnx"
+                           lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed,
+                           teacher=model, temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight)
+        sources.append(("pruned-", pruned))
+    for prefix, net in sources:
+        fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
         export_onnx(servable(net, pixel_max), images[:2], fp32_path)
-        int8_path = variants_dir / f"{int8_name}.onnx"
-        quantize_int8(fp32_path, int8_path, calibration)
-        for variant, path in ((name, fp32_path), (int8_name, int8_path)):
-            rows.append(_row(variant, path.stat().st_size, _count(net),
+        kinds = ["fp32-onnx"]
+        for method in cfg.calibrations:  # calibrators clip activation ranges differently: measure, don't guess
+            quantize_int8(fp32_path, variants_dir / f"{prefix}int8-{method}-onnx.onnx", calibration, method)
+            kinds.append(f"int8-{method}-onnx")
+        if _linear_share(net) >= 0.5:  # dynamic int8 only touches linear layers; on a conv net it changes nothing
+            quantize_dynamic_int8(fp32_path, variants_dir / f"{prefix}int8-dynamic-onnx.onnx")
+            kinds.append("int8-dynamic-onnx")
+        for kind in kinds:
+            path = variants_dir / f"{prefix}{kind}.onnx"
+            rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net),
                              measure(onnx_predictor(path), images, test.y, reference, cfg.latency_repeats)))
     table = _relative_to_baseline(rows)
     chosen, reason = choose(table, cfg)
     write_with(out_dir / "model.onnx", lambda tmp: shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", tmp))
-    write_json(out_dir / "variants.json", {"variants": table})
+    write_json(out_dir / "variants.json", {r["variant"]: {k: v for k, v in r.items() if k != "variant"} for r in table})
     write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
     write_json(out_dir / "choice.json", {"variant": chosen["variant"], "reason": reason, "pixel_max": pixel_max,
                                           "input_shape": payload["input_shape"], "n_classes": payload["n_classes"]})
@@ -107,6 +114,7 @@ def _relative_to_baseline(rows: list[dict]) -> list[dict]:
             "size_ratio": base["size_bytes"] / r["size_bytes"],
             "speedup_b1": base["latency_b1_ms"] / r["latency_b1_ms"],
             "speedup_b64": base["latency_b64_ms"] / r["latency_b64_ms"],
+            "throughput_b64": 64_000 / r["latency_b64_ms"],  # images/s when requests come 64 at a time
         }
         for r in rows
     ]
@@ -119,6 +127,14 @@ def _raw(x: np.ndarray, pixel_max: float) -> np.ndarray:
 
 def _count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _linear_share(model) -> float:
+    """Share of the parameters held by linear layers."""
+    from torch import nn
+
+    linear = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    return linear / max(_count(model), 1)
 
 
 def _state_dict_bytes(model) -> int:

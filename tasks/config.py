@@ -50,18 +50,44 @@ class ValidateParams(Section):
     value_max: float = 1.0
 
 
+class AugmentParams(Section):
+    """Random affine per training image, on the device; all zero turns it off."""
+
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees, either way
+    scale: float = Field(0.1, ge=0, lt=1)  # zoom by up to ±this
+    shift: float = Field(0.1, ge=0, lt=0.5)  # move by up to ±this share of the image side
+
+
 class TrainParams(Section):
-    model: Literal["cnn", "mlp"] = "cnn"
+    model: Literal["cnn", "mlp", "vit"] = "cnn"
     cnn_channels: tuple[int, int, int] = (32, 64, 128)
     mlp_hidden: tuple[int, ...] = (256, 128)
+    vit_patch: int = Field(2, ge=1)  # must divide the image side
+    vit_dim: int = Field(64, ge=8)
+    vit_depth: int = Field(4, ge=1)
+    vit_heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(60, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # the global batch: each of N torchrun processes takes batch_size / N
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(0.002, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     weight_decay: float = Field(0.0001, ge=0)
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentParams = AugmentParams()
     patience: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (needs a C compiler; pays off on long GPU runs)
+    threads: int = Field(0, ge=0)  # CPU threads; 0: the cores shared among the processes on this machine
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrainParams:
+        if self.model == "vit" and self.vit_dim % self.vit_heads:
+            raise ValueError(f"vit_dim ({self.vit_dim}) must be a multiple of vit_heads ({self.vit_heads})")
+        return self
 
 
 class EvaluateParams(Section):
@@ -71,10 +97,13 @@ class EvaluateParams(Section):
 
 class CompressParams(Section):
     max_accuracy_drop: float = Field(0.005, ge=0, le=1)
-    objective: Literal["latency_b1", "latency_b64", "size"] = "latency_b64"
+    objective: Literal["latency_b1", "latency_b64", "size"] = "size"
     prune_ratio: float = Field(0.5, ge=0, lt=1)
     finetune_epochs: int = Field(15, ge=0)
-    calibration_samples: int = Field(512, ge=1)
+    distill_weight: float = Field(0.7, ge=0, le=1)  # share of the fine-tune loss taken from the fp32 teacher
+    distill_temperature: float = Field(4.0, gt=0)
+    calibration_samples: int = Field(2048, ge=1)
+    calibrations: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(("minmax", "percentile"), min_length=1)
     latency_repeats: int = Field(50, ge=3)
 
 

@@ -43,8 +43,8 @@ def torch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 def measure(predict, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, repeats: int) -> Measurement:
     """Median and p95 latency at batch 1 and 64 (after warm-up), test accuracy and agreement with `reference`."""
     predicted = predicted_classes(predict, images)
-    b1 = _timings(predict, images[:1], repeats * 4)
-    b64 = _timings(predict, _batch_of(images, 64), repeats)
+    b1 = timings(predict, images[:1], repeats * 4)
+    b64 = timings(predict, _batch_of(images, 64), repeats)
     return Measurement(
         latency_b1_ms=float(np.median(b1)),
         latency_b64_ms=float(np.median(b64)),
@@ -65,7 +65,8 @@ def _batch_of(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
 
 
-def _timings(predict, batch: np.ndarray, repeats: int) -> np.ndarray:
+def timings(predict, batch: np.ndarray, repeats: int) -> np.ndarray:
+    """Milliseconds per call of `predict(batch)`, `repeats` times after five warm-up calls."""
     for _ in range(5):
         predict(batch)
     times = []

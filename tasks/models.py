@@ -1,4 +1,4 @@
-"""The model families params.yaml can select: a small CNN (default) and an MLP."""
+"""The model families params.yaml can select: a small CNN (default), an MLP and a small Vision Transformer."""
 
 from __future__ import annotations
 
@@ -49,9 +49,37 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class ViT(nn.Module):
+    """A small Vision Transformer: non-overlapping patches, a class token, pre-norm encoder blocks, a linear head."""
+
+    def __init__(self, image_size: tuple[int, int], channels: int, patch: int, dim: int, depth: int, heads: int,
+                 n_classes: int, dropout: float) -> None:
+        super().__init__()
+        h, w = image_size
+        tokens = (h // patch) * (w // patch)
+        self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1) + self.position  # shape[0]: a dynamic batch in ONNX
+        return self.head(self.encoder(tokens)[:, 0])
+
+
 def build_model(params: TrainParams, input_shape: tuple[int, int, int], n_classes: int) -> nn.Module:
     """The model `params.model` names, sized for `input_shape` (C, H, W) and `n_classes`."""
+    c, h, w = input_shape
     if params.model == "cnn":
         return CNN(params.cnn_channels, n_classes, params.dropout)
-    c, h, w = input_shape
+    if params.model == "vit":
+        if h % params.vit_patch or w % params.vit_patch:
+            from tasks.errors import ConfigError
+
+            raise ConfigError(f"train.vit_patch={params.vit_patch} does not divide the {h}×{w} images")
+        return ViT((h, w), c, params.vit_patch, params.vit_dim, params.vit_depth, params.vit_heads, n_classes, params.dropout)
     return MLP(c * h * w, params.mlp_hidden, n_classes, params.dropout)

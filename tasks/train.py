@@ -1,11 +1,14 @@
-"""Stage `train`: fit the configured model with early stopping on validation loss; CUDA with autocast when present."""
+"""Stage `train`: fit the configured model; resumable per epoch, DDP under torchrun, CUDA with autocast when present."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
-import random
+import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,140 +30,180 @@ class TrainResult:
     val_loss: float
     val_accuracy: float
     seconds: float
+    resumed_at_epoch: int  # 0 for a fresh start
 
 
 def train(params: Params, root: Path, prepared_dir: Path, out_dir: Path) -> TrainResult:
-    """Train, checkpoint the best epoch to `out_dir/model.pt`, and open the pipeline's MLflow run."""
+    """Train, checkpoint every epoch to `out_dir/last.pt`, keep the best epoch in `out_dir/model.pt`.
+
+    A run killed mid-way resumes from `last.pt` when started again with the same params and data. Under
+    `torchrun --nproc_per_node=N` each process trains on its shard; rank 0 alone logs and writes files.
+    """
+    from tasks import distributed
+    from tasks.device import resolve_device
+
+    world = distributed.join(use_cuda=resolve_device(params.train.device).type == "cuda")
+    try:
+        return _train(params, root, prepared_dir, out_dir, world)
+    finally:
+        distributed.leave(world)
+
+
+def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world) -> TrainResult:
     import mlflow
     import torch
 
     from tasks import tracking
-    from tasks.checkpoint import save_checkpoint
+    from tasks.checkpoint import load_training_state, save_training_state
+    from tasks.device import device_tags, resolve_device, seed_everything, set_threads
+    from tasks.distributed import barrier, epoch_order, mean_over_ranks
+    from tasks.epoch import epoch_progress, evaluate_loss, train_epoch
     from tasks.models import build_model
+    from tasks.optim import build_optimizer, build_schedule
 
-    cfg = params.train
-    seed_everything(params.base.seed)
-    device = resolve_device(cfg.device)
-    train_split, val_split = load_split(prepared_dir / "train"), load_split(prepared_dir / "val")
+    cfg, seed = params.train, params.base.seed
+    device = resolve_device(cfg.device, world.local_rank)
+    set_threads(cfg.threads, device)
+    seed_everything(seed)
+    splits = {s: load_split(prepared_dir / s) for s in ("train", "val")}
     # The whole dataset fits on the device: no per-batch host-to-device copies.
-    x_train, y_train = (torch.from_numpy(np.asarray(a)).to(device) for a in (train_split.x, train_split.y))
-    x_val, y_val = (torch.from_numpy(np.asarray(a)).to(device) for a in (val_split.x, val_split.y))
+    (x_train, y_train), (x_val, y_val) = ((torch.from_numpy(np.asarray(a)).to(device) for a in (sp.x, sp.y)) for sp in splits.values())
     input_shape, n_classes = tuple(x_train.shape[1:]), int(max(y_train.max(), y_val.max()).item()) + 1
     model = build_model(cfg, input_shape, n_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if device.type == "cuda" and cfg.channels_last and x_train.ndim == 4:
+        model, x_train, x_val = (t.to(memory_format=torch.channels_last) for t in (model, x_train, x_val))
+    batch = max(cfg.batch_size // world.size, 1)  # the global batch stays cfg.batch_size, whatever N is
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_schedule(cfg, optimizer, math.ceil(len(y_train) / world.size / batch))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-    generator = torch.Generator(device="cpu").manual_seed(params.base.seed)
+    augment = _augmenter(cfg, device) if x_train.ndim == 4 else None
 
-    experiment_id = tracking.configure(root, params.base.experiment)
     hashes = {split: directory_md5(prepared_dir / split) for split in ("train", "val", "test")}
+    fingerprint = _fingerprint(params, hashes, world.size)
+    state = load_training_state(out_dir / "last.pt", fingerprint)
+    best = {"loss": float("inf"), "epoch": 0, "state": None, "accuracy": 0.0}
+    history, start_epoch, run_id = [], 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        best, history, start_epoch, run_id = state["best"], state["history"], state["epoch"], state["run_id"]
+        log.info("resuming from epoch %d of an interrupted run (%s)", start_epoch, out_dir / "last.pt")
+    net = _wrap(model, world, device, cfg.compile)
+
     started = time.perf_counter()
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        tracking.record_run(out_dir / "run.json", run.info.run_id, experiment_id)
-        mlflow.log_params(_flatten(params.as_dict()))
-        mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()), "device": str(device)})
-        best = {"loss": float("inf"), "epoch": 0, "state": None, "accuracy": 0.0}
-        history, epochs_run = [], 0
-        progress = _progress(cfg.epochs)
-        for epoch in progress:
-            epochs_run = epoch + 1
+    run_context = nullcontext(None)
+    if world.is_main:
+        experiment_id = tracking.configure(root, params.base.experiment)
+        run_context = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id)
+    with run_context as run:
+        if run is not None and run_id is None:
+            run_id = run.info.run_id
+            tracking.record_run(out_dir / "run.json", run_id, experiment_id)
+            mlflow.log_params(_flatten(params.as_dict()))
+            mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()), **device_tags(device, world)})
+        progress = epoch_progress(cfg.epochs, disable=not world.is_main, initial=start_epoch)
+        epochs_run = start_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            _reseed(seed, epoch, world.rank, augment)  # per-epoch seeds: a resumed run draws what the original would
+            order = epoch_order(len(y_train), epoch, seed, world).to(device)
             tick = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, scaler, x_train, y_train, cfg.batch_size, generator, use_amp, amp_dtype)
+            loss, acc = train_epoch(net, optimizer, scaler, x_train, y_train, order, batch, scheduler=scheduler,
+                                    augment=augment, use_amp=use_amp, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing)
+            seconds = time.perf_counter() - tick
             val_loss, val_acc = evaluate_loss(model, x_val, y_val, cfg.batch_size)
-            row = {
-                "epoch": epochs_run,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": len(y_train) / (time.perf_counter() - tick),
-            }
-            scheduler.step()
+            epochs_run = epoch + 1
+            row = {"epoch": epochs_run, "train_loss": mean_over_ranks(loss, world, device),
+                   "train_accuracy": mean_over_ranks(acc, world, device), "val_loss": val_loss, "val_accuracy": val_acc,
+                   "lr": optimizer.param_groups[0]["lr"], "samples_per_s": len(y_train) / seconds}
             history.append(row)
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epochs_run)
-            progress.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epochs_run, "state": copy.deepcopy(model.state_dict()), "accuracy": val_acc}
-            elif epochs_run - best["epoch"] >= cfg.patience:
+            if world.is_main:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epochs_run)
+                save_training_state(out_dir / "last.pt", {
+                    "fingerprint": fingerprint, "epoch": epochs_run, "run_id": run_id, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "best": best, "history": history})
+            progress.update()
+            progress.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
+            if epochs_run - best["epoch"] >= cfg.patience:
                 log.info("early stop at epoch %d: no val-loss gain for %d epochs", epochs_run, cfg.patience)
                 break
         progress.close()
-        model.load_state_dict(best["state"])
-        save_checkpoint(
-            out_dir / "model.pt", model, params=params.as_dict(), input_shape=input_shape,
-            n_classes=n_classes, extra={"seed": params.base.seed, "epoch": best["epoch"], "run_id": run.info.run_id},
-        )
         seconds = time.perf_counter() - started
-        summary = {"best_epoch": best["epoch"], "epochs_run": epochs_run, "val_loss": best["loss"],
-                   "val_accuracy": best["accuracy"], "train_seconds": seconds}
-        mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()})
-        write_json(out_dir / "metrics.json", summary)
-        write_with(out_dir / "history.csv", lambda tmp: _write_history(tmp, history))
-        mlflow.log_artifact(str(out_dir / "history.csv"))
+        if world.is_main:
+            _finish(out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device)
+    barrier(world)
     log.info("trained %s on %s: best epoch %d, val acc %.4f", cfg.model, device, best["epoch"], best["accuracy"])
-    return TrainResult(run.info.run_id, str(device), best["epoch"], epochs_run, best["loss"], best["accuracy"], seconds)
+    return TrainResult(run_id or "", str(device), best["epoch"], epochs_run, best["loss"], best["accuracy"], seconds, start_epoch)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+def _finish(out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device) -> None:
+    """Rank 0, after the last epoch: the best weights, the summary, the curves; then the resume state goes."""
+    import mlflow
+
+    from tasks.checkpoint import save_checkpoint
+    from tasks.curves import plot_curves
+    from tasks.device import peak_memory_mb
+
+    model.load_state_dict(best["state"])
+    save_checkpoint(out_dir / "model.pt", model, params=params.as_dict(), input_shape=input_shape, n_classes=n_classes,
+                    extra={"seed": params.base.seed, "epoch": best["epoch"], "run_id": run_id})
+    summary = {"best_epoch": best["epoch"], "epochs_run": epochs_run, "val_loss": best["loss"],
+               "val_accuracy": best["accuracy"], "train_seconds": seconds, "peak_memory_mb": peak_memory_mb(device)}
+    mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()})
+    write_json(out_dir / "metrics.json", summary)
+    write_with(out_dir / "history.csv", lambda tmp: _write_history(tmp, history))
+    write_with(out_dir / "curves.png", lambda tmp: plot_curves(tmp, history, best["epoch"]))
+    mlflow.log_artifact(str(out_dir / "history.csv"))
+    mlflow.log_artifact(str(out_dir / "curves.png"))
+    (out_dir / "last.pt").unlink(missing_ok=True)
+
+
+def _augmenter(cfg, device):
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    from tasks.augment import random_affine
+
+    a = cfg.augment
+    if not (a.rotation or a.scale or a.shift):
+        return None
+    generator = torch.Generator(device=device)
+
+    def augment(images):
+        return random_affine(images, generator, rotation=a.rotation, scale=a.scale, shift=a.shift)
+
+    augment.generator = generator
+    return augment
 
 
-def resolve_device(choice: str):
-    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+def _reseed(seed: int, epoch: int, rank: int, augment) -> None:
     import torch
 
-    from tasks.errors import ConfigError
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+    epoch_seed = seed * 1_000_003 + epoch * 1_009 + rank
+    torch.manual_seed(epoch_seed)  # dropout
+    if augment is not None:
+        augment.generator.manual_seed(epoch_seed)
 
 
-def train_epoch(model, optimizer, scaler, x, y, batch_size, generator, use_amp=False, amp_dtype=None) -> float:
-    """One pass over (x, y) in seeded random order; returns the mean training loss."""
+def _wrap(model, world, device, compile_model: bool):
     import torch
-    import torch.nn.functional as F
 
-    model.train()
-    order = torch.randperm(len(y), generator=generator).to(x.device)
-    total = 0.0
-    for start in range(0, len(y), batch_size):
-        idx = order[start : start + batch_size]
-        with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.detach() * len(idx)
-    return float(total / len(y))
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if compile_model else model
 
 
-def evaluate_loss(model, x, y, batch_size) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on (x, y)."""
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(y), batch_size)])
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
-
-
-def _progress(epochs: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(range(epochs), desc="train", unit="epoch", leave=False)
+def _fingerprint(params: Params, hashes: dict, world_size: int) -> str:
+    blob = json.dumps({"train": params.train.model_dump(mode="json"), "seed": params.base.seed, "data": hashes,
+                       "world": world_size}, sort_keys=True)
+    return hashlib.md5(blob.encode()).hexdigest()
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

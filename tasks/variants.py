@@ -60,49 +60,87 @@ def prune_channels(model, example_x: np.ndarray, ratio: float, n_classes: int):
     return pruned
 
 
-def fine_tune(model, train_x, train_y, val_x, val_y, *, epochs: int, lr: float, batch_size: int, seed: int):
-    """Recover accuracy after pruning: AdamW with cosine decay, keeping the epoch with the lowest val loss."""
-    import torch
+def fine_tune(model, train_x, train_y, val_x, val_y, *, epochs: int, lr: float, batch_size: int, seed: int,
+              teacher=None, temperature: float = 4.0, distill_weight: float = 0.0):
+    """Recover accuracy after pruning: AdamW with cosine decay, keeping the epoch with the lowest val loss.
 
-    from tasks.train import evaluate_loss, train_epoch
+    With a `teacher` and `distill_weight` > 0 the loss mixes the labels with the teacher's softened outputs
+    (Hinton et al. knowledge distillation), which recovers more of the fp32 model's accuracy than labels alone.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.distributed import World, epoch_order
+    from tasks.epoch import epoch_progress, evaluate_loss, predict_logits, train_epoch
 
     x, y = torch.from_numpy(np.asarray(train_x)), torch.from_numpy(np.asarray(train_y))
     vx, vy = torch.from_numpy(np.asarray(val_x)), torch.from_numpy(np.asarray(val_y))
+    loss_fn = None
+    if teacher is not None and distill_weight > 0:
+        soft = F.softmax(predict_logits(teacher, x, batch_size) / temperature, dim=1)
+
+        def loss_fn(logits, idx):
+            # T² keeps the soft-target gradients on the same scale as the hard-label ones
+            kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft[idx], reduction="batchmean") * temperature**2
+            return distill_weight * kd + (1 - distill_weight) * F.cross_entropy(logits, y[idx])
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    generator = torch.Generator().manual_seed(seed)
     best_loss, best_state = evaluate_loss(model, vx, vy, batch_size)[0], copy.deepcopy(model.state_dict())
-    for _ in range(epochs):
-        train_epoch(model, optimizer, scaler, x, y, batch_size, generator)
+    progress = epoch_progress(epochs, "fine-tune")
+    for epoch in range(epochs):
+        train_epoch(model, optimizer, scaler, x, y, epoch_order(len(y), epoch, seed, World()), batch_size, loss_fn=loss_fn)
         scheduler.step()
         loss, _ = evaluate_loss(model, vx, vy, batch_size)
         if loss < best_loss:
             best_loss, best_state = loss, copy.deepcopy(model.state_dict())
+        progress.update()
+    progress.close()
     model.load_state_dict(best_state)
     return model.eval()
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
-    """Post-training static int8 (QDQ, per-channel weights) with ONNX Runtime, calibrated on training images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> None:
+    """Dynamic int8 of the linear layers (weights int8 ahead of time, activations scaled per batch): no calibration."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    write_with(out_path, lambda tmp: quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8,
+                                                      op_types_to_quantize=["MatMul", "Gemm"], per_channel=True))
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax") -> None:
+    """Post-training static int8 (QDQ, per-channel weights) with ONNX Runtime, calibrated on training images.
+
+    The first convolution stays fp32: with one input channel int8 saves almost nothing there, and on the
+    pruned MNIST-size model quantizing it cost 5.7 accuracy points against 0.25 with it kept in fp32.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    usable = len(calibration) // 64 * 64 or len(calibration)  # equal batches: the histogram calibrators stack them
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"images": calibration[i : i + 64]} for i in range(0, len(calibration), 64)])
+            self.batches = iter([{"images": calibration[i : i + 64]} for i in range(0, usable, 64)])
 
         def get_next(self):
             return next(self.batches, None)
 
+    # minmax keeps the whole observed range; percentile clips the top 0.001 % (outliers); entropy minimises KL
+    calibrator = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[method]
     prepared = out_path.with_suffix(".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        first_conv = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"][:1]
         write_with(
             out_path,
             lambda tmp: quantize_static(
                 str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                nodes_to_exclude=first_conv, calibrate_method=calibrator,
             ),
         )
     finally:

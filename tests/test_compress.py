@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from tasks.compress import BASELINE, choose
@@ -8,7 +9,7 @@ from tasks.variants import export_onnx, prune_channels, quantize_int8, servable
 from tasks.latency import onnx_predictor, torch_predictor
 
 
-def _row(name, accuracy, b64, size):
+def _row(name, accuracy, b64, size):  # the fields `choose` reads
     return {"variant": name, "accuracy": accuracy, "accuracy_drop": round(0.99 - accuracy, 6), "latency_b64_ms": b64,
             "latency_b1_ms": b64 / 10, "size_bytes": size, "size_ratio": 1.0, "speedup_b1": 1.0, "speedup_b64": 1.0}
 
@@ -43,3 +44,77 @@ def test_onnx_export_matches_torch_and_int8_is_smaller(tmp_path):
     quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images)
     assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
     assert onnx_predictor(tmp_path / "int8.onnx")(images).shape == (64, 10)
+
+
+def _trained(params, prepared, tmp_path, **train_overrides):
+    from tasks.train import train
+
+    cfg = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 4, "patience": 2, **train_overrides})})
+    train(cfg, tmp_path, prepared, tmp_path / "train")
+    return cfg
+
+
+def test_distillation_follows_the_teacher_not_the_labels(params, prepared, tmp_path):
+    """With the whole loss on the teacher, shuffled labels cannot pull the pruned student away from it."""
+    from tasks.checkpoint import load_checkpoint
+    from tasks.dataset import load_split
+    from tasks.variants import fine_tune
+
+    _trained(params, prepared, tmp_path)
+    teacher, _ = load_checkpoint(tmp_path / "train" / "model.pt")
+    train_split, val, test = (load_split(prepared / s) for s in ("train", "val", "test"))
+    wrong = np.random.default_rng(0).permutation(np.asarray(train_split.y))
+    x = np.asarray(train_split.x)
+    agreement = {}
+    for weight in (0.0, 1.0):
+        student = prune_channels(teacher, x, 0.5, 10)
+        fine_tune(student, x, wrong, val.x, val.y, epochs=4, lr=0.002, batch_size=64, seed=0,
+                  teacher=teacher, distill_weight=weight)
+        with torch.inference_mode():
+            tx = torch.from_numpy(np.asarray(test.x))
+            agreement[weight] = float((student(tx).argmax(1) == teacher(tx).argmax(1)).float().mean())
+    assert agreement[1.0] > 0.9 > agreement[0.0] + 0.3
+
+
+def test_compress_stage_measures_every_variant_and_ships_the_choice(params, prepared, tmp_path):
+    import json
+
+    import mlflow
+
+    from tasks.compress import compress
+
+    cfg = _trained(params, prepared, tmp_path, model="mlp")
+    cfg = cfg.model_copy(update={"compress": cfg.compress.model_copy(update={"finetune_epochs": 2, "latency_repeats": 3})})
+    result = compress(cfg, tmp_path, prepared, tmp_path / "train", tmp_path / "compress")
+    table = json.loads((tmp_path / "compress" / "variants.json").read_text())
+    # an MLP is all linear layers: the dynamic int8 variants are built and measured too
+    assert set(table) == {BASELINE, "fp32-onnx", "int8-minmax-onnx", "int8-percentile-onnx", "int8-dynamic-onnx",
+                          "pruned-fp32-onnx", "pruned-int8-minmax-onnx", "pruned-int8-percentile-onnx",
+                          "pruned-int8-dynamic-onnx"}
+    for row in table.values():
+        assert row["size_bytes"] > 0 and row["parameters"] > 0 and 0 <= row["agreement"] <= 1
+        assert row["p95_b1_ms"] >= row["latency_b1_ms"] > 0
+        assert row["throughput_b64"] == pytest.approx(64_000 / row["latency_b64_ms"])
+    assert table["pruned-fp32-onnx"]["parameters"] < 0.5 * table[BASELINE]["parameters"]
+    chosen = table[result.chosen]
+    assert result.chosen != BASELINE and chosen["accuracy_drop"] <= cfg.compress.max_accuracy_drop
+    assert (tmp_path / "compress" / "model.onnx").read_bytes() == (tmp_path / "compress" / "variants" / f"{result.chosen}.onnx").read_bytes()
+    choice = json.loads((tmp_path / "compress" / "choice.json").read_text())
+    assert choice["variant"] == result.chosen and result.chosen in choice["reason"]
+    run_id = json.loads((tmp_path / "train" / "run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.tags["compress.chosen"] == result.chosen
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "compression")}
+    assert {"compression/variants.json", "compression/accuracy_vs_latency.png", "compression/model.onnx"} <= artifacts
+
+
+def test_a_pruned_vit_exports_with_a_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TrainParams(model="vit"), (1, 8, 8), 10).eval()
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    pruned = prune_channels(model, x, 0.5, 10)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+    images = x[:, 0] * 16
+    export_onnx(servable(pruned, 16.0), images[:2], tmp_path / "vit.onnx")
+    np.testing.assert_allclose(onnx_predictor(tmp_path / "vit.onnx")(images), torch_predictor(servable(pruned, 16.0))(images),
+                               atol=1e-5)

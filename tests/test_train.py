@@ -1,13 +1,25 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from tasks.checkpoint import load_checkpoint
-from tasks.evaluate import classification_metrics, predict_proba
+from tasks.config import AugmentParams
 from tasks.dataset import load_split
+from tasks.evaluate import classification_metrics, predict_proba
 from tasks.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+REPRODUCIBLE = ("best_epoch", "epochs_run", "val_loss", "val_accuracy")  # not wall time or memory
 
 
 @pytest.fixture
@@ -15,35 +27,132 @@ def quick(params):
     return params.model_copy(update={"train": params.train.model_copy(update={"epochs": 4, "patience": 2})})
 
 
+def _with(params, **train):
+    return params.model_copy(update={"train": params.train.model_copy(update=train)})
+
+
 def test_train_writes_checkpoint_metrics_and_an_mlflow_run(quick, prepared, tmp_path):
     result = train(quick, tmp_path, prepared, tmp_path / "train")
-    assert result.device == "cpu" and 1 <= result.best_epoch <= result.epochs_run <= 4
+    assert result.device == "cpu" and 1 <= result.best_epoch <= result.epochs_run <= 4 and result.resumed_at_epoch == 0
     model, payload = load_checkpoint(tmp_path / "train" / "model.pt")
     assert payload["params"]["train"]["epochs"] == 4 and payload["seed"] == quick.base.seed
     test = load_split(prepared / "test")
     accuracy = classification_metrics(test.y, predict_proba(model, np.asarray(test.x)).argmax(1))[0]["accuracy"]
     assert accuracy > 0.8  # four epochs already learn most digits
-    run = mlflow.MlflowClient().get_run(json.loads((tmp_path / "train" / "run.json").read_text())["run_id"])
-    assert run.data.params["train.epochs"] == "4"
-    assert {"git.commit", "data.train.md5", "params.md5", "version.torch"} <= set(run.data.tags)
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
-    assert len(history) == result.epochs_run
+    client = mlflow.MlflowClient()
+    run = client.get_run(json.loads((tmp_path / "train" / "run.json").read_text())["run_id"])
+    assert run.data.params["train.epochs"] == "4" and run.data.params["train.augment.rotation"] == "10.0"
+    assert {"git.commit", "data.train.md5", "params.md5", "version.torch", "device", "cpu_threads"} <= set(run.data.tags)
+    for metric in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "samples_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == result.epochs_run, metric
+    assert run.data.metrics["best_peak_memory_mb"] > 50
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "curves.png"}
     lines = (tmp_path / "train" / "history.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,") and len(lines) == result.epochs_run + 1
+    assert lines[0].startswith("epoch,train_loss,train_accuracy,") and len(lines) == result.epochs_run + 1
+    assert not (tmp_path / "train" / "last.pt").exists()  # the resume state goes once training is done
 
 
-def test_same_seed_gives_identical_weights(quick, prepared, tmp_path):
-    import torch
-
+def test_same_seed_gives_bitwise_identical_weights_and_metrics(quick, prepared, tmp_path):
     train(quick, tmp_path, prepared, tmp_path / "a")
     train(quick, tmp_path, prepared, tmp_path / "b")
-    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert {k: ma[k] for k in REPRODUCIBLE} == {k: mb[k] for k in REPRODUCIBLE}
+    train(_with(quick, augment=AugmentParams(rotation=0, scale=0, shift=0)), tmp_path, prepared, tmp_path / "c")
+    c = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the comparison can tell runs apart
 
 
-def test_mlp_is_selectable(quick, prepared, tmp_path):
-    mlp = quick.model_copy(update={"train": quick.train.model_copy(update={"model": "mlp", "epochs": 2})})
-    train(mlp, tmp_path, prepared, tmp_path / "mlp")
-    model, _ = load_checkpoint(tmp_path / "mlp" / "model.pt")
-    assert type(model).__name__ == "MLP"
+@pytest.mark.parametrize("model", ["mlp", "vit"])
+def test_other_model_families_train(quick, prepared, tmp_path, model):
+    cfg = _with(quick, model=model, epochs=3, patience=3, optimizer="sgd" if model == "mlp" else "adamw",
+                schedule="onecycle", label_smoothing=0.1, lr=0.05 if model == "mlp" else 0.002)
+    train(cfg, tmp_path, prepared, tmp_path / model)
+    trained, _ = load_checkpoint(tmp_path / model / "model.pt")
+    assert type(trained).__name__.lower() == model
+    history = (tmp_path / model / "history.csv").read_text().splitlines()[1:]
+    losses = [float(line.split(",")[1]) for line in history]
+    assert losses[-1] < losses[0]
+
+
+def test_two_project_roots_in_one_process_keep_their_own_stores(quick, prepared, tmp_path):
+    """MLflow exports the tracking URI it is given; a second project must still get its own store and artifacts."""
+    two = _with(quick, epochs=1)
+    for name in ("a", "b"):
+        train(two, tmp_path / name, prepared, tmp_path / name / "train")
+        run_id = json.loads((tmp_path / name / "train" / "run.json").read_text())["run_id"]
+        run = mlflow.MlflowClient().get_run(run_id)
+        assert run.info.artifact_uri.startswith((tmp_path / name / "mlartifacts").as_uri())
+        assert (tmp_path / name / "mlflow.db").exists()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def _project(root, prepared, **train_params):
+    """A project folder the stage command line can run in: params.yaml plus the prepared splits."""
+    import shutil
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(train_params)
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(prepared, root / "data" / "prepared")
+    return root
+
+
+def _stage(root, *launcher, wait=True):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [*launcher, "-m", "tasks", "train", "--root", str(root)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _metrics(root):
+    return json.loads((root / "artifacts" / "train" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(prepared, tmp_path):
+    settings = {"epochs": 14, "patience": 100}
+    whole = _project(tmp_path / "whole", prepared, **settings)
+    assert _stage(whole, sys.executable).returncode == 0
+
+    killed = _project(tmp_path / "killed", prepared, **settings)
+    process = _stage(killed, sys.executable, wait=False)
+    last = killed / "artifacts" / "train" / "last.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["epoch"] >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    interrupted_at = torch.load(last, weights_only=True)["epoch"]
+    assert interrupted_at < settings["epochs"] and not (killed / "artifacts" / "train" / "model.pt").exists()
+
+    resumed = _stage(killed, sys.executable)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from epoch {interrupted_at}" in resumed.stderr
+    assert f"resumed_at_epoch={interrupted_at}" in resumed.stdout
+    assert {k: _metrics(killed)[k] for k in REPRODUCIBLE} == {k: _metrics(whole)[k] for k in REPRODUCIBLE}
+    a, b = (torch.load(r / "artifacts" / "train" / "model.pt", weights_only=True)["state_dict"] for r in (whole, killed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not last.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_trains_like_one(prepared, tmp_path):
+    settings = {"epochs": 15, "patience": 100}
+    single = _project(tmp_path / "single", prepared, **settings)
+    assert _stage(single, sys.executable).returncode == 0
+    ddp = _project(tmp_path / "ddp", prepared, **settings)
+    done = _stage(ddp, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = _metrics(single)["val_accuracy"], _metrics(ddp)["val_accuracy"]
+    assert two >= 0.95 and abs(one - two) <= 0.03
+    mlflow.set_tracking_uri(f"sqlite:///{ddp / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["digits-pipeline"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # rank 0 alone logs
+    assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == 15
