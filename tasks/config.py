@@ -21,13 +21,14 @@ class BaseParams(Section):
 
 
 class IngestParams(Section):
-    source: Literal["digits", "arrays"] = "digits"
-    path: str = ""  # for `arrays`: a folder under data/sources holding images.npy and labels.npy
+    source: Literal["digits", "arrays", "idx", "images"] = "digits"
+    path: str = ""  # a folder under data/sources: see data/sources/README.md for each source's layout
+    image_size: tuple[int, int] = (28, 28)  # `images` only: every image is resized to this (H, W)
 
     @model_validator(mode="after")
-    def _arrays_need_a_path(self) -> IngestParams:
-        if self.source == "arrays" and not self.path:
-            raise ValueError("source 'arrays' needs ingest.path (a folder with images.npy and labels.npy)")
+    def _sources_need_a_path(self) -> IngestParams:
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"source '{self.source}' needs ingest.path (a folder under data/sources)")
         return self
 
 

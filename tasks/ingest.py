@@ -35,29 +35,18 @@ def ingest(params: IngestParams, root: Path, raw_dir: Path) -> IngestResult:
 
 
 def _read_source(params: IngestParams, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from tasks import sources
+
     if params.source == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
         return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
     folder = root / params.path
-    images = _load_array(folder / "images.npy")
-    labels = _load_array(folder / "labels.npy")
-    if images.ndim != 3:
-        raise DataError(f"{folder / 'images.npy'}: expected N×H×W images, found shape {images.shape}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(
-            f"{folder / 'labels.npy'}: expected {len(images)} labels (one per image), found shape {labels.shape}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{folder / 'labels.npy'}: labels must be integers, found dtype {labels.dtype}")
-    return images.astype(np.float32), labels.astype(np.int64)
-
-
-def _load_array(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise DataError(f"{path} not found") from err
-    except ValueError as err:  # truncated or not an .npy file (pickles are refused too)
-        raise DataError(f"{path} is not a readable .npy array: {err}") from err
+    if not folder.is_dir():
+        raise DataError(f"ingest.path: {folder} is not a folder")
+    if params.source == "arrays":
+        return sources.read_arrays(folder)
+    if params.source == "idx":
+        return sources.read_idx(folder)
+    return sources.read_image_folder(folder, params.image_size)

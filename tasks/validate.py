@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,25 +58,34 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path) -> Valid
 
 
 def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParams):
-    """The two tables checked per split: one row per image, and one row per class (its count)."""
+    """The two tables checked per split: one row per image (its label and pixel statistics), one row per class.
+
+    Statistics, not one column per pixel: the suite stays the same size (and seconds to run) at 8×8 or 28×28.
+    """
     import great_expectations.expectations as gxe
 
-    pixels = x.reshape(len(x), -1)
-    columns = [f"pixel_{i}" for i in range(pixels.shape[1])]
-    rows = pd.DataFrame(pixels, columns=columns)
-    rows["label"] = y
+    pixels = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: their NaN count names the problem
+        rows = pd.DataFrame({
+            "label": y,
+            "pixel_min": np.nanmin(pixels, axis=1),
+            "pixel_max": np.nanmax(pixels, axis=1),
+            "pixel_mean": np.nanmean(pixels, axis=1),
+            "pixel_std": np.nanstd(pixels, axis=1),
+            "nan_pixels": np.isnan(pixels).sum(axis=1),
+        })
     row_checks = [
-        gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*columns, "label"]),
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(rows.columns)),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeOfType(column="label", type_="int64"),
         gxe.ExpectColumnValuesToNotBeNull(column="label"),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(params.labels)),
+        gxe.ExpectColumnValuesToBeBetween(column="nan_pixels", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=params.value_min),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_max", max_value=params.value_max),
+        gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, strict_min=True),  # no constant images
     ]
-    for column in columns:
-        row_checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-        row_checks.append(
-            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=params.value_min, max_value=params.value_max)
-        )
     labels, counts = np.unique(y, return_counts=True)
     per_class = pd.DataFrame({"label": labels, "rows": counts})
     class_checks = [

@@ -44,8 +44,16 @@ def test_out_of_range_pixels_and_nans_are_named(corrupted, params, tmp_path):
     with pytest.raises(ValidationFailed) as info:
         validate(params.validate_, corrupted, tmp_path / "out")
     message = str(info.value)
-    assert "test: expect_column_values_to_be_between(pixel_3)" in message
-    assert "test: expect_column_values_to_not_be_null(pixel_18)" in message
+    assert "test: expect_column_values_to_be_between(pixel_max)" in message and "[7.5]" in message
+    assert "test: expect_column_values_to_be_between(nan_pixels)" in message and "[1]" in message
+
+
+def test_a_constant_image_is_named(corrupted, params, tmp_path):
+    x = np.load(corrupted / "train" / "x.npy")
+    x[5] = 0.25
+    np.save(corrupted / "train" / "x.npy", x)
+    with pytest.raises(ValidationFailed, match=r"train: expect_column_values_to_be_between\(pixel_std\) observed 1 unexpected"):
+        validate(params.validate_, corrupted, tmp_path / "out")
 
 
 def test_a_missing_class_is_named(corrupted, params, tmp_path):

@@ -1,0 +1,142 @@
+"""Each source format, written out from the bundled digits as a user would bring it, read back by `ingest`."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tasks.config import IngestParams
+from tasks.errors import DataError
+from tasks.ingest import ingest
+
+
+@pytest.fixture(scope="module")
+def digits():
+    bunch = load_digits()
+    return (bunch.images * 255 / 16).round().astype(np.uint8), bunch.target.astype(np.int64)
+
+
+def write_idx(path, array, compress):
+    codes = {np.dtype(np.uint8): 0x08}
+    blob = struct.pack(">BBBB", 0, 0, codes[array.dtype], array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.tobytes()
+    path.write_bytes(gzip.compress(blob) if compress else blob)
+
+
+def _raw(root):
+    return np.load(root / "raw" / "images.npy"), np.load(root / "raw" / "labels.npy")
+
+
+def _ingest(root, **params):
+    return ingest(IngestParams(**params), root, root / "raw")
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_files_round_trip_gzipped_or_not(tmp_path, digits, compress):
+    images, labels = digits
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    suffix = ".gz" if compress else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", images[:1500], compress)
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", labels[:1500].astype(np.uint8), compress)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", images[1500:], compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", labels[1500:].astype(np.uint8), compress)
+    result = _ingest(tmp_path, source="idx", path="mnist")
+    assert result.rows == len(labels) and result.image_shape == (8, 8)
+    got_images, got_labels = _raw(tmp_path)
+    # pairs are read in name order: t10k first, then train
+    np.testing.assert_array_equal(got_images, np.concatenate([images[1500:], images[:1500]]).astype(np.float32))
+    np.testing.assert_array_equal(got_labels, np.concatenate([labels[1500:], labels[:1500]]))
+
+
+def test_a_truncated_idx_file_is_named(tmp_path, digits):
+    images, labels = digits
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte", images, compress=False)
+    write_idx(folder / "train-labels-idx1-ubyte", labels.astype(np.uint8), compress=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: truncated or padded IDX data"):
+        _ingest(tmp_path, source="idx", path="mnist")
+    path.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(DataError, match="not an IDX file"):
+        _ingest(tmp_path, source="idx", path="mnist")
+
+
+def _image_folder(root, images, labels, per_class=12):
+    for digit in range(10):
+        (root / str(digit)).mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+            gray = Image.fromarray(images[idx]).resize((28, 28), Image.Resampling.NEAREST)
+            if i % 3 == 0:
+                gray.save(root / str(digit) / f"{i}.png")
+            elif i % 3 == 1:
+                Image.merge("RGB", [gray] * 3).save(root / str(digit) / f"{i}.png")  # RGB is made gray
+            else:
+                gray.save(root / str(digit) / f"{i}.jpg", quality=95)
+
+
+def test_an_image_folder_gives_resized_grayscale_images_labelled_by_folder(tmp_path, digits):
+    images, labels = digits
+    _image_folder(tmp_path / "folder", images, labels)
+    result = _ingest(tmp_path, source="images", path="folder", image_size=(16, 16))
+    assert result.rows == 120 and result.image_shape == (16, 16)
+    got_images, got_labels = _raw(tmp_path)
+    assert np.bincount(got_labels).tolist() == [12] * 10
+    assert 0 <= got_images.min() and got_images.max() <= 255 and got_images.max() > 200
+    # the first PNG of class 3, resized back, is the digit it was made from
+    first_three = images[np.flatnonzero(labels == 3)[0]].astype(np.float32)
+    small = np.asarray(Image.fromarray(got_images[got_labels == 3][0].astype(np.uint8)).resize((8, 8), Image.Resampling.BOX))
+    assert np.abs(small.astype(np.float32) - first_three).mean() < 25
+
+
+def test_a_non_image_in_the_image_folder_is_named(tmp_path, digits):
+    images, labels = digits
+    _image_folder(tmp_path / "folder", images, labels, per_class=3)
+    (tmp_path / "folder" / "4" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"notes.txt: not a PNG or JPEG file"):
+        _ingest(tmp_path, source="images", path="folder")
+    (tmp_path / "folder" / "4" / "notes.txt").unlink()
+    (tmp_path / "folder" / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"broken.png: not a readable image"):
+        _ingest(tmp_path, source="images", path="folder")
+
+
+def test_a_source_folder_that_is_missing_is_named(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        _ingest(tmp_path, source="idx", path="nowhere")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["idx", "images"])
+def test_the_stages_run_on_each_source(tmp_path, digits, source):
+    """ingest → prepare → validate → train through the stage command line dvc.yaml calls."""
+    import json
+
+    import yaml
+
+    from tasks.cli import main
+    from tests.test_train import REPO
+
+    images, labels = digits
+    folder = tmp_path / "data" / "sources" / "mine"
+    folder.mkdir(parents=True)
+    if source == "idx":
+        write_idx(folder / "train-images-idx3-ubyte.gz", images, compress=True)
+        write_idx(folder / "train-labels-idx1-ubyte.gz", labels.astype(np.uint8), compress=True)
+    else:
+        _image_folder(folder, images, labels, per_class=100)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(source=source, path="data/sources/mine")
+    params["prepare"]["pixel_max"] = 255
+    params["train"].update(epochs=12, patience=12)
+    params["validate"]["min_rows_per_class"] = 5   # the image fixture is small: 100 images a class
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("ingest", "prepare", "validate", "train"):
+        assert main([stage, "--root", str(tmp_path)]) == 0, stage
+    assert json.loads((tmp_path / "artifacts" / "validate" / "report.json").read_text())["success"] is True
+    assert json.loads((tmp_path / "artifacts" / "train" / "metrics.json").read_text())["val_accuracy"] > 0.5
