@@ -46,6 +46,8 @@ class PrepareParams(Section):
 
 class ValidateParams(Section):
     min_rows_per_class: int = Field(20, ge=1)
+    max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
     labels: tuple[int, ...] = tuple(range(10))
     value_min: float = 0.0
     value_max: float = 1.0

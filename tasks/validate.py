@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParam
             "pixel_mean": np.nanmean(pixels, axis=1),
             "pixel_std": np.nanstd(pixels, axis=1),
             "nan_pixels": np.isnan(pixels).sum(axis=1),
+            "image_md5": [hashlib.md5(row.tobytes()).hexdigest() for row in pixels],  # duplicates share it
         })
     row_checks = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(rows.columns)),
@@ -85,12 +87,14 @@ def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParam
         gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=params.value_min),
         gxe.ExpectColumnValuesToBeBetween(column="pixel_max", max_value=params.value_max),
         gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, strict_min=True),  # no constant images
+        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="image_md5", min_value=1 - params.max_duplicate_fraction),
     ]
     labels, counts = np.unique(y, return_counts=True)
-    per_class = pd.DataFrame({"label": labels, "rows": counts})
+    per_class = pd.DataFrame({"label": labels, "rows": counts, "share_of_largest": counts / max(counts.max(), 1)})
     class_checks = [
         gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(params.labels)),
         gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=params.min_rows_per_class),
+        gxe.ExpectColumnValuesToBeBetween(column="share_of_largest", min_value=1 / params.max_class_imbalance),
     ]
     yield f"{split_name}_rows", rows, row_checks
     yield f"{split_name}_class_counts", per_class, class_checks

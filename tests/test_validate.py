@@ -63,3 +63,23 @@ def test_a_missing_class_is_named(corrupted, params, tmp_path):
     np.save(corrupted / "val" / "y.npy", y[keep])
     with pytest.raises(ValidationFailed, match=r"val: expect_column_distinct_values_to_contain_set\(label\)"):
         validate(params.validate_, corrupted, tmp_path / "out")
+
+
+def test_heavy_duplication_is_named(corrupted, params, tmp_path):
+    x = np.load(corrupted / "train" / "x.npy")
+    x[: len(x) // 5] = x[0]  # a fifth of the split is one image
+    np.save(corrupted / "train" / "x.npy", x)
+    with pytest.raises(ValidationFailed, match=r"train: expect_column_proportion_of_unique_values_to_be_between\(image_md5\)"):
+        validate(params.validate_, corrupted, tmp_path / "out")
+
+
+def test_a_starved_class_breaks_the_balance(corrupted, params, tmp_path):
+    x, y = np.load(corrupted / "train" / "x.npy"), np.load(corrupted / "train" / "y.npy")
+    sevens = np.flatnonzero(y == 7)
+    keep = np.setdiff1d(np.arange(len(y)), sevens[20:])  # 20 sevens left: enough rows, far too few against the rest
+    np.save(corrupted / "train" / "x.npy", x[keep])
+    np.save(corrupted / "train" / "y.npy", y[keep])
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, tmp_path / "out")
+    assert "train: expect_column_values_to_be_between(share_of_largest)" in str(info.value)
+    assert "expect_column_values_to_be_between(rows)" not in str(info.value)
