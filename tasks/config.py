@@ -48,6 +48,7 @@ class ValidateParams(Section):
     min_rows_per_class: int = Field(20, ge=1)
     max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
+    drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
     labels: tuple[int, ...] = tuple(range(10))
     value_min: float = 0.0
     value_max: float = 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tasks.dataset import SPLITS, load_split
 from tasks.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
+DRIFT_COLUMNS = ("pixel_mean", "pixel_std", "pixel_min", "pixel_max")
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,14 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path) -> Valid
 
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # our own log lines say enough
     source = context.data_sources.add_or_update_pandas("prepared")
+    reference_path = Path(out_dir) / "reference.json"
+    reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+    if reference is None:
+        log.info("no reference data version yet: drift is not checked, and this version becomes the reference")
     failures: list[Failure] = []
     for split_name in SPLITS:
         split = load_split(prepared_dir / split_name)
-        for asset_name, frame, suite in _tables(split_name, split.x, split.y, params):
+        for asset_name, frame, suite in _tables(split_name, split.x, split.y, params, reference):
             failures += _run_checkpoint(gx, context, source, asset_name, frame, suite, split_name)
     docs = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     result = ValidateResult(success=not failures, failures=failures, data_docs=docs)
@@ -54,21 +60,18 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path) -> Valid
     if failures:
         lines = "\n".join(f"  - {f.split}: {f.expectation}({f.column or ''}) observed {f.observed}" for f in failures)
         raise ValidationFailed(f"{len(failures)} expectation(s) failed; Data Docs: {docs}\n{lines}")
+    train = load_split(prepared_dir / "train")
+    write_json(reference_path, {"columns": _reference(image_stats(train.x, train.y))})  # the last accepted version
     log.info("all splits passed validation; Data Docs: %s", docs)
     return result
 
 
-def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParams):
-    """The two tables checked per split: one row per image (its label and pixel statistics), one row per class.
-
-    Statistics, not one column per pixel: the suite stays the same size (and seconds to run) at 8×8 or 28×28.
-    """
-    import great_expectations.expectations as gxe
-
+def image_stats(x: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    """One row per image: its label and pixel statistics (the table the suite checks)."""
     pixels = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images: their NaN count names the problem
-        rows = pd.DataFrame({
+        return pd.DataFrame({
             "label": y,
             "pixel_min": np.nanmin(pixels, axis=1),
             "pixel_max": np.nanmax(pixels, axis=1),
@@ -77,6 +80,22 @@ def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParam
             "nan_pixels": np.isnan(pixels).sum(axis=1),
             "image_md5": [hashlib.md5(row.tobytes()).hexdigest() for row in pixels],  # duplicates share it
         })
+
+
+def _reference(rows: pd.DataFrame) -> dict:
+    return {c: {"mean": float(rows[c].mean()), "std": float(rows[c].std())} for c in DRIFT_COLUMNS}
+
+
+def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParams, reference: dict | None):
+    """The two tables checked per split: one row per image (its label and pixel statistics), one row per class.
+
+    Statistics, not one column per pixel: the suite stays the same size (and seconds to run) at 8×8 or 28×28.
+    Against a reference (the last accepted version), each statistic's mean must stay within
+    `drift_max_shift` of the reference's standard deviations.
+    """
+    import great_expectations.expectations as gxe
+
+    rows = image_stats(x, y)
     row_checks = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(rows.columns)),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -89,6 +108,10 @@ def _tables(split_name: str, x: np.ndarray, y: np.ndarray, params: ValidateParam
         gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, strict_min=True),  # no constant images
         gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="image_md5", min_value=1 - params.max_duplicate_fraction),
     ]
+    for column, ref in (reference or {"columns": {}})["columns"].items():
+        # a floor of 1 % of the value range: a statistic that never varied (every digit's min is 0) may still wobble
+        band = params.drift_max_shift * max(ref["std"], 0.01 * (params.value_max - params.value_min))
+        row_checks.append(gxe.ExpectColumnMeanToBeBetween(column=column, min_value=ref["mean"] - band, max_value=ref["mean"] + band))
     labels, counts = np.unique(y, return_counts=True)
     per_class = pd.DataFrame({"label": labels, "rows": counts, "share_of_largest": counts / max(counts.max(), 1)})
     class_checks = [

@@ -83,3 +83,18 @@ def test_a_starved_class_breaks_the_balance(corrupted, params, tmp_path):
         validate(params.validate_, corrupted, tmp_path / "out")
     assert "train: expect_column_values_to_be_between(share_of_largest)" in str(info.value)
     assert "expect_column_values_to_be_between(rows)" not in str(info.value)
+
+
+def test_drift_against_the_last_accepted_version_is_named(corrupted, params, tmp_path):
+    out = tmp_path / "out"
+    validate(params.validate_, corrupted, out)  # accepted: becomes the reference
+    reference = json.loads((out / "reference.json").read_text())["columns"]
+    assert set(reference) == {"pixel_mean", "pixel_std", "pixel_min", "pixel_max"}
+    validate(params.validate_, corrupted, out)  # the same data against itself: no drift
+    for split in ("train", "val", "test"):
+        x = np.load(corrupted / split / "x.npy")
+        np.save(corrupted / split / "x.npy", (x * 0.7).astype(np.float32))  # fainter ink: in range, not NaN, not constant
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, out)
+    assert "train: expect_column_mean_to_be_between(pixel_mean)" in str(info.value)
+    assert json.loads((out / "reference.json").read_text())["columns"] == reference  # a rejected version is no reference
