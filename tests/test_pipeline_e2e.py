@@ -185,3 +185,30 @@ def test_bad_data_stops_at_validate_and_registers_nothing(project):
     assert str(client.get_model_version_by_alias("digits-classifier", "champion").version) == "1"
     assert (root / "artifacts/train/model.pt").read_bytes() == model_bytes
     assert (root / "artifacts/validate/gx/uncommitted/data_docs/local_site/index.html").is_file()
+
+
+def test_a_changed_data_file_retrains_and_an_unchanged_one_skips_every_stage(project):
+    from sklearn.datasets import load_digits
+
+    root, env, _ = project
+    source = root / "data/sources/mine"
+    source.mkdir(parents=True)
+    digits = load_digits()
+    images = digits.images.astype(np.float32)
+    images[0, 0, 0] = 1.0 - min(images[0, 0, 0], 1.0)  # one pixel of one image, still in range
+    np.save(source / "images.npy", images)
+    np.save(source / "labels.npy", digits.target)
+    _edit_params(root, "ingest", source="arrays", path="data/sources/mine")
+    stages = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+
+    changed = _run(root, env, "dvc", "repro")
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert [s for s in stages if f"Running stage '{s}'" in changed.stdout] == list(stages)
+    unchanged = _run(root, env, "dvc", "repro")
+    assert unchanged.returncode == 0
+    assert [s for s in stages if f"Running stage '{s}'" in unchanged.stdout] == []
+    run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
+    tags = _client(root).get_run(run_id).data.tags
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert tags["dvc.data/raw"] == lock["ingest"]["outs"][0]["md5"]  # the new data version is on the run
+    assert tags["data.train.md5"]
