@@ -112,13 +112,20 @@ def _metrics(root):
     return json.loads((root / "artifacts" / "train" / "metrics.json").read_text())
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(prepared, tmp_path):
-    settings = {"epochs": 14, "patience": 100}
-    whole = _project(tmp_path / "whole", prepared, **settings)
-    assert _stage(whole, sys.executable).returncode == 0
+SETTINGS = {"epochs": 15, "patience": 100}
 
-    killed = _project(tmp_path / "killed", prepared, **settings)
+
+@pytest.fixture(scope="module")
+def whole(prepared, tmp_path_factory):
+    """One uninterrupted single-process run of the stage command line: what resumed and DDP runs are held to."""
+    root = _project(tmp_path_factory.mktemp("whole") / "project", prepared, **SETTINGS)
+    assert _stage(root, sys.executable).returncode == 0
+    return root
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(whole, prepared, tmp_path):
+    killed = _project(tmp_path / "killed", prepared, **SETTINGS)
     process = _stage(killed, sys.executable, wait=False)
     last = killed / "artifacts" / "train" / "last.pt"
     deadline = time.monotonic() + 300
@@ -130,7 +137,7 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(prepared, tmp_p
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     interrupted_at = torch.load(last, weights_only=True)["epoch"]
-    assert interrupted_at < settings["epochs"] and not (killed / "artifacts" / "train" / "model.pt").exists()
+    assert interrupted_at < SETTINGS["epochs"] and not (killed / "artifacts" / "train" / "model.pt").exists()
 
     resumed = _stage(killed, sys.executable)
     assert resumed.returncode == 0, resumed.stderr
@@ -143,16 +150,13 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(prepared, tmp_p
 
 
 @pytest.mark.slow
-def test_torchrun_with_two_processes_trains_like_one(prepared, tmp_path):
-    settings = {"epochs": 15, "patience": 100}
-    single = _project(tmp_path / "single", prepared, **settings)
-    assert _stage(single, sys.executable).returncode == 0
-    ddp = _project(tmp_path / "ddp", prepared, **settings)
+def test_torchrun_with_two_processes_trains_like_one(whole, prepared, tmp_path):
+    ddp = _project(tmp_path / "ddp", prepared, **SETTINGS)
     done = _stage(ddp, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    one, two = _metrics(single)["val_accuracy"], _metrics(ddp)["val_accuracy"]
+    one, two = _metrics(whole)["val_accuracy"], _metrics(ddp)["val_accuracy"]
     assert two >= 0.95 and abs(one - two) <= 0.03
     mlflow.set_tracking_uri(f"sqlite:///{ddp / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["digits-pipeline"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # rank 0 alone logs
-    assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == 15
+    assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == SETTINGS["epochs"]
