@@ -41,6 +41,7 @@ class DigitsClassifier:
         meta = self.model_ref.info.metadata
         self.image_shape = tuple(meta["input_shape"][1:])
         self.pixel_max = float(meta["pixel_max"])
+        self.kind = meta.get("kind", "images")  # "table": rows already encoded as in data/prepared/meta.json
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(self.model_ref.path_of("model.onnx"), providers=providers)
 
@@ -67,5 +68,5 @@ class DigitsClassifier:
         if not np.isfinite(images).all():
             raise InvalidArgument("images contain NaN or infinite values")
         low, high = float(images.min()), float(images.max())
-        if low < 0 or high > self.pixel_max:
+        if self.kind == "images" and (low < 0 or high > self.pixel_max):
             raise InvalidArgument(f"pixel values must lie in [0, {self.pixel_max:g}]; got [{low:g}, {high:g}]")

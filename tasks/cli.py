@@ -30,7 +30,7 @@ def run_stage(stage: str, layout: Layout) -> object:
     if stage == "validate":
         from tasks.validate import validate
 
-        return validate(params.validate_, layout.prepared, layout.validation)
+        return validate(params.validate_, layout.prepared, layout.validation, root=root, experiment=params.base.experiment)
     if stage == "train":
         from tasks.train import train
 

@@ -35,11 +35,16 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     from tasks.latency import measure, onnx_predictor, predicted_classes, torch_predictor
     from tasks.variants import export_onnx, fine_tune, prune_channels, quantize_dynamic_int8, quantize_int8, servable
 
-    cfg, pixel_max = params.compress, params.prepare.pixel_max
+    from tasks.prepare import prepared_meta
+
+    meta = prepared_meta(prepared_dir)
+    cfg, pixel_max, data_kind = params.compress, float(meta.get("pixel_max", params.prepare.pixel_max)), meta["kind"]
+    image_input = data_kind == "images"
+    wrap = lambda net: servable(net, pixel_max, image_input=image_input)  # noqa: E731
     model, payload = load_checkpoint(train_dir / "model.pt")
     train, val, test = (load_split(prepared_dir / s) for s in ("train", "val", "test"))
     images = _raw(test.x, pixel_max)
-    baseline = servable(model, pixel_max)
+    baseline = wrap(model)
     reference = predicted_classes(torch_predictor(baseline), images)
     variants_dir = out_dir / "variants"
     variants_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +60,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         sources.append(("pruned-", pruned))
     for prefix, net in sources:
         fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
-        export_onnx(servable(net, pixel_max), images[:2], fp32_path)
+        export_onnx(wrap(net), images[:2], fp32_path)
         kinds = ["fp32-onnx"]
         for method in cfg.calibrations:  # calibrators clip activation ranges differently: measure, don't guess
             quantize_int8(fp32_path, variants_dir / f"{prefix}int8-{method}-onnx.onnx", calibration, method)
@@ -72,7 +77,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     write_with(out_dir / "model.onnx", lambda tmp: shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", tmp))
     write_json(out_dir / "variants.json", {r["variant"]: {k: v for k, v in r.items() if k != "variant"} for r in table})
     write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
-    write_json(out_dir / "choice.json", {"variant": chosen["variant"], "reason": reason, "pixel_max": pixel_max,
+    write_json(out_dir / "choice.json", {"variant": chosen["variant"], "reason": reason, "pixel_max": pixel_max, "kind": data_kind,
                                           "input_shape": payload["input_shape"], "n_classes": payload["n_classes"]})
     write_with(out_dir / "accuracy_vs_latency.png", lambda tmp: _plot(tmp, table, chosen["variant"]))
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json"):
@@ -121,8 +126,9 @@ def _relative_to_baseline(rows: list[dict]) -> list[dict]:
 
 
 def _raw(x: np.ndarray, pixel_max: float) -> np.ndarray:
-    """Prepared N×1×H×W images back to the raw intensities the service receives."""
-    return np.ascontiguousarray(np.asarray(x)[:, 0] * np.float32(pixel_max), dtype=np.float32)
+    """Prepared N×1×H×W images back to the raw intensities the service receives (encoded table rows stay as they are)."""
+    x = np.asarray(x)
+    return np.ascontiguousarray((x[:, 0] if x.ndim == 4 else x) * np.float32(pixel_max), dtype=np.float32)
 
 
 def _count(model) -> int:

@@ -21,14 +21,15 @@ class BaseParams(Section):
 
 
 class IngestParams(Section):
-    source: Literal["digits", "arrays", "idx", "images"] = "digits"
-    path: str = ""  # a folder under data/sources: see data/sources/README.md for each source's layout
+    source: Literal["digits", "arrays", "idx", "images", "table"] = "digits"
+    path: str = ""  # a folder (or, for `table`, a file) under data/sources: see data/sources/README.md
     image_size: tuple[int, int] = (28, 28)  # `images` only: every image is resized to this (H, W)
+    label_column: str = "label"  # `table` only: the column holding the integer class id
 
     @model_validator(mode="after")
     def _sources_need_a_path(self) -> IngestParams:
         if self.source != "digits" and not self.path:
-            raise ValueError(f"source '{self.source}' needs ingest.path (a folder under data/sources)")
+            raise ValueError(f"source '{self.source}' needs ingest.path (under data/sources)")
         return self
 
 
@@ -49,6 +50,10 @@ class ValidateParams(Section):
     max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
     drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
+    max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
+    max_null_fraction: float = Field(0.05, ge=0, le=1)  # tables: share of missing values allowed per column
+    table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
+    image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
     labels: tuple[int, ...] = tuple(range(10))
     value_min: float = 0.0
     value_max: float = 1.0
@@ -86,6 +91,7 @@ class TrainParams(Section):
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (needs a C compiler; pays off on long GPU runs)
     threads: int = Field(0, ge=0)  # CPU threads; 0: the cores shared among the processes on this machine
+    preload_max_mb: float = Field(256, ge=0)  # inputs up to this size go to the device once; larger ones stream from disk
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:

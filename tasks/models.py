@@ -71,8 +71,14 @@ class ViT(nn.Module):
         return self.head(self.encoder(tokens)[:, 0])
 
 
-def build_model(params: TrainParams, input_shape: tuple[int, int, int], n_classes: int) -> nn.Module:
-    """The model `params.model` names, sized for `input_shape` (C, H, W) and `n_classes`."""
+def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The model `params.model` names, sized for `input_shape` (C, H, W for images; F for a table) and `n_classes`."""
+    if len(input_shape) == 1:  # encoded table features
+        if params.model != "mlp":
+            from tasks.errors import ConfigError
+
+            raise ConfigError(f"train.model={params.model} needs images; a table trains with train.model: mlp")
+        return MLP(input_shape[0], params.mlp_hidden, n_classes, params.dropout)
     c, h, w = input_shape
     if params.model == "cnn":
         return CNN(params.cnn_channels, n_classes, params.dropout)

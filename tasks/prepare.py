@@ -1,4 +1,9 @@
-"""Stage `prepare`: a seeded, stratified train/val/test split of the raw data, scaled to [0, 1]."""
+"""Stage `prepare`: a seeded, stratified train/val/test split of the raw data, as model-ready arrays.
+
+Images are scaled to [0, 1] (N×1×H×W). A table's features are imputed, standardised and one-hot encoded
+by an encoder fitted on the train split only (N×F); each split's original rows are kept beside the arrays
+(`rows.parquet`) for validation. `meta.json` says which kind of data this is and how it was encoded.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.atomic import write_json, write_with
 from tasks.config import PrepareParams
 from tasks.dataset import Split, save_split
 from tasks.errors import DataError
@@ -22,15 +28,47 @@ class PrepareResult:
 
 def prepare(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path) -> PrepareResult:
     """Split `raw_dir` into `out_dir/{train,val,test}`, stratified by label and reproducible by seed."""
+    if (raw_dir / "table.parquet").is_file():
+        return _prepare_table(params, seed, raw_dir, out_dir)
     images = np.load(raw_dir / "images.npy", allow_pickle=False)
     labels = np.load(raw_dir / "labels.npy", allow_pickle=False)
     x = (images / np.float32(params.pixel_max)).astype(np.float32)[:, None, :, :]
     splits = split_stratified(x, labels, params.val_fraction, params.test_fraction, seed)
     for name, split in splits.items():
         save_split(out_dir / name, split)
+        (out_dir / name / "rows.parquet").unlink(missing_ok=True)
+    write_json(out_dir / "meta.json", {"kind": "images", "pixel_max": params.pixel_max, "image_shape": list(images.shape[1:])})
     rows = {name: len(split) for name, split in splits.items()}
     log.info("split %d rows into %s", len(labels), rows)
     return PrepareResult(rows=rows)
+
+
+def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path) -> PrepareResult:
+    import pandas as pd
+
+    from tasks.tables import LABEL, describe, encode, fit_encoder
+
+    frame = pd.read_parquet(raw_dir / "table.parquet")
+    labels = frame[LABEL].to_numpy(np.int64)
+    parts = split_stratified(np.arange(len(frame)), labels, params.val_fraction, params.test_fraction, seed)
+    tables = {name: frame.iloc[part.x].reset_index(drop=True) for name, part in parts.items()}
+    encoder = fit_encoder(tables["train"])  # imputation medians, scales and categories from train rows only
+    for name, table in tables.items():
+        save_split(out_dir / name, Split(x=encode(encoder, table), y=table[LABEL].to_numpy(np.int64)))
+        write_with(out_dir / name / "rows.parquet", lambda tmp, t=table: t.to_parquet(tmp, index=False))
+    n_features = int(encode(encoder, tables["val"].head(1)).shape[1])
+    write_json(out_dir / "meta.json", {"kind": "table", "pixel_max": 1.0, "features": n_features, "encoding": describe(encoder)})
+    rows = {name: len(table) for name, table in tables.items()}
+    log.info("split %d table rows into %s; %d encoded features", len(frame), rows, n_features)
+    return PrepareResult(rows=rows)
+
+
+def prepared_meta(prepared_dir: Path) -> dict:
+    """What `prepare` wrote about the data: its kind, the intensity scale, the table encoding."""
+    import json
+
+    path = Path(prepared_dir) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {"kind": "images"}
 
 
 def split_stratified(

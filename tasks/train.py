@@ -65,13 +65,13 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
     device = resolve_device(cfg.device, world.local_rank)
     set_threads(cfg.threads, device)
     seed_everything(seed)
-    splits = {s: load_split(prepared_dir / s) for s in ("train", "val")}
-    # The whole dataset fits on the device: no per-batch host-to-device copies.
-    (x_train, y_train), (x_val, y_val) = ((torch.from_numpy(np.asarray(a)).to(device) for a in (sp.x, sp.y)) for sp in splits.values())
+    (x_train, y_train), (x_val, y_val), streamed = _load_data(prepared_dir, device, cfg.preload_max_mb)
     input_shape, n_classes = tuple(x_train.shape[1:]), int(max(y_train.max(), y_val.max()).item()) + 1
     model = build_model(cfg, input_shape, n_classes).to(device)
     if device.type == "cuda" and cfg.channels_last and x_train.ndim == 4:
-        model, x_train, x_val = (t.to(memory_format=torch.channels_last) for t in (model, x_train, x_val))
+        model = model.to(memory_format=torch.channels_last)
+        if not streamed:
+            x_train, x_val = (t.to(memory_format=torch.channels_last) for t in (x_train, x_val))
     batch = max(cfg.batch_size // world.size, 1)  # the global batch stays cfg.batch_size, whatever N is
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_schedule(cfg, optimizer, math.ceil(len(y_train) / world.size / batch))
@@ -162,6 +162,22 @@ def _finish(out_dir, model, best, history, params, input_shape, n_classes, run_i
     mlflow.log_artifact(str(out_dir / "history.csv"))
     mlflow.log_artifact(str(out_dir / "curves.png"))
     (out_dir / "last.pt").unlink(missing_ok=True)
+
+
+def _load_data(prepared_dir: Path, device, preload_max_mb: float):
+    """Train and val as (x, y). Up to `preload_max_mb` of images, x is copied to the device once (no per-batch copies);
+    above it, x stays a memory-mapped file read batch by batch, so memory stays flat however large the data grows.
+    Labels always go to the device (8 bytes a row)."""
+    import torch
+
+    splits = [load_split(prepared_dir / s, mmap=True) for s in ("train", "val")]
+    megabytes = sum(sp.x.nbytes for sp in splits) / 2**20
+    streamed = megabytes > preload_max_mb
+    if streamed:
+        log.info("streaming %.0f MB of inputs from memory-mapped files (train.preload_max_mb: %g)", megabytes, preload_max_mb)
+    loaded = [(sp.x if streamed else torch.from_numpy(np.array(sp.x)).to(device),
+               torch.from_numpy(np.array(sp.y)).to(device)) for sp in splits]
+    return loaded[0], loaded[1], streamed
 
 
 def _augmenter(cfg, device):

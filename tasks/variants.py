@@ -13,8 +13,8 @@ from tasks.atomic import write_with
 log = logging.getLogger(__name__)
 
 
-def servable(model, pixel_max: float):
-    """Wrap `model` so it takes raw N×H×W intensities and returns class probabilities, as the service does."""
+def servable(model, pixel_max: float, image_input: bool = True):
+    """Wrap `model` so it takes raw N×H×W intensities (or N×F encoded table rows) and returns class probabilities."""
     import torch
     from torch import nn
 
@@ -25,7 +25,7 @@ def servable(model, pixel_max: float):
             self.register_buffer("scale", torch.tensor(1.0 / pixel_max))
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model(images.unsqueeze(1) * self.scale), dim=1)
+            return torch.softmax(self.model((images.unsqueeze(1) if image_input else images) * self.scale), dim=1)
 
     return Servable().eval()
 

@@ -112,9 +112,9 @@ def test_a_source_folder_that_is_missing_is_named(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["idx", "images"])
+@pytest.mark.parametrize("source", ["idx", "images", "table"])
 def test_the_stages_run_on_each_source(tmp_path, digits, source):
-    """ingest → prepare → validate → train through the stage command line dvc.yaml calls."""
+    """ingest → prepare → validate → train (and compress, for the table's MLP) through the command line dvc.yaml calls."""
     import json
 
     import yaml
@@ -125,18 +125,31 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
     images, labels = digits
     folder = tmp_path / "data" / "sources" / "mine"
     folder.mkdir(parents=True)
+    stages = ["ingest", "prepare", "validate", "train"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(source=source, path="data/sources/mine")
     if source == "idx":
         write_idx(folder / "train-images-idx3-ubyte.gz", images, compress=True)
         write_idx(folder / "train-labels-idx1-ubyte.gz", labels.astype(np.uint8), compress=True)
-    else:
+    elif source == "images":
         _image_folder(folder, images, labels, per_class=100)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"].update(source=source, path="data/sources/mine")
+    else:
+        from tests.test_tables import digits_table
+
+        digits_table().to_csv(folder / "digits.csv", index=False)
+        params["ingest"]["label_column"] = "digit"
+        params["train"]["model"] = "mlp"
+        params["compress"].update(finetune_epochs=2, calibrations=["minmax"])
+        stages.append("compress")
     params["prepare"]["pixel_max"] = 255
     params["train"].update(epochs=12, patience=12)
     params["validate"]["min_rows_per_class"] = 5   # the image fixture is small: 100 images a class
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("ingest", "prepare", "validate", "train"):
+    for stage in stages:
         assert main([stage, "--root", str(tmp_path)]) == 0, stage
     assert json.loads((tmp_path / "artifacts" / "validate" / "report.json").read_text())["success"] is True
     assert json.loads((tmp_path / "artifacts" / "train" / "metrics.json").read_text())["val_accuracy"] > 0.5
+    if source == "table":  # the MLP over encoded rows exports, quantizes and is measured like the image models
+        variants = json.loads((tmp_path / "artifacts" / "compress" / "variants.json").read_text())
+        assert {"fp32-onnx", "int8-minmax-onnx", "int8-dynamic-onnx"} <= set(variants)
+        assert variants["fp32-onnx"]["agreement"] >= 0.995 and variants["fp32-torch"]["accuracy"] > 0.8

@@ -52,6 +52,19 @@ def test_train_writes_checkpoint_metrics_and_an_mlflow_run(quick, prepared, tmp_
     assert not (tmp_path / "train" / "last.pt").exists()  # the resume state goes once training is done
 
 
+def test_streaming_from_memory_mapped_files_trains_exactly_like_preloading(quick, prepared, tmp_path, caplog):
+    """Above train.preload_max_mb the inputs stay on disk and are read batch by batch: same batches, same weights."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tasks.train")
+    train(quick, tmp_path, prepared, tmp_path / "preloaded")
+    assert "streaming" not in caplog.text
+    train(_with(quick, preload_max_mb=0), tmp_path, prepared, tmp_path / "streamed")
+    assert "streaming" in caplog.text
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("preloaded", "streamed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_same_seed_gives_bitwise_identical_weights_and_metrics(quick, prepared, tmp_path):
     train(quick, tmp_path, prepared, tmp_path / "a")
     train(quick, tmp_path, prepared, tmp_path / "b")

@@ -98,3 +98,56 @@ def test_drift_against_the_last_accepted_version_is_named(corrupted, params, tmp
         validate(params.validate_, corrupted, out)
     assert "train: expect_column_mean_to_be_between(pixel_mean)" in str(info.value)
     assert json.loads((out / "reference.json").read_text())["columns"] == reference  # a rejected version is no reference
+
+
+def test_a_wrong_image_shape_is_named(corrupted, params, tmp_path):
+    out = tmp_path / "out"
+    validate(params.validate_, corrupted, out)  # accepted 8×8 images: the reference shape
+    for split in ("train", "val", "test"):
+        x = np.load(corrupted / split / "x.npy")
+        np.save(corrupted / split / "x.npy", np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1))))  # 9×9, otherwise plausible
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, out)
+    assert "train: expect_column_values_to_be_in_set(image_shape)" in str(info.value) and "9x9" in str(info.value)
+    explicit = params.validate_.model_copy(update={"image_shape": (8, 8)})
+    with pytest.raises(ValidationFailed, match=r"expect_column_values_to_be_in_set\(image_shape\)"):
+        validate(explicit, corrupted, tmp_path / "fresh")  # no reference there: the configured shape still applies
+
+
+def test_a_shifted_label_distribution_is_named(corrupted, params, tmp_path):
+    out = tmp_path / "out"
+    validate(params.validate_, corrupted, out)
+    for split in ("train", "val", "test"):
+        x, y = np.load(corrupted / split / "x.npy"), np.load(corrupted / split / "y.npy")
+        keep = (y != 0) | (np.arange(len(y)) % 3 == 0)  # two thirds of the zeros gone
+        np.save(corrupted / split / "x.npy", x[keep])
+        np.save(corrupted / split / "y.npy", y[keep])
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, out)
+    assert "train: expect_column_values_to_be_between(share_shift)" in str(info.value)
+
+
+def test_the_outcome_and_data_docs_are_logged_to_mlflow_pass_or_fail(corrupted, params, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import configure
+
+    passed = validate(params.validate_, corrupted, tmp_path / "out", root=tmp_path, experiment="checks")
+    assert passed.success
+    y = np.load(corrupted / "train" / "y.npy")
+    y[0] = 42
+    np.save(corrupted / "train" / "y.npy", y)
+    with pytest.raises(ValidationFailed):
+        validate(params.validate_, corrupted, tmp_path / "out", root=tmp_path, experiment="checks")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    configure(tmp_path, "checks")
+    client = MlflowClient()
+    failed = client.get_run(report["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and failed.data.tags["validation.success"] == "false"
+    assert failed.data.metrics["failed_expectations"] == len(report["failures"]) >= 1
+    assert {"split": "train", "expectation": "expect_column_values_to_be_in_set", "column": "label",
+            "observed": "1 unexpected value(s), e.g. [42]"} in report["failures"]
+    docs = [a.path for a in client.list_artifacts(failed.info.run_id, "data_docs")]
+    assert "data_docs/index.html" in docs
+    runs = client.search_runs([failed.info.experiment_id], "tags.stage = 'validate'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
