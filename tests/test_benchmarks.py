@@ -29,3 +29,15 @@ def test_report_lists_every_result_with_its_command():
     text = render({"x": result})
     assert "## A figure" in text and "`python -m benchmarks.x`" in text and "| 1 |" in text
     assert "torch 2.13.0" in text and "torchao" not in text
+
+
+def test_the_memory_benchmark_writes_a_scaled_prepared_layout_train_can_read(tmp_path):
+    from benchmarks.train_memory import write_prepared
+    from tasks.dataset import load_split
+
+    base = build(seed=2, sizes={"train": 40, "val": 10, "test": 10})
+    write_prepared(base, 3, tmp_path)
+    train = load_split(tmp_path / "train", mmap=True)
+    assert train.x.shape == (120, 1, 28, 28) and len(load_split(tmp_path / "test").y) == 10
+    np.testing.assert_array_equal(train.x[80:], base["train"].x)
+    np.testing.assert_array_equal(train.y, np.tile(base["train"].y, 3))
