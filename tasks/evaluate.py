@@ -25,33 +25,93 @@ class EvaluateResult:
 
 
 def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, out_dir: Path) -> EvaluateResult:
-    """Score the trained model on the test split, log everything to the run, register and maybe promote it."""
+    """Score the trained model on the test split, log everything to the run, register it and decide on champion."""
     import mlflow
 
     from tasks import registry, tracking
     from tasks.checkpoint import load_checkpoint
+    from tasks.eval_plots import plot_confusion, plot_misclassified, plot_reliability
+    from tasks.prepare import prepared_meta
 
     model, _ = load_checkpoint(train_dir / "model.pt")
     test = load_split(prepared_dir / "test")
     probabilities = predict_proba(model, np.asarray(test.x))
     predicted = probabilities.argmax(1)
     metrics, per_class = classification_metrics(test.y, predicted)
+    ece, bins = calibration(test.y, probabilities)
+    metrics["expected_calibration_error"] = ece
+    pairs = confused_pairs(test.y, predicted)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "per_class.json", per_class)
-    write_with(out_dir / "predictions.csv", lambda tmp: _write_predictions(tmp, test.y, predicted))
-    write_with(out_dir / "confusion_matrix.png", lambda tmp: _plot_confusion(tmp, test.y, predicted))
+    write_json(out_dir / "confused_pairs.json", {"pairs": pairs})
+    write_with(out_dir / "predictions.csv", lambda tmp: _write_csv(tmp, {"actual": test.y, "predicted": predicted}))
+    write_with(out_dir / "calibration.csv", lambda tmp: _write_csv(tmp, {k: [b[k] for b in bins] for k in bins[0]}))
+    images = np.asarray(test.x) if prepared_meta(prepared_dir)["kind"] == "images" else None  # tables: no pictures
+    plots = {"confusion_matrix.png": lambda tmp: plot_confusion(tmp, test.y, predicted),
+             "reliability.png": lambda tmp: plot_reliability(tmp, bins, ece),
+             "misclassified.png": lambda tmp: plot_misclassified(tmp, images, test.y, probabilities)}
+    for name, draw in plots.items():
+        write_with(out_dir / name, draw)
 
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json") as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        for name in ("per_class.json", "confusion_matrix.png", "predictions.csv"):
+        mlflow.log_metrics({f"test_recall_class_{k}": v["recall"] for k, v in per_class.items()})
+        for name in ("per_class.json", "confused_pairs.json", "predictions.csv", "calibration.csv", *plots):
             mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
-        version = registry.log_and_register(model, test.x[:4], probabilities[:4], params.evaluate.registered_model, run)
-        decision = registry.decide_promotion(params.evaluate, version, metrics["accuracy"])
-        mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason})
+        challenger = registry.Scores(metrics["accuracy"], _recalls(per_class))
+        with registry.promotion_lock():  # two runs at once: one decides, then the other against the new champion
+            version = registry.log_and_register(model, test.x[:4], probabilities[:4], params.evaluate.registered_model, run)
+            champion = registry.champion_scores(params.evaluate.registered_model, lambda predict: _scores(predict, test))
+            decision = registry.decide(params.evaluate, version, challenger, champion)
+            if decision.promoted:
+                registry.set_champion(params.evaluate.registered_model, version)
+        mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason,
+                         "promotion.previous_champion": decision.previous_champion or "none"})
+        if decision.champion_accuracy is not None:
+            mlflow.log_metrics({"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement})
     write_json(out_dir / "promotion.json", asdict(decision))
     log.info("test accuracy %.4f; model version %s: %s", metrics["accuracy"], version, decision.reason)
     return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.promoted, decision.reason)
+
+
+def calibration(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
+    """Expected calibration error over equal-width confidence bins, and the non-empty bins (for the reliability plot)."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)  # (low, high] bins
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = which == b
+        if not inside.any():
+            continue
+        accuracy, mean_conf = float(correct[inside].mean()), float(confidence[inside].mean())
+        ece += inside.mean() * abs(accuracy - mean_conf)
+        bins.append({"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]), "confidence": mean_conf,
+                     "accuracy": accuracy, "count": int(inside.sum())})
+    return float(ece), bins
+
+
+def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, top: int = 5) -> list[dict]:
+    """The most frequent (actual, predicted) mistakes, most frequent first."""
+    from collections import Counter
+
+    counts = Counter((int(a), int(p)) for a, p in zip(y_true, y_pred) if a != p)
+    return [{"actual": a, "predicted": p, "count": n} for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+def _recalls(per_class: dict) -> dict[str, float]:
+    return {str(k): float(v["recall"]) for k, v in per_class.items()}
+
+
+def _scores(predict, test):
+    """A registered model's accuracy and per-class recall on this test split (for the champion comparison)."""
+    from tasks.registry import Scores
+
+    predicted = predict(np.ascontiguousarray(test.x)).argmax(1)
+    metrics, per_class = classification_metrics(test.y, predicted)
+    return Scores(metrics["accuracy"], _recalls(per_class))
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -80,21 +140,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict
     return metrics, per_class
 
 
-def _write_predictions(path: Path, y_true: np.ndarray, y_pred: np.ndarray) -> None:
-    lines = ["actual,predicted", *(f"{a},{p}" for a, p in zip(y_true.tolist(), y_pred.tolist()))]
-    path.write_text("\n".join(lines) + "\n")
+def _write_csv(path: Path, columns: dict) -> None:
+    import csv
 
-
-def _plot_confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False)
-    ax.set_title("Test-split confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    names = list(columns)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(zip(*(np.asarray(columns[n]).tolist() for n in names)))

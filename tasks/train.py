@@ -136,13 +136,13 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
         progress.close()
         seconds = time.perf_counter() - started
         if world.is_main:
-            _finish(out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device)
+            _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device)
     barrier(world)
     log.info("trained %s on %s: best epoch %d, val acc %.4f", cfg.model, device, best["epoch"], best["accuracy"])
     return TrainResult(run_id or "", str(device), best["epoch"], epochs_run, best["loss"], best["accuracy"], seconds, start_epoch)
 
 
-def _finish(out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device) -> None:
+def _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device) -> None:
     """Rank 0, after the last epoch: the best weights, the summary, the curves; then the resume state goes."""
     import mlflow
 
@@ -161,6 +161,9 @@ def _finish(out_dir, model, best, history, params, input_shape, n_classes, run_i
     write_with(out_dir / "curves.png", lambda tmp: plot_curves(tmp, history, best["epoch"]))
     mlflow.log_artifact(str(out_dir / "history.csv"))
     mlflow.log_artifact(str(out_dir / "curves.png"))
+    for name in ("dvc.lock", "params.yaml"):  # the data version (under `dvc repro`) and the params this run used:
+        if (Path(root) / name).is_file():       # what `python -m tasks.reproduce` restores
+            mlflow.log_artifact(str(Path(root) / name), artifact_path="lineage")
     (out_dir / "last.pt").unlink(missing_ok=True)
 
 

@@ -1,0 +1,132 @@
+"""The pipeline against a real `mlflow server` on a loopback port, read back over its REST API.
+
+Once with a SQLite backend, once with PostgreSQL (a throwaway cluster made with initdb) when its server
+binaries are on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import free_port, project_copy
+from tests.test_pipeline_e2e import _env, _run
+
+pytestmark = pytest.mark.slow
+MODEL = "digits-classifier"
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
+         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"mlflow server exited: {proc.stderr.read()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def postgres_cluster():
+    """A PostgreSQL server in a temporary directory on a loopback port.
+
+    As root it runs as `nobody` (initdb refuses root), in a folder under the system temp directory that
+    `nobody` can reach (pytest's own temp folders are private to their owner).
+    """
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="pg-"))
+    data = base / "pgdata"
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(base, "nobody")
+    port = free_port()
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "start",
+                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"  # SQLAlchemy 2.1 defaults to psycopg 3
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pipeline_against(server: str, base: Path) -> Path:
+    root = project_copy(base / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(epochs=8, patience=8)  # the server is under test here, not the accuracy
+    params["evaluate"]["min_accuracy"] = 0.5
+    params["compress"].update(finetune_epochs=2, calibrations=["minmax"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**_env(base), "MLFLOW_TRACKING_URI": server}
+    done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (root / "mlflow.db").exists()  # everything went to the server
+    return root
+
+
+def _read_back_over_rest(server: str, root: Path) -> None:
+    import json
+
+    api = f"{server}/api/2.0/mlflow"
+    run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
+    run = httpx.get(f"{api}/runs/get", params={"run_id": run_id}).raise_for_status().json()["run"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert metrics["test_accuracy"] > 0.5 and params["train.epochs"] == "8"
+    assert {"git.commit", "params.md5", "data.train.md5", "prefect.flow_run_id", "compress.chosen", "bento.tag"} <= set(tags)
+    listed = httpx.get(f"{api}/artifacts/list", params={"run_id": run_id, "path": "evaluation"}).raise_for_status().json()
+    assert {"evaluation/confusion_matrix.png", "evaluation/reliability.png"} <= {f["path"] for f in listed["files"]}
+    model = httpx.get(f"{api}/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
+    assert {a["alias"] for a in model["aliases"]} == {"champion", "challenger"}
+    champion = httpx.get(f"{api}/registered-models/alias", params={"name": MODEL, "alias": "champion"}).raise_for_status()
+    version = champion.json()["model_version"]
+    assert version["version"] == "1" and version["run_id"] == run_id
+    assert {t["key"] for t in version["tags"]} >= {"git.commit", "data.train.md5", "run_id"}
+    validation = json.loads((root / "artifacts/validate/report.json").read_text())["mlflow_run_id"]
+    docs = httpx.get(f"{api}/artifacts/list", params={"run_id": validation, "path": "data_docs"}).raise_for_status().json()
+    assert "data_docs/index.html" in {f["path"] for f in docs["files"]}
+
+
+def test_a_sqlite_backed_server_holds_the_run_the_model_and_its_aliases(tmp_path):
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as server:
+        root = _pipeline_against(server, tmp_path)
+        _read_back_over_rest(server, root)
+
+
+def test_a_postgresql_backed_server_does_too(tmp_path):
+    missing = [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"PostgreSQL server binaries not on this machine ({', '.join(missing)} missing): "
+                    "install postgresql to run this test")
+    with postgres_cluster() as backend, mlflow_server(backend, tmp_path / "artifacts") as server:
+        root = _pipeline_against(server, tmp_path)
+        _read_back_over_rest(server, root)
