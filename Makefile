@@ -19,7 +19,7 @@ $(STAMP): requirements.lock
 	touch $(STAMP)
 
 run: install  ## the whole pipeline on the bundled data, as a Prefect flow
-	$(BIN)/python -m flows.pipeline
+	$(BIN)/python -m flows.pipeline $(ARGS)
 
 test: install  ## every test, offline, on CPU
 	$(BIN)/python -m pytest

@@ -16,8 +16,20 @@ class StageRun:
     seconds: float
 
 
+PERMANENT_ERRORS = {"ConfigError", "DataError", "ValidationFailed", "PromotionError"}  # tasks/errors.py: retrying cannot help
+
+
 class StageFailed(RuntimeError):
     """A stage command exited non-zero; the message carries the stage name and its last error lines."""
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error  # the pipeline error's class name when the stage reported one
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: not bad data, bad params or a refused promotion (a crash, a kill, a lost connection)."""
+        return self.error not in PERMANENT_ERRORS
 
 
 def stage_order(root: Path) -> list[str]:
@@ -32,6 +44,22 @@ def stage_order(root: Path) -> list[str]:
         return [stage.addressing for stage in ordered]
 
 
+def changed_stages(root: Path) -> set[str]:
+    """The stages `dvc status` reports as changed (deps, params or outs differ from dvc.lock), in one DVC call."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {name.split(":")[-1] for name in repo.status()}
+
+
+def unpushed(root: Path) -> bool:
+    """Whether the default DVC remote lacks any cached output (what `dvc push` would send)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return any(repo.status(cloud=True).values())
+
+
 def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None) -> StageRun:
     """`dvc repro --single-item <stage>`: DVC decides whether it is up to date, exactly as `dvc repro` would."""
     import time
@@ -44,14 +72,21 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
     )
     lines = []
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        lines.append(line.rstrip())
-    proc.wait()
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line.rstrip())
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted (a Prefect timeout, Ctrl-C): the stage must not run on unseen
+            proc.kill()
+            proc.wait()
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        reasons = [l for l in lines if l.startswith("error in stage") or l.startswith("ERROR")] or lines[-5:]
-        raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}): " + " | ".join(reasons))
+        reported = [l for l in lines if l.startswith("error in stage")]
+        reasons = reported or [l for l in lines if l.startswith("ERROR")] or lines[-5:]
+        error = reported[0].split(": ", 2)[1] if reported and reported[0].count(": ") >= 2 else ""
+        raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}): " + " | ".join(reasons), error)
     skipped = any(f"Stage '{stage}' didn't change, skipping" in l for l in lines)
     return StageRun(stage, executed=not skipped, seconds=seconds)
 

@@ -1,88 +1,130 @@
-"""The pipeline as a Prefect flow: each dvc.yaml stage a task, run in DAG order; data pushed to the DVC remote."""
+"""The pipeline as a Prefect flow: each dvc.yaml stage a task, run in DAG order; data pushed to the DVC remote.
+
+One run at a time per workspace (a lock file), stages skipped by DVC's own rule when up to date, transient
+failures retried with backoff, each stage under a timeout, a markdown report per run in the Prefect UI.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.dag import StageRun, push_data, repro_stage, stage_order
+from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order
+from flows.summary import failure_markdown, markdown, render, summarize
+from tasks.errors import PipelineError
 
 
-@task(name="stage", task_run_name="{stage}")
-def run_stage(root: str, stage: str) -> StageRun:
-    """One dvc.yaml stage, skipped by DVC when its deps, params and outs are unchanged."""
-    from prefect.runtime import flow_run
+class WorkspaceBusy(PipelineError):
+    """Another pipeline run holds this workspace."""
 
-    # The stage records this id as a lineage tag on the MLflow run (tasks/tracking.py).
-    result = repro_stage(Path(root), stage, {"PIPELINE_FLOW_RUN_ID": str(flow_run.id)})
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what retrying can fix: never bad data, bad params or a refused promotion."""
+    error = getattr(state, "data", None)
+    return isinstance(error, StageFailed) and error.transient
+
+
+@task(name="stage", task_run_name="{stage}", retry_condition_fn=_transient)
+def run_stage(root: str, stage: str, env: dict[str, str], unchanged: bool = False) -> StageRun:
+    """One dvc.yaml stage, skipped by DVC when its deps, params and outs are unchanged.
+
+    `unchanged`: DVC's status already said so and nothing upstream ran, so `dvc repro` would skip it too;
+    the subprocess (a second or two each) is spared.
+    """
+    if unchanged:
+        get_run_logger().info("%s: up to date", stage)
+        return StageRun(stage, executed=False, seconds=0.0)
+    result = repro_stage(Path(root), stage, env)
     get_run_logger().info("%s: %s in %.1f s", stage, "ran" if result.executed else "up to date", result.seconds)
     return result
 
 
-@task(name="push data versions")
+@task(name="push data versions", retries=2, retry_delay_seconds=10)
 def push(root: str) -> None:
     push_data(Path(root))
 
 
 @flow(name="digits-pipeline", log_prints=True)
-def pipeline(root: str = ".", push_to_remote: bool = True) -> dict:
-    """Run every stage of dvc.yaml in order; a failing stage fails the flow run and nothing after it runs."""
+def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, Any] | None = None) -> dict:
+    """Run every stage of dvc.yaml in order; a failing stage fails the flow run and nothing after it runs.
+
+    `overrides` sets params.yaml keys for this run only, e.g. {"train.epochs": 20, "ingest.source": "idx"}.
+    """
+    from filelock import FileLock, Timeout
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+    from prefect.tasks import exponential_backoff
+
+    from flows import overrides as override
+    from tasks.config import load_params
+
     root_path = Path(root).resolve()
-    runs = [run_stage(str(root_path), stage) for stage in stage_order(root_path)]
-    if push_to_remote:
-        push(str(root_path))
-    return summarize(root_path, runs)
-
-
-def summarize(root: Path, runs: list[StageRun]) -> dict:
-    """The figures a user wants after a run, read from the stage outputs."""
-    artifacts = root / "artifacts"
-    read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
-    variants = read("compress/variants.json")
-    chosen = read("compress/choice.json")["variant"]
-    return {
-        "executed": [r.stage for r in runs if r.executed],
-        "skipped": [r.stage for r in runs if not r.executed],
-        "test_accuracy": read("evaluate/metrics.json")["accuracy"],
-        "promotion": read("evaluate/promotion.json"),
-        "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
-        "bento": read("package/bento.json"),
-    }
-
-
-def render(summary: dict) -> str:
-    fp32, chosen = summary["compressed"]["fp32"], summary["compressed"]["chosen"]
-    promotion = summary["promotion"]
-    return "\n".join([
-        "",
-        "Pipeline finished",
-        f"  stages run:      {', '.join(summary['executed']) or 'none (everything up to date)'}",
-        f"  test accuracy:   {summary['test_accuracy']:.4f}",
-        f"  model version:   {promotion['version']} ({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})",
-        f"  compressed:      {summary['compressed']['variant']}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
-        f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
-        f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}",
-        f"  bento:           {summary['bento']['bento_tag']}",
-        "",
-        "Next:",
-        "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
-        f"  serve:       bentoml serve {summary['bento']['bento_tag']} --port 3000",
-        "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
-    ])
+    lock = FileLock(str(root_path / ".pipeline.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as err:
+        raise WorkspaceBusy(f"another pipeline run is using {root_path} (it holds {lock.lock_file}); "
+                            "this run is refused rather than interleaved with it: wait for it to finish") from err
+    runs: list[StageRun] = []
+    stage = "params"
+    try:
+        with override.applied(root_path / "params.yaml", overrides):
+            knobs = load_params(root_path / "params.yaml").pipeline
+            stage_task = run_stage.with_options(
+                retries=knobs.retries, timeout_seconds=knobs.stage_timeout_minutes * 60,
+                retry_delay_seconds=exponential_backoff(backoff_factor=knobs.retry_delay_seconds)(knobs.retries) or 0)
+            # Stages record these as lineage tags on the MLflow run (tasks/tracking.py).
+            env = {"PIPELINE_FLOW_RUN_ID": str(flow_run.id), "PIPELINE_OVERRIDES": json.dumps(overrides or {})}
+            changed = changed_stages(root_path)  # one `dvc status`; the rule `dvc repro` applies
+            for stage in stage_order(root_path):
+                upstream_ran = any(r.executed for r in runs)
+                runs.append(stage_task(str(root_path), stage, env, unchanged=stage not in changed and not upstream_ran))
+            stage = "push"
+            if push_to_remote:
+                push(str(root_path))
+        summary = summarize(root_path, runs)
+        create_markdown_artifact(key="pipeline-report", markdown=markdown(root_path, summary, overrides),
+                                 description="data version, validation, metrics vs champion, promotion, compression, Bento")
+        return summary
+    except BaseException as err:
+        create_markdown_artifact(key="pipeline-report", markdown=failure_markdown(stage, err, runs),
+                                 description=f"failed at {stage}")
+        raise
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole pipeline as a Prefect flow.")
     parser.add_argument("--root", default=".", help="project root (default: current directory)")
     parser.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml key for this run only (repeatable), e.g. --set train.epochs=20")
     args = parser.parse_args(argv)
-    summary = pipeline(root=args.root, push_to_remote=not args.no_push)
+    overrides = dict(_parse(item) for item in args.set)
+    try:
+        summary = pipeline(root=args.root, push_to_remote=not args.no_push, overrides=overrides or None)
+    except (PipelineError, StageFailed) as err:
+        print(f"pipeline failed: {err}", file=sys.stderr)
+        return 1
     print(render(summary))
     return 0
+
+
+def _parse(item: str) -> tuple[str, Any]:
+    """`key=value`, the value read as YAML (20 → int, 0.5 → float, true → bool, [28, 28] → list, text → str)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
+    return key.strip(), yaml.safe_load(value)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     registered_model: str = "digits-classifier"
     min_accuracy: float = Field(0.97, ge=0, le=1)
+    min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
+    max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
 
 
 class CompressParams(Section):
@@ -124,6 +126,14 @@ class PackageParams(Section):
     max_latency_ms: int = Field(20, ge=1)
 
 
+class PipelineParams(Section):
+    """How the Prefect flow runs the stages (no stage reads these)."""
+
+    stage_timeout_minutes: float = Field(120, gt=0)  # a stage running longer is stopped and fails the run
+    retries: int = Field(2, ge=0)  # for transient failures only: a crash, a kill, a lost connection
+    retry_delay_seconds: float = Field(10, ge=0)  # doubled at each retry
+
+
 class Params(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -135,6 +145,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
     package: PackageParams = PackageParams()
+    pipeline: PipelineParams = PipelineParams()
 
     def as_dict(self) -> dict:
         """The resolved config, with the section names of params.yaml."""

@@ -50,6 +50,8 @@ def resumed_run(root: Path, experiment: str, run_file: Path):
     configure(root, experiment)
     run_id = json.loads(Path(run_file).read_text())["run_id"]
     with mlflow.start_run(run_id=run_id) as run:
+        if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # a later flow run re-ran this stage with overrides
+            mlflow.set_tag("pipeline.overrides", os.environ["PIPELINE_OVERRIDES"])
         yield run
 
 
@@ -75,6 +77,8 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
             pass
     if os.environ.get("PIPELINE_FLOW_RUN_ID"):  # set by flows/pipeline.py when Prefect runs the stage
         tags["prefect.flow_run_id"] = os.environ["PIPELINE_FLOW_RUN_ID"]
+    if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # the run's --set / deployment overrides, as JSON
+        tags["pipeline.overrides"] = os.environ["PIPELINE_OVERRIDES"]
     return tags
 
 

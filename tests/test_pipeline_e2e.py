@@ -111,6 +111,18 @@ def test_the_run_and_registered_model_carry_metrics_and_lineage(project):
     assert "evaluation/confusion_matrix.png" in artifacts
 
 
+def test_reproduce_rebuilds_the_champion_from_its_commit_and_data_version_exactly(project):
+    root, env, _ = project
+    done = _run(root, env, sys.executable, "-m", "tasks.reproduce", "digits-classifier", "champion")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "digits-classifier champion: reproduced exactly (8 metrics compared)" in done.stdout
+    assert "test_accuracy" in done.stdout and "DIFFERENT" not in done.stdout
+    assert len(_run(root, env, "git", "worktree", "list").stdout.splitlines()) == 1  # its worktree is gone
+    assert str(_client(root).get_model_version_by_alias("digits-classifier", "champion").version) == "1"
+    missing = _run(root, env, sys.executable, "-m", "tasks.reproduce", "digits-classifier", "17")
+    assert missing.returncode == 6 and "no version or alias '17'" in missing.stderr
+
+
 def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
     from tasks.latency import onnx_predictor
 
@@ -164,14 +176,40 @@ def _edit_params(root: Path, section: str, **values) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_a_param_change_reexecutes_only_the_stages_that_read_it(project):
+def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_params_yaml_alone(project):
     root, env, _ = project
-    _edit_params(root, "compress", latency_repeats=20)
+    before = (root / "params.yaml").read_bytes()
+    done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push", "--set", "compress.latency_repeats=20")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "stages run:      compress, package" in done.stdout
+    assert (root / "params.yaml").read_bytes() == before  # the override was for that run only
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert lock["compress"]["params"]["params.yaml"]["compress"]["latency_repeats"] == 20  # what the run used
+    run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
+    assert _client(root).get_run(run_id).data.tags["pipeline.overrides"] == '{"compress.latency_repeats": 20}'
+    report = _run(root, env, "prefect", "artifact", "inspect", "pipeline-report")
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    for line in ("**Stages run:** compress, package", "**Overrides:** {\"compress.latency_repeats\": 20}",
+                 "validation: passed", "decision: **promoted to champion**", "| pruned-int8-minmax-onnx |", "## Bento"):
+        assert line in report.stdout, line
+    # params.yaml is back at 50 while the last run used 20: DVC redoes exactly the stages that read it (compress
+    # with 50 ran before, so DVC's run cache restores its outputs instead of running it again)
     repro = _run(root, env, "dvc", "repro")
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
-    ran = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
-           if f"Running stage '{s}'" in repro.stdout]
-    assert ran == ["compress", "package"]
+    redone = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+              if f"Running stage '{s}'" in repro.stdout or f"Stage '{s}' is cached" in repro.stdout]
+    assert redone == ["compress", "package"]
+
+
+def test_a_second_run_in_the_same_workspace_is_refused_while_one_holds_it(project):
+    from filelock import FileLock
+
+    root, env, _ = project
+    with FileLock(str(root / ".pipeline.lock")):  # as a running flow holds it
+        done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+    assert done.returncode == 1
+    assert "another pipeline run is using" in done.stderr and "refused rather than interleaved" in done.stderr
+    assert "Running stage" not in done.stdout
 
 
 def test_bad_data_stops_at_validate_and_registers_nothing(project):

@@ -1,0 +1,69 @@
+"""Per-run parameter overrides: dotted keys applied to params.yaml for one run, then the file is put back.
+
+The file is edited with ruamel.yaml's round trip (comments and layout kept) and checked against
+tasks/config.py before any stage runs, so a misspelt key or an ill-typed value fails the run at once.
+DVC sees the overridden values like any edit (so exactly the stages that read them re-run), `train`
+logs them with every other param and as the `pipeline.overrides` tag, and the params file each run
+used is logged under `lineage/` so `python -m tasks.reproduce` can restore it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tasks.atomic import write_with
+from tasks.errors import ConfigError
+
+
+def overridden_text(original: str, overrides: dict[str, Any]) -> str:
+    """params.yaml text with each `section.key[.sub]` set to its value (keys the file leaves at their defaults
+    are added); whether the keys exist at all is for `applied` to check against tasks/config.py."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml = YAML()  # round trip: comments and key order survive
+    tree = yaml.load(original)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for i, key in enumerate(parents):
+            if key not in node:
+                node[key] = CommentedMap()
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{'.'.join(parents[: i + 1])}' is a value, not a section")
+        node[leaf] = value
+    out = io.StringIO()
+    yaml.dump(tree, out)
+    return out.getvalue()
+
+
+@contextmanager
+def applied(params_file: Path, overrides: dict[str, Any] | None) -> Iterator[None]:
+    """params.yaml with `overrides` for the duration of the block, checked first (a misspelt key or an ill-typed
+    value is refused, naming it); the original text is restored after."""
+    if not overrides:
+        yield
+        return
+    import yaml
+    from pydantic import ValidationError
+
+    from tasks.config import Params
+
+    original = params_file.read_text()
+    text = overridden_text(original, overrides)
+    try:
+        Params.model_validate(yaml.safe_load(text))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"overrides {json.dumps(overrides)} refused: {problems}") from err
+    write_with(params_file, lambda tmp: tmp.write_text(text))
+    try:
+        yield
+    finally:
+        write_with(params_file, lambda tmp: tmp.write_text(original))

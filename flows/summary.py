@@ -1,0 +1,107 @@
+"""What a pipeline run reports: the summary printed at the end and the Prefect markdown artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flows.dag import StageRun
+
+
+def summarize(root: Path, runs: list[StageRun]) -> dict:
+    """The figures a user wants after a run, read from the stage outputs."""
+    artifacts = root / "artifacts"
+    read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
+    variants = read("compress/variants.json")
+    chosen = read("compress/choice.json")["variant"]
+    return {
+        "executed": [r.stage for r in runs if r.executed],
+        "skipped": [r.stage for r in runs if not r.executed],
+        "test_accuracy": read("evaluate/metrics.json")["accuracy"],
+        "promotion": read("evaluate/promotion.json"),
+        "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
+        "bento": read("package/bento.json"),
+    }
+
+
+def render(summary: dict) -> str:
+    fp32, chosen = summary["compressed"]["fp32"], summary["compressed"]["chosen"]
+    promotion = summary["promotion"]
+    return "\n".join([
+        "",
+        "Pipeline finished",
+        f"  stages run:      {', '.join(summary['executed']) or 'none (everything up to date)'}",
+        f"  test accuracy:   {summary['test_accuracy']:.4f}",
+        f"  model version:   {promotion['version']} ({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})",
+        f"  compressed:      {summary['compressed']['variant']}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
+        f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
+        f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}",
+        f"  bento:           {summary['bento']['bento_tag']}",
+        "",
+        "Next:",
+        "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
+        f"  serve:       bentoml serve {summary['bento']['bento_tag']} --port 3000",
+        "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
+    ])
+
+
+def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
+    """The run's report for the Prefect UI: data version, validation, metrics against the champion, the
+    promotion decision, the compression table and the Bento tag."""
+    artifacts = root / "artifacts"
+    read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
+    validation = read("validate/report.json")
+    promotion = summary["promotion"]
+    metrics = read("evaluate/metrics.json")
+    variants = read("compress/variants.json")
+    chosen = summary["compressed"]["variant"]
+    versus = ("no champion before this run" if promotion.get("champion_accuracy") is None else
+              f"champion v{promotion['previous_champion']}: {promotion['champion_accuracy']:.4f} on the same test split "
+              f"({promotion['improvement']:+.4f})")
+    lines = [
+        "# Pipeline run",
+        "",
+        f"**Stages run:** {', '.join(summary['executed']) or 'none (everything up to date)'}  ",
+        f"**Skipped (up to date):** {', '.join(summary['skipped']) or 'none'}  ",
+        f"**Overrides:** {json.dumps(overrides) if overrides else 'none'}",
+        "",
+        "## Data",
+        f"- version (DVC hash of `data/raw`): `{_locked_md5(root, 'data/raw')}`",
+        f"- validation: {'passed' if validation['success'] else 'FAILED'} "
+        f"({len(validation['failures'])} failed expectations; Data Docs on MLflow run `{validation.get('mlflow_run_id', '-')}`)",
+        "",
+        "## Model",
+        f"- test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+        f"calibration error {metrics.get('expected_calibration_error', float('nan')):.4f}",
+        f"- against the champion: {versus}",
+        f"- decision: **{'promoted to champion' if promotion['promoted'] else 'not promoted'}**, version "
+        f"{promotion['version']}: {promotion['reason']}",
+        "",
+        "## Compression",
+        "",
+        "| variant | size (KB) | latency b1 (ms) | latency b64 (ms) | accuracy | |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {row['size_bytes'] / 1024:.0f} | {row['latency_b1_ms']:.3f} | {row['latency_b64_ms']:.3f} | "
+          f"{row['accuracy']:.4f} | {'shipped' if name == chosen else ''} |" for name, row in variants.items()),
+        "",
+        f"## Bento\n`{summary['bento']['bento_tag']}`",
+    ]
+    return "\n".join(lines)
+
+
+def failure_markdown(stage: str, error: BaseException, runs: list[StageRun]) -> str:
+    return "\n".join([
+        "# Pipeline run failed", "",
+        f"**Stage:** {stage}  ",
+        f"**Stages finished before it:** {', '.join(r.stage for r in runs) or 'none'}", "",
+        "```", str(error)[-3000:], "```",
+    ])
+
+
+def _locked_md5(root: Path, path: str) -> str:
+    import yaml
+
+    lock = root / "dvc.lock"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    found = [o["md5"] for s in stages.values() for o in s.get("outs", []) if o.get("path") == path and "md5" in o]
+    return found[0] if found else "unknown"
