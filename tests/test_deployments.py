@@ -1,0 +1,108 @@
+"""Scheduled deployments against a real Prefect server on a loopback port: prefect.yaml to a work pool with a
+worker, and `python -m flows.deploy serve`; each triggered run is read back through the Prefect API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, project_copy
+from tests.test_pipeline_e2e import _env, _run
+
+pytestmark = pytest.mark.slow
+# Small and quick: the orchestration is under test here, not the model.
+PARAMS = {"push_to_remote": False, "overrides": {"train.epochs": 3, "evaluate.min_accuracy": 0.5,
+                                                 "compress.finetune_epochs": 1, "compress.calibrations": ["minmax"]}}
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**_env(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Prefect server did not answer within 120 s"
+            time.sleep(0.5)
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _trigger(root: Path, env: dict, deployment: str) -> str:
+    done = _run(root, env, sys.executable, "-m", "prefect", "deployment", "run", deployment, "--params", json.dumps(PARAMS))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
+
+
+def _wait_for_final_state(api: str, flow_run_id: str, timeout_s: float = 600) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").raise_for_status().json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
+
+
+def _deployment(api: str, name: str) -> dict:
+    return httpx.get(f"{api}/deployments/name/digits-pipeline/{name}").raise_for_status().json()
+
+
+def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_demand(server, tmp_path):
+    api, env = server
+    root = project_copy(tmp_path / "project")
+    env = {**env, "PIPELINE_ROOT": str(root)}
+    assert _run(root, env, sys.executable, "-m", "prefect", "work-pool", "create", "digits-pool", "--type", "process").returncode == 0
+    deployed = _run(root, env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    nightly = _deployment(api, "nightly")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"] and nightly["work_pool_name"] == "digits-pool"
+
+    run_id = _trigger(root, env, "digits-pipeline/nightly")
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "digits-pool"], cwd=root,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = _wait_for_final_state(api, run_id)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["overrides"]["train.epochs"] == 3
+    assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # the override applied
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
+
+    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "30 2 * * *",
+                              "--no-push"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{api}/deployments/name/digits-pipeline/local").status_code != 200:
+            assert serve.poll() is None, serve.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "serve did not create its deployment"
+            time.sleep(0.5)
+        assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["30 2 * * *"]
+        run = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local"))
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert os.environ.get("PREFECT_API_URL") is None  # nothing leaked into this process
