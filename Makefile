@@ -32,6 +32,7 @@ bench: install  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (m
 	$(BIN)/python -m benchmarks.compression_backends
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.train_memory
+	$(BIN)/python -m benchmarks.orchestration
 	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone

@@ -13,11 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+# Prefect's temporary local server migrates a fresh database on first start: on 2 cores that can pass the
+# default wait (20 s) and fail the run before any stage. Set before Prefect reads its settings.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
-from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order
-from flows.summary import failure_markdown, markdown, render, summarize
-from tasks.errors import PipelineError
+from prefect import flow, get_run_logger, task  # noqa: E402
+
+from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order, unpushed  # noqa: E402
+from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
+from tasks.errors import PipelineError  # noqa: E402
 
 
 class WorkspaceBusy(PipelineError):
@@ -106,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml key for this run only (repeatable), e.g. --set train.epochs=20")
+    parser.add_argument("--force-flow", action="store_true",
+                        help="start a Prefect flow run even when DVC reports nothing to do")
     args = parser.parse_args(argv)
     overrides = dict(_parse(item) for item in args.set)
+    root = Path(args.root).resolve()
+    if not overrides and not args.force_flow and _nothing_to_do(root, push=not args.no_push):
+        # The same rule the flow applies stage by stage, checked once: Prefect's local server (seconds to start)
+        # is not started just to skip every stage.
+        print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
+        print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
+        return 0
     try:
         summary = pipeline(root=args.root, push_to_remote=not args.no_push, overrides=overrides or None)
     except (PipelineError, StageFailed) as err:
@@ -115,6 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(render(summary))
     return 0
+
+
+def _nothing_to_do(root: Path, push: bool) -> bool:
+    """DVC reports every stage up to date, the data versions are pushed, and no other run holds the workspace."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):
+            return (not changed_stages(root) and not (push and unpushed(root))
+                    and (root / "artifacts/package/bento.json").is_file())
+    except Timeout:  # a run is in progress: the flow refuses this one, and says so
+        return False
+    except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly
+        return False
 
 
 def _parse(item: str) -> tuple[str, Any]:

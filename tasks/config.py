@@ -53,6 +53,7 @@ class ValidateParams(Section):
     max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
     max_null_fraction: float = Field(0.05, ge=0, le=1)  # tables: share of missing values allowed per column
     table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
+    max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
     image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
     labels: tuple[int, ...] = tuple(range(10))
     value_min: float = 0.0

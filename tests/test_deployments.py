@@ -47,8 +47,8 @@ def server(tmp_path):
         proc.wait(timeout=30)
 
 
-def _trigger(root: Path, env: dict, deployment: str) -> str:
-    done = _run(root, env, sys.executable, "-m", "prefect", "deployment", "run", deployment, "--params", json.dumps(PARAMS))
+def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> str:
+    done = _run(root, env, sys.executable, "-m", "prefect", "deployment", "run", deployment, "--params", json.dumps(params))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
 
@@ -101,8 +101,19 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
             time.sleep(0.5)
         assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["30 2 * * *"]
         run = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local"))
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        # labels 0-4 only: the data now breaks the suite; the run fails at validate, naming it, and is not retried
+        failing = {**PARAMS, "overrides": {**PARAMS["overrides"], "validate.labels": [0, 1, 2, 3, 4]}}
+        failed = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local", failing))
     finally:
         serve.terminate()
         serve.wait(timeout=60)
-    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert failed["state"]["type"] == "FAILED"
+    message = failed["state"]["message"]
+    assert "stage 'validate' failed" in message and "ValidationFailed" in message, message
+    task_runs = httpx.post(f"{api}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
+    validate = [t for t in task_runs if t["name"].startswith("validate")]
+    assert len(validate) == 1 and validate[0]["run_count"] == 1  # bad data is not retried
+    report = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
+    assert any("**Stage:** validate" in a["data"] for a in report)
     assert os.environ.get("PREFECT_API_URL") is None  # nothing leaked into this process

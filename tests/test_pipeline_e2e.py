@@ -86,6 +86,15 @@ def test_dvc_status_is_clean_and_repro_executes_nothing(project):
     assert repro.stdout.count("didn't change, skipping") == 7, repro.stdout
 
 
+def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(project):
+    root, env, _ = project
+    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Everything up to date" in done.stdout and "stages run:      none (everything up to date)" in done.stdout
+    assert "Running stage" not in done.stdout and "Starting temporary server" not in done.stdout + done.stderr
+    assert "model version:   1 (champion" in done.stdout  # the summary still reads the last run's results
+
+
 def test_data_versions_are_pushed_to_the_local_remote(project):
     root, env, _ = project
     status = _run(root, env, "dvc", "status", "--cloud")
