@@ -18,6 +18,7 @@ from tests.conftest import free_port, project_copy
 from tests.test_pipeline_e2e import _env, _run
 
 pytestmark = pytest.mark.slow
+HTTP = httpx.Client(timeout=60)  # a 2-core machine running a server, a worker and a flow answers slowly at times
 # Small and quick: the orchestration is under test here, not the model.
 PARAMS = {"push_to_remote": False, "overrides": {"train.epochs": 3, "evaluate.min_accuracy": 0.5,
                                                  "compress.finetune_epochs": 1, "compress.calibrations": ["minmax"]}}
@@ -43,8 +44,7 @@ def server(tmp_path):
             time.sleep(0.5)
         yield api, {**env, "PREFECT_API_URL": api}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> str:
@@ -56,15 +56,29 @@ def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> s
 def _wait_for_final_state(api: str, flow_run_id: str, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").raise_for_status().json()
+        try:
+            run = HTTP.get(f"{api}/flow_runs/{flow_run_id}").raise_for_status().json()
+        except httpx.TransportError:  # busy, not gone: ask again
+            time.sleep(1)
+            continue
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
         time.sleep(1)
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it is still there after 30 s (a worker waits for its flow run before exiting)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def _deployment(api: str, name: str) -> dict:
-    return httpx.get(f"{api}/deployments/name/digits-pipeline/{name}").raise_for_status().json()
+    return HTTP.get(f"{api}/deployments/name/digits-pipeline/{name}").raise_for_status().json()
 
 
 def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_demand(server, tmp_path):
@@ -83,19 +97,18 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     try:
         run = _wait_for_final_state(api, run_id)
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        _stop(worker)
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert run["parameters"]["overrides"]["train.epochs"] == 3
     assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # the override applied
-    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    artifacts = HTTP.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
 
     serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "30 2 * * *",
                               "--no-push"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while httpx.get(f"{api}/deployments/name/digits-pipeline/local").status_code != 200:
+        while HTTP.get(f"{api}/deployments/name/digits-pipeline/local").status_code != 200:
             assert serve.poll() is None, serve.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "serve did not create its deployment"
             time.sleep(0.5)
@@ -106,14 +119,13 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
         failing = {**PARAMS, "overrides": {**PARAMS["overrides"], "validate.labels": [0, 1, 2, 3, 4]}}
         failed = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local", failing))
     finally:
-        serve.terminate()
-        serve.wait(timeout=60)
+        _stop(serve)
     assert failed["state"]["type"] == "FAILED"
     message = failed["state"]["message"]
     assert "stage 'validate' failed" in message and "ValidationFailed" in message, message
-    task_runs = httpx.post(f"{api}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
+    task_runs = HTTP.post(f"{api}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
     validate = [t for t in task_runs if t["name"].startswith("validate")]
     assert len(validate) == 1 and validate[0]["run_count"] == 1  # bad data is not retried
-    report = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
+    report = HTTP.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [failed["id"]]}}}).json()
     assert any("**Stage:** validate" in a["data"] for a in report)
     assert os.environ.get("PREFECT_API_URL") is None  # nothing leaked into this process

@@ -23,6 +23,7 @@ from tests.test_pipeline_e2e import _env, _run
 
 pytestmark = pytest.mark.slow
 MODEL = "digits-classifier"
+HTTP = httpx.Client(timeout=60)
 
 
 @contextmanager
@@ -49,7 +50,11 @@ def mlflow_server(backend_uri: str, artifacts: Path):
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 @contextmanager
@@ -97,22 +102,22 @@ def _read_back_over_rest(server: str, root: Path) -> None:
 
     api = f"{server}/api/2.0/mlflow"
     run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
-    run = httpx.get(f"{api}/runs/get", params={"run_id": run_id}).raise_for_status().json()["run"]
+    run = HTTP.get(f"{api}/runs/get", params={"run_id": run_id}).raise_for_status().json()["run"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert metrics["test_accuracy"] > 0.5 and params["train.epochs"] == "8"
     assert {"git.commit", "params.md5", "data.train.md5", "prefect.flow_run_id", "compress.chosen", "bento.tag"} <= set(tags)
-    listed = httpx.get(f"{api}/artifacts/list", params={"run_id": run_id, "path": "evaluation"}).raise_for_status().json()
+    listed = HTTP.get(f"{api}/artifacts/list", params={"run_id": run_id, "path": "evaluation"}).raise_for_status().json()
     assert {"evaluation/confusion_matrix.png", "evaluation/reliability.png"} <= {f["path"] for f in listed["files"]}
-    model = httpx.get(f"{api}/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
+    model = HTTP.get(f"{api}/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
     assert {a["alias"] for a in model["aliases"]} == {"champion", "challenger"}
-    champion = httpx.get(f"{api}/registered-models/alias", params={"name": MODEL, "alias": "champion"}).raise_for_status()
+    champion = HTTP.get(f"{api}/registered-models/alias", params={"name": MODEL, "alias": "champion"}).raise_for_status()
     version = champion.json()["model_version"]
     assert version["version"] == "1" and version["run_id"] == run_id
     assert {t["key"] for t in version["tags"]} >= {"git.commit", "data.train.md5", "run_id"}
     validation = json.loads((root / "artifacts/validate/report.json").read_text())["mlflow_run_id"]
-    docs = httpx.get(f"{api}/artifacts/list", params={"run_id": validation, "path": "data_docs"}).raise_for_status().json()
+    docs = HTTP.get(f"{api}/artifacts/list", params={"run_id": validation, "path": "data_docs"}).raise_for_status().json()
     assert "data_docs/index.html" in {f["path"] for f in docs["files"]}
 
 
