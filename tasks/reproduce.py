@@ -59,7 +59,7 @@ def reproduce(root: Path, model: str, ref: str, workdir: Path, allow_dirty: bool
 
     from tasks import tracking
 
-    tracking.configure(root, "unused-by-reproduce")  # the project's store (or MLFLOW_TRACKING_URI)
+    tracking.use_store(root)  # the project's store (or MLFLOW_TRACKING_URI); reading only
     client = mlflow.MlflowClient()
     try:
         version = client.get_model_version(model, ref) if ref.isdigit() else client.get_model_version_by_alias(model, ref)

@@ -21,16 +21,24 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
 
 
-def configure(root: Path, experiment: str) -> str:
-    """Point MLflow at the project's store and experiment; return the experiment id."""
+def use_store(root: Path) -> bool:
+    """Point MLflow at the project's store (or the user's server); True when the user set MLFLOW_TRACKING_URI."""
     import mlflow
 
     user_server = "MLFLOW_TRACKING_URI" in os.environ
     mlflow.set_tracking_uri(tracking_uri(root))
     if not user_server:
         # set_tracking_uri exports the variable for subprocesses; left there, it would pin this process (and
-        # every later project root in it) to this root's store and be mistaken for a user's server below.
+        # every later project root in it) to this root's store and be mistaken for a user's server.
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return user_server
+
+
+def configure(root: Path, experiment: str) -> str:
+    """Point MLflow at the project's store and experiment; return the experiment id."""
+    import mlflow
+
+    user_server = use_store(root)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, project_copy
+from tests.conftest import free_port, project_copy, stop, wait_until_healthy
 from tests.test_pipeline_e2e import _env, _run
 
 pytestmark = pytest.mark.slow
@@ -32,19 +32,10 @@ def server(tmp_path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the Prefect server did not answer within 120 s"
-            time.sleep(0.5)
+        wait_until_healthy(proc, f"{api}/health", "the Prefect server")
         yield api, {**env, "PREFECT_API_URL": api}
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> str:
@@ -67,16 +58,6 @@ def _wait_for_final_state(api: str, flow_run_id: str, timeout_s: float = 600) ->
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, and SIGKILL if it is still there after 30 s (a worker waits for its flow run before exiting)."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-
-
 def _deployment(api: str, name: str) -> dict:
     return HTTP.get(f"{api}/deployments/name/digits-pipeline/{name}").raise_for_status().json()
 
@@ -97,7 +78,7 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     try:
         run = _wait_for_final_state(api, run_id)
     finally:
-        _stop(worker)
+        stop(worker)
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert run["parameters"]["overrides"]["train.epochs"] == 3
     assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # the override applied
@@ -119,7 +100,7 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
         failing = {**PARAMS, "overrides": {**PARAMS["overrides"], "validate.labels": [0, 1, 2, 3, 4]}}
         failed = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local", failing))
     finally:
-        _stop(serve)
+        stop(serve)
     assert failed["state"]["type"] == "FAILED"
     message = failed["state"]["message"]
     assert "stage 'validate' failed" in message and "ValidationFailed" in message, message

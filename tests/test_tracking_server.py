@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, project_copy
+from tests.conftest import free_port, project_copy, stop, wait_until_healthy
 from tests.test_pipeline_e2e import _env, _run
 
 pytestmark = pytest.mark.slow
@@ -37,24 +36,10 @@ def mlflow_server(backend_uri: str, artifacts: Path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"mlflow server exited: {proc.stderr.read()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-            time.sleep(0.5)
+        wait_until_healthy(proc, f"{url}/health", "mlflow server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 @contextmanager
