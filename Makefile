@@ -27,12 +27,13 @@ test: install  ## every test, offline, on CPU
 test-fast: install  ## the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)
+bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)
 	$(BIN)/python -m benchmarks.compression
 	$(BIN)/python -m benchmarks.compression_backends
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.orchestration
+	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone
@@ -41,8 +42,8 @@ repro: install  ## the same DAG through DVC alone
 ui: install  ## the MLflow UI over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
-serve: install  ## serve the latest Bento on http://127.0.0.1:3000
-	$(BIN)/bentoml serve digits_classifier:latest --port 3000
+serve: install  ## the champion's Bento behind the serving front on http://127.0.0.1:3000 (roll-outs without downtime)
+	$(BIN)/python -m tasks.front serve --port 3000 --admin-port 3001
 
 clean:  ## remove stage outputs and local stores (keeps .venv)
 	rm -rf artifacts data/raw data/prepared mlflow.db mlartifacts dvc.lock

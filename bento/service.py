@@ -1,72 +1,206 @@
-"""The Bento service: `POST /predict` takes a batch of raw images and answers classes and probabilities.
+"""The Bento service: the model the pipeline chose, behind validated, adaptively batched HTTP endpoints.
 
-The model is the compressed ONNX variant the pipeline chose, referenced by tag (a build argument) and
-loaded with ONNX Runtime: no pickle is ever loaded. Requests are checked against the model's metadata
-(image shape, intensity range) and answered 400 with a message when they do not fit.
+    POST /predict        {"images": N×H×W raw intensities}   → per image, its class and class probabilities
+    POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
+    GET  /metadata       model name, registry version, variant, metrics, lineage
+    and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
+
+The model is the ONNX file stored with the BentoML model whose tag the build passed in, run by ONNX Runtime:
+no pickle is ever loaded. Each request is checked (shape, dtype, finite values, intensity range, batch size)
+before it joins an adaptive batch, and answered 400 naming what is wrong. Uploads are decoded by the same
+function ingest uses for image folders (tasks/imaging.py, shipped in this Bento). A request body above
+`max_request_mb` is answered 413. With BENTO_API_KEY set where the service runs, every endpoint but health,
+metrics and docs needs the header `X-API-Key: <that value>` (401 otherwise).
 """
 
 from __future__ import annotations
 
+import hmac
+import json
+import os
+from pathlib import Path
 from typing import Annotated
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
-from bentoml.validators import DType
-from pydantic import BaseModel, Field
+from fastapi import FastAPI
+from bentoml.validators import ContentType, DType
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+
+from tasks.imaging import NotAnImage, decode_image
 
 
 class ServiceArgs(BaseModel):
+    """Build arguments (params.yaml `package`, passed by the package stage)."""
+
     model_tag: str = "digits-classifier:latest"
+    batching: bool = True
     max_batch_size: int = 256
-    max_latency_ms: int = 20
+    max_latency_ms: int = 1000
+    workers: int = 1
+    threads: int = 1
     max_images_per_request: int = 1024
+    max_request_mb: float = 8.0
 
 
 args = bentoml.use_arguments(ServiceArgs)
+MODEL = bentoml.models.BentoModel(args.model_tag)
+META = MODEL.stored.info.metadata  # resolved at import: the request checks below need the input shape
+IMAGE_SHAPE = tuple(int(d) for d in META["input_shape"][1:])
+PIXEL_MAX = float(META["pixel_max"])
+KIND = META.get("kind", "images")  # "table": rows already encoded as in data/prepared/meta.json
+API_KEY_ENV = "BENTO_API_KEY"
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
+
+
+def _checked_images(images: np.ndarray) -> np.ndarray:
+    """One request's images, checked before they join a batch: a ValueError here is that request's 400."""
+    expected = f"(N, {', '.join(map(str, IMAGE_SHAPE))})"
+    if images.size == 0:
+        raise ValueError("images is an empty batch: send at least one image")
+    if images.ndim != 1 + len(IMAGE_SHAPE) or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise ValueError(f"images must have shape {expected}; got {tuple(images.shape)}")
+    if len(images) > args.max_images_per_request:
+        raise ValueError(f"{len(images)} images in one request; the limit is {args.max_images_per_request}")
+    if not np.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if KIND == "images" and (low < 0 or high > PIXEL_MAX):
+        raise ValueError(f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
+    return images
+
+
+def _nested_numbers(value) -> np.ndarray:
+    """Before BentoML's own conversion: only nested lists of numbers become images; anything else is a 400."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ValueError(f"images must be a nested list of numbers (N×H×W); got a JSON {type(value).__name__}")
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"images must be a nested list of numbers (N×H×W) of one shape: {err}") from None
+
+
+Images = Annotated[np.ndarray, BeforeValidator(_nested_numbers), DType("float32"), AfterValidator(_checked_images)]
 
 
 class Prediction(BaseModel):
-    classes: list[int] = Field(description="the most probable class of each image")
-    probabilities: list[list[float]] = Field(description="per image, the probability of each class")
+    label: int = Field(description="the most probable class")
+    probabilities: list[float] = Field(description="the probability of each class, in class order")
 
 
-@bentoml.service(name="digits_classifier", traffic={"timeout": 30})
+class Metadata(BaseModel):
+    registered_model: str
+    model_version: str
+    variant: str
+    bento_model: str
+    kind: str
+    input_shape: list[int]
+    pixel_max: float
+    metrics: dict
+    lineage: dict
+
+
+class Guard:
+    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the request size limit (413), and a
+    multipart body without a boundary (400, where BentoML's parser would answer 500)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+        self.key = os.environ.get(API_KEY_ENV, "").encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
+            return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
+                                            f"(the value of {API_KEY_ENV} where the service runs)")
+        kind = headers.get(b"content-type", b"").lower()
+        if kind.startswith(b"multipart/") and b"boundary=" not in kind:
+            return await _reply(send, 400, "a multipart/form-data request needs a boundary in its Content-Type")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _reply(send, 413, f"request body of {int(declared)} bytes; the limit is {self.max_bytes} "
+                                            f"({args.max_request_mb:g} MB): send fewer images per request")
+        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # A chunked body has no declared length: read it up to the limit, then hand it on.
+            messages, size = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    return await _reply(send, 413, f"request body above the limit of {self.max_bytes} bytes")
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            replay = iter(messages)
+
+            async def receive_replayed():
+                return next(replay, None) or await receive()
+
+            return await self.app(scope, receive_replayed, send)
+        return await self.app(scope, receive, send)
+
+
+async def _reply(send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+routes = FastAPI()  # the GET endpoints (BentoML's own are POST)
+
+
+@bentoml.service(name="digits_classifier", workers=args.workers, threads=args.threads,
+                 traffic={"timeout": 30}, metrics={"enabled": True})
+@bentoml.asgi_app(routes, path="/")
 class DigitsClassifier:
-    model_ref = bentoml.models.BentoModel(args.model_tag)
+    model_ref = MODEL
 
     def __init__(self) -> None:
         import onnxruntime as ort
 
-        meta = self.model_ref.info.metadata
-        self.image_shape = tuple(meta["input_shape"][1:])
-        self.pixel_max = float(meta["pixel_max"])
-        self.kind = meta.get("kind", "images")  # "table": rows already encoded as in data/prepared/meta.json
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(self.model_ref.path_of("model.onnx"), providers=providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        self.session = ort.InferenceSession(self.model_ref.path_of("model.onnx"), options, providers=providers)
+        self.session.run(None, {"images": np.zeros((1, *IMAGE_SHAPE), np.float32)})  # warm: the first run is slow
+        self.about = Metadata(
+            registered_model=META.get("registered_model", ""), model_version=str(META.get("model_version", "")),
+            variant=META.get("variant", ""), bento_model=str(self.model_ref.tag), kind=KIND,
+            input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
+            lineage=META.get("lineage", {}))
 
-    @bentoml.api(batchable=True, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
-    def probabilities(self, images: Annotated[np.ndarray, DType("float32")]) -> np.ndarray:
-        """Class probabilities for a batch of already-checked images (adaptively batched across requests)."""
+    def _probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
 
-    @bentoml.api
-    async def predict(self, images: Annotated[np.ndarray, DType("float32")]) -> Prediction:
-        """Classify a batch of images: N×H×W raw intensities in [0, pixel_max] (8×8 and 0–16 for the digits)."""
-        self._check(images)
-        # Through the service's own proxy, so that concurrent requests share adaptive batches.
-        probabilities = await self.to_async.probabilities(images)
-        return Prediction(classes=probabilities.argmax(1).tolist(), probabilities=probabilities.tolist())
+    @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
+    def predict(self, images: Images) -> list[Prediction]:
+        """Classify a batch of images: N×H×W raw intensities in [0, pixel_max] (8×8 and 0–16 for the digits).
 
-    def _check(self, images: np.ndarray) -> None:
-        if images.ndim != 1 + len(self.image_shape) or tuple(images.shape[1:]) != self.image_shape:
-            raise InvalidArgument(f"images must have shape (N, {', '.join(map(str, self.image_shape))}); got {images.shape}")
-        if len(images) == 0:
-            raise InvalidArgument("images is an empty batch")
-        if len(images) > args.max_images_per_request:
-            raise InvalidArgument(f"{len(images)} images in one request; the limit is {args.max_images_per_request}")
-        if not np.isfinite(images).all():
-            raise InvalidArgument("images contain NaN or infinite values")
-        low, high = float(images.min()), float(images.max())
-        if self.kind == "images" and (low < 0 or high > self.pixel_max):
-            raise InvalidArgument(f"pixel values must lie in [0, {self.pixel_max:g}]; got [{low:g}, {high:g}]")
+        Concurrent requests are batched together (adaptive batching); each gets its own images' answers."""
+        probabilities = self._probabilities(images)
+        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities]
+
+    @bentoml.api
+    def predict_image(self, image: Annotated[Path, ContentType("image/*")]) -> Prediction:
+        """Classify one uploaded PNG or JPEG: converted to grayscale and resized to the model's H×W with the same
+        code as training's image folders, its 0–255 intensities scaled to [0, pixel_max]."""
+        if KIND != "images":
+            raise InvalidArgument("this model takes table rows, not images")
+        try:
+            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE) * (PIXEL_MAX / 255.0)
+        except NotAnImage as err:
+            raise InvalidArgument(f"image: {err}") from err
+        probabilities = self._probabilities(pixels[None])[0]
+        return Prediction(label=int(probabilities.argmax()), probabilities=probabilities.tolist())
+
+    @routes.get("/metadata")
+    def metadata(self) -> Metadata:
+        """Which model this is: registry name and version, compression variant, its test metrics and lineage."""
+        return self.about
+
+
+DigitsClassifier.add_asgi_middleware(Guard, max_bytes=int(args.max_request_mb * 1024 * 1024))

@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order, unpushed  # noqa: E402
 from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
 from tasks.errors import PipelineError  # noqa: E402
+from tasks.front import BackendFailed  # noqa: E402
 
 
 class WorkspaceBusy(PipelineError):
@@ -54,6 +55,16 @@ def push(root: str) -> None:
     push_data(Path(root))
 
 
+@task(name="roll out the champion")
+def roll_out(root: str, admin_url: str, ready_timeout_s: float) -> dict:
+    """Replace the running service with the new champion's Bento, if one was promoted and a front is configured."""
+    from flows.rollout import roll_out_champion
+
+    served = roll_out_champion(Path(root), admin_url, ready_timeout_s)
+    get_run_logger().info("serving: %s (%s)", served["action"], served["reason"])
+    return served
+
+
 @flow(name="digits-pipeline", log_prints=True)
 def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, Any] | None = None) -> dict:
     """Run every stage of dvc.yaml in order; a failing stage fails the flow run and nothing after it runs.
@@ -79,7 +90,8 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
     stage = "params"
     try:
         with override.applied(root_path / "params.yaml", overrides):
-            knobs = load_params(root_path / "params.yaml").pipeline
+            config = load_params(root_path / "params.yaml")
+            knobs = config.pipeline
             stage_task = run_stage.with_options(
                 retries=knobs.retries, timeout_seconds=knobs.stage_timeout_minutes * 60,
                 retry_delay_seconds=exponential_backoff(backoff_factor=knobs.retry_delay_seconds)(knobs.retries) or 0)
@@ -92,7 +104,9 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
             stage = "push"
             if push_to_remote:
                 push(str(root_path))
-        summary = summarize(root_path, runs)
+            stage = "rollout"
+            served = roll_out(str(root_path), config.rollout.admin_url, config.rollout.ready_timeout_seconds)
+        summary = summarize(root_path, runs, served)
         create_markdown_artifact(key="pipeline-report", markdown=markdown(root_path, summary, overrides),
                                  description="data version, validation, metrics vs champion, promotion, compression, Bento")
         return summary
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = pipeline(root=args.root, push_to_remote=not args.no_push, overrides=overrides or None)
-    except (PipelineError, StageFailed) as err:
+    except (PipelineError, StageFailed, BackendFailed) as err:
         print(f"pipeline failed: {err}", file=sys.stderr)
         return 1
     print(render(summary))

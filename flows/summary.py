@@ -8,7 +8,7 @@ from pathlib import Path
 from flows.dag import StageRun
 
 
-def summarize(root: Path, runs: list[StageRun]) -> dict:
+def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> dict:
     """The figures a user wants after a run, read from the stage outputs."""
     artifacts = root / "artifacts"
     read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
@@ -21,6 +21,7 @@ def summarize(root: Path, runs: list[StageRun]) -> dict:
         "promotion": read("evaluate/promotion.json"),
         "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
         "bento": read("package/bento.json"),
+        "served": served or {"action": "none", "reason": "no roll-out step ran"},
     }
 
 
@@ -37,10 +38,11 @@ def render(summary: dict) -> str:
         f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
         f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}",
         f"  bento:           {summary['bento']['bento_tag']}",
+        f"  serving front:   {_served(summary['served'])}",
         "",
         "Next:",
         "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
-        f"  serve:       bentoml serve {summary['bento']['bento_tag']} --port 3000",
+        f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']}",
         "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
     ])
 
@@ -85,8 +87,17 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
           f"{row['accuracy']:.4f} | {'shipped' if name == chosen else ''} |" for name, row in variants.items()),
         "",
         f"## Bento\n`{summary['bento']['bento_tag']}`",
+        "",
+        f"## Serving\n{_served(summary['served'])}",
     ]
     return "\n".join(lines)
+
+
+def _served(served: dict) -> str:
+    if served["action"] != "rolled out":
+        return f"{served['action']}: {served['reason']}"
+    return (f"rolled out {served['to']} (was {served['from']}): ready in {served['ready_seconds']:.1f} s, "
+            f"{'old requests drained' if served['drained'] else 'drain timed out'}, old service stopped")
 
 
 def failure_markdown(stage: str, error: BaseException, runs: list[StageRun]) -> str:

@@ -121,10 +121,20 @@ class CompressParams(Section):
 
 
 class PackageParams(Section):
+    """The Bento's build arguments: how the service batches, scales and limits requests."""
+
     bento_model: str = "digits-classifier"
     service_name: str = "digits_classifier"
-    max_batch_size: int = Field(256, ge=1)
-    max_latency_ms: int = Field(20, ge=1)
+    batching: bool = True  # adaptive batching of concurrent /predict requests
+    max_batch_size: int = Field(256, ge=1)  # images per batch, at most
+    max_latency_ms: int = Field(1000, ge=1)  # a request queued longer than this is answered 503 (overload shedding)
+    workers: int = Field(1, ge=1)  # server processes
+    threads: int = Field(1, ge=1)  # threads per process for the model (ONNX Runtime intra-op)
+    max_images_per_request: int = Field(1024, ge=1)
+    max_request_mb: float = Field(8.0, gt=0)  # larger request bodies are answered 413
+
+    def build_args(self) -> dict:
+        return self.model_dump(exclude={"bento_model", "service_name"})
 
 
 class PipelineParams(Section):
@@ -133,6 +143,14 @@ class PipelineParams(Section):
     stage_timeout_minutes: float = Field(120, gt=0)  # a stage running longer is stopped and fails the run
     retries: int = Field(2, ge=0)  # for transient failures only: a crash, a kill, a lost connection
     retry_delay_seconds: float = Field(10, ge=0)  # doubled at each retry
+
+
+class RolloutParams(Section):
+    """Replacing a running service after a promotion (tasks/front.py; no stage reads these)."""
+
+    admin_url: str = ""  # the serving front's admin address, e.g. http://127.0.0.1:3001; empty: no service to replace
+    ready_timeout_seconds: float = Field(120, gt=0)  # a new Bento not ready by then is stopped; the old one stays
+    drain_timeout_seconds: float = Field(30, ge=0)  # the old Bento's in-flight requests get this long to finish
 
 
 class Params(Section):
@@ -147,6 +165,7 @@ class Params(Section):
     compress: CompressParams = CompressParams()
     package: PackageParams = PackageParams()
     pipeline: PipelineParams = PipelineParams()
+    rollout: RolloutParams = RolloutParams()
 
     def as_dict(self) -> dict:
         """The resolved config, with the section names of params.yaml."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.atomic import write_json
-from tasks.config import Params
+from tasks.config import PackageParams, Params
 
 log = logging.getLogger(__name__)
+
+# What the Bento ships besides its model (paths from the project root; bento/bentofile.yaml includes them).
+BENTO_SOURCES = ("bento/service.py", "tasks/__init__.py", "tasks/imaging.py")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,6 @@ class PackageResult:
 def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, train_dir: Path,
             bento_dir: Path, out_dir: Path) -> PackageResult:
     """Save `compress_dir/model.onnx` as a BentoML model and build the Bento that serves it."""
-    import bentoml
     import mlflow
 
     from tasks import tracking
@@ -48,15 +51,28 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
             "params": params.as_dict(),
         }
         labels = {"variant": choice["variant"], "model_version": str(promotion["version"])}
-        with bentoml.models.create(name=params.package.bento_model, labels=labels, metadata=metadata) as model:
-            shutil.copyfile(compress_dir / "model.onnx", Path(model.path) / "model.onnx")
-        model_tag = str(model.tag)
+        result = build_bento(compress_dir / "model.onnx", metadata, labels, params.package, bento_dir)
+        mlflow.set_tags({"bento.model_tag": result.model_tag, "bento.tag": result.bento_tag})
+    write_json(out_dir / "bento.json", {"model_tag": result.model_tag, "bento_tag": result.bento_tag})
+    log.info("packaged %s into Bento %s", result.model_tag, result.bento_tag)
+    return result
+
+
+def build_bento(onnx_path: Path, metadata: dict, labels: dict, cfg: PackageParams, bento_dir: Path) -> PackageResult:
+    """Store `onnx_path` as a BentoML model with `metadata` (input_shape, pixel_max, kind, ...) and build the
+    Bento of bento/ around it."""
+    import bentoml
+
+    with bentoml.models.create(name=cfg.bento_model, labels=labels, metadata=metadata) as model:
+        shutil.copyfile(onnx_path, Path(model.path) / "model.onnx")
+    with tempfile.TemporaryDirectory() as context:
+        # The build context holds only what the Bento ships: BentoML walks all of it, and the project root
+        # (a virtualenv, data, MLflow's store) takes it seconds.
+        for rel in BENTO_SOURCES:
+            (Path(context) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bento_dir.parent / rel, Path(context) / rel)
         bento = bentoml.bentos.build_bentofile(
-            str(bento_dir / "bentofile.yaml"), build_ctx=str(bento_dir), labels=labels,
-            args={"model_tag": model_tag, "max_batch_size": params.package.max_batch_size,
-                  "max_latency_ms": params.package.max_latency_ms},
+            str(bento_dir / "bentofile.yaml"), build_ctx=context, labels=labels,
+            args={"model_tag": str(model.tag), **cfg.build_args()},
         )
-        mlflow.set_tags({"bento.model_tag": model_tag, "bento.tag": str(bento.tag)})
-    write_json(out_dir / "bento.json", {"model_tag": model_tag, "bento_tag": str(bento.tag)})
-    log.info("packaged %s into Bento %s", model_tag, bento.tag)
-    return PackageResult(model_tag, str(bento.tag))
+    return PackageResult(str(model.tag), str(bento.tag))

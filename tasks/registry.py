@@ -110,6 +110,16 @@ def decide(params: EvaluateParams, version: str, challenger: Scores, champion: C
                                    f"{params.max_class_regression}", **numbers)
 
 
+def champion_version(name: str) -> str | None:
+    """The version the `champion` alias points at; None when there is none."""
+    import mlflow
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def set_champion(name: str, version: str) -> None:
     import mlflow
 

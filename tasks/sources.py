@@ -62,7 +62,7 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
 
     PNG or JPEG, grayscale or RGB (converted to grayscale), resized to `size` (H, W); intensities 0–255.
     """
-    from PIL import Image, UnidentifiedImageError
+    from tasks.imaging import NotAnImage, decode_image
 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
     if len(classes) < 2:
@@ -74,11 +74,9 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{path}: not a PNG or JPEG file (found suffix '{path.suffix}')")
             try:
-                with Image.open(path) as image:
-                    gray = image.convert("L").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(gray, dtype=np.float32))
-            except (UnidentifiedImageError, OSError) as err:
-                raise DataError(f"{path}: not a readable image ({err})") from err
+                images.append(decode_image(path, size))
+            except NotAnImage as err:
+                raise DataError(f"{path}: {err}") from err
             labels.append(int(name) if numeric else index)
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 

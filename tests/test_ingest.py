@@ -102,7 +102,7 @@ def test_a_non_image_in_the_image_folder_is_named(tmp_path, digits):
         _ingest(tmp_path, source="images", path="folder")
     (tmp_path / "folder" / "4" / "notes.txt").unlink()
     (tmp_path / "folder" / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(DataError, match=r"broken.png: not a readable image"):
+    with pytest.raises(DataError, match=r"broken.png: not a readable PNG or JPEG image"):
         _ingest(tmp_path, source="images", path="folder")
 
 

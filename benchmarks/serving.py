@@ -1,0 +1,264 @@
+"""Serving under load, on loopback: the pipeline's Bento against its HTTP floor, a simple peer and its limit.
+
+    python -m benchmarks.serving            (after `make run`: it serves artifacts/compress/model.onnx)
+
+Compared in one run, each server alone on the machine while it is measured:
+- bento: the service as `package` builds it (adaptive batching on), around the pipeline's chosen model;
+- bento, batching off: the same, built with `package.batching: false`;
+- no-op floor: the same service around a model that does nothing (constant probabilities): HTTP + validation;
+- FastAPI peer: one plain FastAPI endpoint (benchmarks/serving_peer.py) with the same model, under uvicorn;
+- in-process: ONNX Runtime's forward in this process, no HTTP (the limit).
+Closed loop at several concurrency levels (each client sends its next request when the last is answered), for
+requests of 1 image and of 64 images; then an open loop at a fixed 200 requests/s for the latency target.
+The client (aiohttp, one process) shares the machine's cores with the server, as it does for every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = {1: (1, 8, 32), 64: (1, 8)}  # images per request → concurrency levels
+OPEN_LOOP_RATE = 200  # requests/s, single images
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:] if process.stderr else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready in {timeout_s} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def _closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def client(deadline: float, keep: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                began = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers={"content-type": "application/json"}) as answer:
+                        await answer.read()
+                        ok = answer.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if keep:
+                    latencies.append(time.perf_counter() - began)
+                    errors += not ok
+
+        await asyncio.gather(*(client(time.perf_counter() + 0.5, False) for _ in range(concurrency)))  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(client(started + seconds, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return _summary(latencies, errors, elapsed)
+
+
+async def _open_loop(url: str, body: bytes, rate: float, seconds: float) -> dict:
+    """`rate` requests per second on a fixed schedule, whatever the answers: latency measured from the scheduled time."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            try:
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as answer:
+                    await answer.read()
+                    errors += answer.status != 200
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append(time.perf_counter() - at)
+
+        started = time.perf_counter() + 0.1
+        await asyncio.gather(*(one(started + i / rate) for i in range(int(rate * seconds))))
+        elapsed = time.perf_counter() - started
+    return _summary(latencies, errors, elapsed)
+
+
+def _summary(latencies: list[float], errors: int, elapsed: float) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {"requests": len(ms), "errors": int(errors), "requests_per_s": len(ms) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
+
+
+def _bodies(images: np.ndarray) -> dict[int, bytes]:
+    return {n: json.dumps({"images": images[:n].tolist()}).encode() for n in LEVELS}
+
+
+def _measure(url: str, bodies: dict[int, bytes], seconds: float, open_loop: bool) -> dict:
+    results = {}
+    for n, levels in LEVELS.items():
+        for concurrency in levels:
+            results[f"{n}x{concurrency}"] = asyncio.run(_closed_loop(url, bodies[n], concurrency, seconds))
+            print(f"  {n:>2} image(s), {concurrency:>2} concurrent: {results[f'{n}x{concurrency}']}", flush=True)
+    if open_loop:
+        results["open"] = asyncio.run(_open_loop(url, bodies[1], OPEN_LOOP_RATE, seconds))
+        print(f"  open loop {OPEN_LOOP_RATE}/s: {results['open']}", flush=True)
+    return results
+
+
+def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
+    """The served Bento, the same with batching off, and the same service around a no-op model (a subprocess:
+    BentoML reads its home once)."""
+    script = f"""
+import json, sys
+import numpy as np, torch
+from pathlib import Path
+from tasks.config import load_params
+from tasks.package import build_bento
+from tasks.variants import export_onnx
+
+class NoOp(torch.nn.Module):
+    def forward(self, images):
+        return torch.zeros(images.shape[0], {choice['n_classes']}) + 1.0 / {choice['n_classes']}
+
+cfg = load_params(Path({str(ROOT)!r}) / 'params.yaml').package
+meta = {{k: v for k, v in {choice!r}.items() if k != 'reason'}}
+labels = {{'variant': meta['variant'], 'model_version': 'bench'}}
+noop = Path({str(home)!r}) / 'noop.onnx'
+export_onnx(NoOp(), np.zeros((1, *meta['input_shape'][1:]), np.float32), noop)
+tags = {{
+    'bento': build_bento(Path({str(model)!r}), meta, labels, cfg, Path({str(ROOT / 'bento')!r})).bento_tag,
+    'batching off': build_bento(Path({str(model)!r}), meta, labels, cfg.model_copy(update={{'batching': False}}),
+                                Path({str(ROOT / 'bento')!r})).bento_tag,
+    'no-op floor': build_bento(noop, {{**meta, 'variant': 'no-op'}}, labels, cfg, Path({str(ROOT / 'bento')!r})).bento_tag,
+}}
+print(json.dumps(tags))
+"""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default 4)")
+    args = parser.parse_args()
+    from benchmarks.record import save, table
+    from tasks.latency import onnx_predictor
+
+    model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"
+    if not model.is_file():
+        raise SystemExit(f"{model} not found: run the pipeline first (make run)")
+    choice = json.loads(choice.read_text())
+    images = (np.load(ROOT / "data/prepared/test/x.npy")[:64, 0] * choice["pixel_max"]).astype(np.float32)
+    bodies = _bodies(images)
+    home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "SERVING_PEER_MODEL": str(model)}
+    env.pop("BENTO_API_KEY", None)
+    results: dict[str, dict] = {}
+    try:
+        tags = _build_bentos(model, choice, home)
+        servers = {name: [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1"] for name, tag in tags.items()}
+        servers["FastAPI peer"] = [sys.executable, "-m", "uvicorn", "benchmarks.serving_peer:app", "--host", "127.0.0.1",
+                                   "--log-level", "warning", "--no-access-log"]
+        for name, command in servers.items():
+            port = _free_port()
+            process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                _wait(f"http://127.0.0.1:{port}/" + ("docs" if name == "FastAPI peer" else "readyz"), process)
+                print(name, flush=True)
+                results[name] = _measure(f"http://127.0.0.1:{port}/predict", bodies, args.seconds, open_loop=True)
+            finally:
+                _stop(process)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    predict = onnx_predictor(model)
+    in_process = {}
+    for n in LEVELS:
+        batch = images[:n]
+        predict(batch)
+        runs = []
+        for _ in range(200 if n == 1 else 50):
+            began = time.perf_counter()
+            predict(batch)
+            runs.append(time.perf_counter() - began)
+        in_process[n] = n / float(np.median(runs))  # images/s
+    figures = {"results": results, "in_process_images_per_s": {str(k): v for k, v in in_process.items()}}
+
+    best = lambda name, n: max(r["requests_per_s"] for k, r in results[name].items() if k.startswith(f"{n}x"))  # noqa: E731
+    single = {name: best(name, 1) for name in results}
+    images64 = {name: best(name, 64) * 64 for name in results}
+    opened = results["bento"]["open"]
+    goals = [
+        ["single-image throughput ≥ 80 % of the no-op floor", f"{single['bento'] / single['no-op floor']:.0%}",
+         single["bento"] >= 0.8 * single["no-op floor"]],
+        ["single-image throughput ahead of the FastAPI peer", f"{single['bento']:.0f} vs {single['FastAPI peer']:.0f} req/s",
+         single["bento"] > single["FastAPI peer"]],
+        ["64-image requests: images/s ≥ 50 % of in-process at batch 64",
+         f"{images64['bento']:.0f} vs {in_process[64]:.0f} images/s ({images64['bento'] / in_process[64]:.0%})",
+         images64["bento"] >= 0.5 * in_process[64]],
+        [f"p99 ≤ 20 ms at {OPEN_LOOP_RATE} requests/s", f"{opened['p99_ms']:.1f} ms (p50 {opened['p50_ms']:.1f})",
+         opened["p99_ms"] <= 20],
+        ["no errors", f"{sum(r['errors'] for s in results.values() for r in s.values())} errors",
+         all(r["errors"] == 0 for s in results.values() for r in s.values())],
+    ]
+    figures["goals"] = {goal: met for goal, _, met in goals}
+    rows = [[name, key.split("x")[0], key.split("x")[1], r["requests_per_s"], r["requests_per_s"] * int(key.split("x")[0]),
+             r["p50_ms"], r["p99_ms"], r["errors"]]
+            for name, runs in results.items() for key, r in runs.items() if key != "open"]
+    markdown = "\n\n".join([
+        f"Model: `{choice['variant']}` (the pipeline's chosen variant), {args.seconds:g} s per measurement after a 0.5 s "
+        "warm-up; client and server share the machine's cores. Closed loop: each client sends its next request when "
+        "the last is answered.",
+        table(["server", "images/request", "concurrency", "requests/s", "images/s", "p50 ms", "p99 ms", "errors"], rows),
+        f"In-process forward (ONNX Runtime, no HTTP): {in_process[1]:.0f} images/s at batch 1, "
+        f"{in_process[64]:.0f} images/s at batch 64.",
+        f"Open loop: single images at a fixed {OPEN_LOOP_RATE} requests/s for {args.seconds:g} s, latency from the "
+        "scheduled send time (so a late client counts against the server too):",
+        table(["server", "p50 ms", "p99 ms", "errors"],
+              [[name, runs["open"]["p50_ms"], runs["open"]["p99_ms"], runs["open"]["errors"]] for name, runs in results.items()]),
+        table(["goal (issue 7)", "measured", "met"], [[g, m, "yes" if ok else "**no**"] for g, m, ok in goals]),
+    ])
+    save("serving", title="Serving under load (loopback)", command="python -m benchmarks.serving",
+         markdown=markdown, figures=figures)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

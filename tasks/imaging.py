@@ -1,0 +1,36 @@
+"""How an image file becomes model input, shared by ingest (image folders) and the Bento's /predict_image.
+
+Pillow only: the Bento ships this module next to its service, so what is served decodes exactly as what was
+trained on.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+class NotAnImage(ValueError):
+    """The bytes are not a PNG or JPEG image Pillow can read."""
+
+
+def decode_image(source, size: tuple[int, int]) -> np.ndarray:
+    """A PNG or JPEG file (path, file object or bytes), grayscale or RGB (converted to grayscale), resized to
+    `size` (H, W) with bilinear resampling: an H×W float32 array of intensities 0–255."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    try:
+        with Image.open(source) as image:
+            if image.format not in IMAGE_FORMATS:
+                raise NotAnImage(f"a {image.format} image; only PNG and JPEG are accepted")
+            gray = image.convert("L").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.float32)
+    except UnidentifiedImageError as err:
+        raise NotAnImage("not a readable PNG or JPEG image (Pillow cannot identify it)") from err
+    except (OSError, Image.DecompressionBombError) as err:
+        raise NotAnImage(f"not a readable PNG or JPEG image ({err})") from err

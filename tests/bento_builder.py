@@ -1,0 +1,69 @@
+"""Build real Bentos around a small digits MLP in seconds, for the tests that serve one over HTTP.
+
+Run as a subprocess (`python -m tests.bento_builder OUT.json --count 2`) with BENTOML_HOME set: BentoML reads
+its home once per process, and each test module wants its own store. The model goes through the same ONNX
+export and `build_bento` as the `package` stage; only the training is shortened (an MLP, a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_tiny_mlp(seed: int = 0):
+    """An MLP on scikit-learn's digits (8×8, 0..16): ~95 % test accuracy after 300 full-batch steps."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from tasks.models import MLP
+
+    torch.manual_seed(seed)
+    digits = load_digits()
+    x = torch.tensor(digits.images[:1400] / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target[:1400])
+    model = MLP(64, (64,), 10, dropout=0.0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    return model.eval()
+
+
+def build(out: Path, count: int) -> dict:
+    from tasks.config import load_params
+    from tasks.package import build_bento
+    from tasks.variants import export_onnx, servable
+
+    params = load_params(REPO / "params.yaml")
+    model = train_tiny_mlp()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(servable(model, pixel_max=16.0), np.zeros((1, 8, 8), np.float32), onnx_path)
+        metadata = {"input_shape": [1, 8, 8], "pixel_max": 16.0, "kind": "images", "n_classes": 10,
+                    "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier"}
+        results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},
+                               params.package, REPO / "bento") for i in range(count)]
+        model_path = out.with_suffix(".onnx")
+        model_path.write_bytes(onnx_path.read_bytes())
+    info = {"bentos": [r.bento_tag for r in results], "models": [r.model_tag for r in results],
+            "onnx": str(model_path)}
+    out.write_text(json.dumps(info))
+    return info
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--count", type=int, default=1)
+    args = parser.parse_args()
+    build(args.out, args.count)
+    sys.exit(0)

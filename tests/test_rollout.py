@@ -1,0 +1,178 @@
+"""Zero-downtime roll-out on loopback: a real front (`python -m tasks.front serve`) in front of real `bentoml serve`
+processes, under a steady stream of requests while the Bento behind it is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port, stop, wait_until_healthy
+
+pytestmark = pytest.mark.slow
+
+DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0], [0, 4, 12, 0, 0, 8, 8, 0],
+         [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0], [0, 2, 14, 5, 10, 12, 0, 0], [0, 0, 6, 13, 10, 0, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def bentos(tmp_path_factory):
+    """Two Bentos of a small digits model in a store of their own, and the environment that reaches it."""
+    base = tmp_path_factory.mktemp("rollout")
+    env = {**os.environ, "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    built = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(base / "bentos.json"), "--count", "2"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    root = base / "project"  # a front needs only params.yaml; it keeps its Bentos' logs in .serving/
+    root.mkdir()
+    shutil.copyfile(REPO / "params.yaml", root / "params.yaml")
+    return json.loads((base / "bentos.json").read_text())["bentos"], env, root
+
+
+class Front:
+    def __init__(self, tag: str, env: dict, root: Path):
+        self.port, self.admin_port = free_port(), free_port()
+        self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
+        self.env, self.root = env, root
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tasks.front", "serve", "--bento", tag, "--port", str(self.port),
+             "--admin-port", str(self.admin_port), "--root", str(root)],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_until_healthy(self.process, f"{self.admin}/status", "the front")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tasks.front", *args, "--admin", self.admin], cwd=REPO,
+                              env=self.env, capture_output=True, text=True, timeout=300)
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.admin}/status", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def front(bentos):
+    tags, env, root = bentos
+    running = Front(tags[0], env, root)
+    yield running
+    stop(running.process)
+
+
+class Load:
+    """Clients sending /predict back to back on keep-alive connections; every answer's status and Bento kept."""
+
+    def __init__(self, url: str, clients: int = 4):
+        self.url, self.answers, self.errors = url, [], []
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self._done.is_set():
+                try:
+                    began = time.monotonic()
+                    answer = http.post("/predict", json={"images": [DIGIT] * 8})
+                    self.answers.append((began, answer.status_code, answer.headers.get("x-bento-tag")))
+                except httpx.HTTPError as err:
+                    self.errors.append(repr(err))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_rollout_under_load_switches_bentos_without_a_failed_request(bentos, front):
+    tags, _, _ = bentos
+    old_pid = front.status()["backend_pid"]
+    assert front.status()["bento"] == tags[0]
+    with Load(front.url) as load:
+        time.sleep(1.0)
+        asked = time.monotonic()
+        rolled = front.cli("rollout", tags[1])
+        answered = time.monotonic()
+        time.sleep(1.0)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    record = json.loads(rolled.stdout)
+    assert record["from"] == tags[0] and record["to"] == tags[1] and record["drained"] is True
+    assert not load.errors, load.errors[:5]
+    assert {status for _, status, _ in load.answers} == {200}, [a for a in load.answers if a[1] != 200][:10]
+    before = {tag for began, _, tag in load.answers if began < asked}
+    after = [tag for began, _, tag in load.answers if began > answered]
+    assert before == {tags[0]} and set(after) == {tags[1]} and len(after) > 10  # requests sent once it was done
+    assert {tag for began, _, tag in load.answers if asked <= began <= answered} <= set(tags[:2])
+    status = front.status()
+    assert status["bento"] == tags[1] and [h["to"] for h in status["history"]] == tags[:2]
+    deadline = time.monotonic() + 30
+    while _alive(old_pid) and time.monotonic() < deadline:  # the old `bentoml serve` is stopped
+        time.sleep(0.2)
+    assert not _alive(old_pid)
+
+
+def test_a_bento_that_cannot_start_is_refused_and_the_running_one_keeps_serving(front):
+    before = front.status()["bento"]
+    with Load(front.url, clients=2) as load:
+        refused = front.cli("rollout", "digits_classifier:doesnotexist")
+    assert refused.returncode == 1
+    assert "exited with code" in refused.stderr and f"still serving {before}" in refused.stderr, refused.stderr
+    assert front.status()["bento"] == before
+    assert not load.errors and {status for _, status, _ in load.answers} == {200}
+    bad_body = httpx.post(f"{front.admin}/rollout", json={"tag": "x"}, timeout=10)
+    assert bad_body.status_code == 400 and "bento" in bad_body.json()["error"]
+
+
+def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, front):
+    tags, _, _ = bentos
+    before = front.status()["bento"]
+    other = tags[0] if before == tags[1] else tags[1]
+    refused = front.cli("rollout", other, "--ready-timeout", "0.3")  # `bentoml serve` needs seconds to start
+    assert refused.returncode == 1 and "was not ready within 0.3 s" in refused.stderr, refused.stderr
+    assert front.status()["bento"] == before
+    assert httpx.post(f"{front.url}/predict", json={"images": [DIGIT]}, timeout=30).status_code == 200
+    leftovers = subprocess.run(["pgrep", "-f", f"bentoml serve {other}"], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"the Bento that was not ready is still running: {leftovers}"
+
+
+def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(bentos, front, tmp_path):
+    from flows.rollout import roll_out_champion
+    from tasks.front import BackendFailed
+
+    tags, _, _ = bentos
+    served = front.status()["bento"]
+    other = tags[0] if served == tags[1] else tags[1]
+    (tmp_path / "artifacts/evaluate").mkdir(parents=True)
+    (tmp_path / "artifacts/package").mkdir(parents=True)
+    outputs = lambda promoted, tag: ((tmp_path / "artifacts/evaluate/promotion.json").write_text(  # noqa: E731
+        json.dumps({"promoted": promoted, "version": "7"})), (tmp_path / "artifacts/package/bento.json").write_text(
+        json.dumps({"bento_tag": tag, "model_tag": "m:1"})))
+    outputs(False, other)
+    assert roll_out_champion(tmp_path, front.admin)["action"] == "kept"  # not promoted: the served one stays
+    assert roll_out_champion(tmp_path, "")["action"] == "none"  # no front configured
+    outputs(True, served)
+    assert roll_out_champion(tmp_path, front.admin)["reason"] == f"the front already serves {served}"
+    outputs(True, other)
+    done = roll_out_champion(tmp_path, front.admin)
+    assert done["action"] == "rolled out" and done["from"] == served and done["to"] == other
+    assert front.status()["bento"] == other
+    with pytest.raises(BackendFailed, match="no serving front answered"):
+        roll_out_champion(tmp_path, f"http://127.0.0.1:{free_port()}")

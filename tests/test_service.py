@@ -1,0 +1,184 @@
+"""The Bento service over real HTTP: a built Bento, started with `bentoml serve` on a free loopback port.
+
+A small digits model is built into a Bento the same way `package` builds the pipeline's (tests/bento_builder.py),
+so these tests need no pipeline run; the end-to-end test serves the pipeline's own Bento.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, free_port, stop, wait_until_healthy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("service")
+    env = {**os.environ, "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("BENTO_API_KEY", None)
+    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(base / "bentos.json")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((base / "bentos.json").read_text())
+    return info["bentos"][0], Path(info["onnx"]), env, base
+
+
+def _serve(tag: str, env: dict, cwd: Path):
+    port = free_port()
+    server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(server, f"{url}/readyz", f"bentoml serve {tag}")
+    return server, url
+
+
+@pytest.fixture(scope="module")
+def service(built):
+    tag, _, env, base = built
+    server, url = _serve(tag, env, base)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        yield http
+    stop(server)
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    """The digits the small model did not train on (it saw the first 1400), raw 0..16 intensities."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images[1400:].astype(np.float32), digits.target[1400:]
+
+
+def _png(pixels: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(pixels.astype(np.uint8)).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_predictions_over_http_equal_the_in_process_model_on_the_test_split(service, built, test_split):
+    from tasks.latency import onnx_predictor
+
+    images, labels = test_split
+    expected = onnx_predictor(built[1])(images)
+    answered = []
+    for start in range(0, len(images), 64):
+        answer = service.post("/predict", json={"images": images[start:start + 64].tolist()})
+        assert answer.status_code == 200, answer.text
+        answered += answer.json()
+    assert [a["label"] for a in answered] == expected.argmax(1).tolist()
+    np.testing.assert_allclose([a["probabilities"] for a in answered], expected, atol=1e-6)
+    assert (expected.argmax(1) == labels).mean() > 0.9  # a model worth serving, not a constant
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGB", "PNG"), ("L", "JPEG")])
+def test_an_uploaded_image_is_preprocessed_as_training_preprocesses_image_folders(service, built, test_split, mode, fmt):
+    from tasks.imaging import decode_image
+    from tasks.latency import onnx_predictor
+
+    images, _ = test_split
+    picture = np.kron(images[0] * 255 / 16, np.ones((4, 4)))  # a 32×32 upload of a test digit, as a scanner gives it
+    upload = _png(picture, mode, fmt)
+    pixels = decode_image(upload, (8, 8)) * (16 / 255)  # ingest's decoding, then the 0..16 scale the model takes
+    expected = onnx_predictor(built[1])(pixels[None].astype(np.float32))[0]
+    answer = service.post("/predict_image", files={"image": (f"digit.{fmt.lower()}", upload, f"image/{fmt.lower()}")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["label"] == int(expected.argmax())
+    np.testing.assert_allclose(answer.json()["probabilities"], expected, atol=1e-6)
+
+
+def _gif() -> bytes:
+    return _png(np.zeros((8, 8)), "L", "GIF")
+
+
+@pytest.mark.parametrize("request_kwargs,status,message", [
+    ({"json": {"images": [[1.0, 2.0]]}}, 400, "images must have shape (N, 8, 8); got (1, 2)"),
+    ({"json": {"images": [[[1.0] * 8] * 7]}}, 400, "images must have shape (N, 8, 8); got (1, 7, 8)"),
+    ({"json": {"images": [[["x"] * 8] * 8]}}, 400, "could not convert string to float"),
+    ({"json": {"images": [[[1.0] * 8, [1.0] * 7] + [[1.0] * 8] * 6]}}, 400, "inhomogeneous"),
+    ({"json": {"images": [[[17.0] * 8] * 8]}}, 400, "pixel values must lie in [0, 16]; got [17, 17]"),
+    ({"json": {"images": [[[-1.0] + [0.0] * 7] + [[0.0] * 8] * 7]}}, 400, "pixel values must lie in [0, 16]"),
+    ({"content": b'{"images": [[[1e999, 0, 0, 0, 0, 0, 0, 0]' + b', [0, 0, 0, 0, 0, 0, 0, 0]' * 7 + b']]}',
+      "headers": {"content-type": "application/json"}}, 400, "NaN or infinite"),
+    ({"json": {"images": []}}, 400, "images is an empty batch"),
+    ({"json": {"images": [[[0.0] * 8] * 8] * 1025}}, 400, "1025 images in one request; the limit is 1024"),
+    ({"json": {}}, 400, "images"),
+    ({"json": {"pictures": [[[0.0] * 8] * 8]}}, 400, "images"),
+    ({"content": b"not json", "headers": {"content-type": "application/json"}}, 400, "Invalid JSON"),
+    ({"content": b'{"images": "' + b"0" * (9 * 1024 * 1024) + b'"}', "headers": {"content-type": "application/json"}},
+     413, "the limit is 8388608"),
+])
+def test_each_bad_predict_request_gets_a_4xx_naming_the_problem(service, request_kwargs, status, message):
+    answer = service.post("/predict", **request_kwargs)
+    assert answer.status_code == status and message in answer.text, (answer.status_code, answer.text[:500])
+
+
+@pytest.mark.parametrize("upload,status,message", [
+    (("notes.png", b"hello, not an image", "image/png"), 400, "not a readable PNG or JPEG image"),
+    (("digit.gif", None, "image/gif"), 400, "a GIF image; only PNG and JPEG are accepted"),
+    (("notes.txt", b"hello", "text/plain"), 400, "expected image/*"),
+])
+def test_each_bad_upload_gets_a_4xx_naming_the_problem(service, upload, status, message):
+    name, content, kind = upload
+    answer = service.post("/predict_image", files={"image": (name, content if content is not None else _gif(), kind)})
+    assert answer.status_code == status and message in answer.text, (answer.status_code, answer.text[:500])
+    assert service.post("/predict_image").status_code == 400  # no upload at all
+
+
+def test_metadata_names_the_model_and_health_and_prometheus_metrics_are_on(service):
+    about = service.get("/metadata")
+    assert about.status_code == 200
+    assert about.json() | {"metrics": {}, "lineage": {}} == {
+        "registered_model": "digits-classifier", "model_version": "1", "variant": "fp32-onnx",
+        "bento_model": about.json()["bento_model"], "kind": "images", "input_shape": [8, 8], "pixel_max": 16.0,
+        "metrics": {}, "lineage": {}}
+    assert service.get("/livez").status_code == 200 and service.get("/readyz").status_code == 200
+    metrics = service.get("/metrics").text
+    assert 'bentoml_service_request_total{' in metrics and 'endpoint="/predict"' in metrics
+
+
+def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
+    tag, _, env, base = built
+    server, url = _serve(tag, {**env, "BENTO_API_KEY": "s3cret"}, base)
+    try:
+        one = {"images": [[[0.0] * 8] * 8]}
+        assert httpx.post(f"{url}/predict", json=one).status_code == 401
+        refused = httpx.post(f"{url}/predict", json=one, headers={"X-API-Key": "wrong"})
+        assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]
+        assert httpx.post(f"{url}/predict", json=one, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/metadata").status_code == 401
+        assert httpx.get(f"{url}/metadata", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200 and httpx.get(f"{url}/metrics").status_code == 200
+    finally:
+        stop(server)
+
+
+def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_path):
+    """Generated requests for every operation in /docs.json, bounded, deterministic: none may get a 5xx."""
+    url = str(service.base_url).rstrip("/")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--url", url,
+         "--checks", "not_a_server_error", "--max-examples", "40", "--phases", "examples,coverage,fuzzing",
+         "--generation-deterministic", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)  # it keeps a cache in .schemathesis/ there
+    assert done.returncode == 0, done.stdout[-5000:]
+    tested = re.search(r"Tested: (\d+)", done.stdout)
+    generated = re.search(r"(\d+) generated", done.stdout)
+    assert tested and int(tested.group(1)) == 7, done.stdout[-2000:]  # health ×3, metrics, predict, predict_image, metadata
+    assert generated and int(generated.group(1)) >= 50, done.stdout[-2000:]
