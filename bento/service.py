@@ -42,6 +42,7 @@ class ServiceArgs(BaseModel):
     threads: int = 1
     max_images_per_request: int = 1024
     max_request_mb: float = 8.0
+    access_log: bool = False
 
 
 args = bentoml.use_arguments(ServiceArgs)
@@ -154,7 +155,7 @@ routes = FastAPI()  # the GET endpoints (BentoML's own are POST)
 
 
 @bentoml.service(name="digits_classifier", workers=args.workers, threads=args.threads,
-                 traffic={"timeout": 30}, metrics={"enabled": True})
+                 traffic={"timeout": 30}, metrics={"enabled": True}, logging={"access": {"enabled": args.access_log}})
 @bentoml.asgi_app(routes, path="/")
 class DigitsClassifier:
     model_ref = MODEL
