@@ -2,6 +2,7 @@
 
     POST /predict        {"images": N×H×W raw intensities}   → per image, its class and class probabilities
     POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
+    POST /predict_rows   {"rows": [{column: value}, ...]} for a model trained on a table → the same per row
     GET  /metadata       model name, registry version, variant, metrics, lineage
     and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
 
@@ -29,6 +30,7 @@ from bentoml.validators import ContentType, DType
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from tasks.imaging import NotAnImage, decode_image
+from tasks.rows import BadRow, encode_rows
 
 
 class ServiceArgs(BaseModel):
@@ -50,7 +52,7 @@ MODEL = bentoml.models.BentoModel(args.model_tag)
 META = MODEL.stored.info.metadata  # resolved at import: the request checks below need the input shape
 IMAGE_SHAPE = tuple(int(d) for d in META["input_shape"][1:])
 PIXEL_MAX = float(META["pixel_max"])
-KIND = META.get("kind", "images")  # "table": rows already encoded as in data/prepared/meta.json
+KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /predict, rows already encoded
 API_KEY_ENV = "BENTO_API_KEY"
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
 
@@ -184,6 +186,20 @@ class DigitsClassifier:
         Concurrent requests are batched together (adaptive batching); each gets its own images' answers."""
         probabilities = self._probabilities(images)
         return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities]
+
+    @bentoml.api
+    def predict_rows(self, rows: Annotated[list[dict], Field(min_length=1)]) -> list[Prediction]:
+        """Classify raw table rows ({column: value}, null for unknown) for a model trained on a table: encoded
+        with the imputation, scaling and one-hot encoding `prepare` fitted on the training split."""
+        if KIND != "table":
+            raise InvalidArgument("this model takes images (POST /predict), not table rows")
+        if len(rows) > args.max_images_per_request:
+            raise InvalidArgument(f"{len(rows)} rows in one request; the limit is {args.max_images_per_request}")
+        try:
+            features = encode_rows(rows, META["encoding"])
+        except BadRow as err:
+            raise InvalidArgument(str(err)) from err
+        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in self._probabilities(features)]
 
     @bentoml.api
     def predict_image(self, image: Annotated[Path, ContentType("image/*")]) -> Prediction:

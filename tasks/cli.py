@@ -45,7 +45,8 @@ def run_stage(stage: str, layout: Layout) -> object:
         return compress(params, root, layout.prepared, layout.train, layout.compress)
     from tasks.package import package
 
-    return package(params, root, layout.compress, layout.evaluate, layout.train, layout.bento_dir, layout.package)
+    return package(params, root, layout.compress, layout.evaluate, layout.train, layout.bento_dir, layout.package,
+                   layout.prepared)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from tasks.config import PackageParams, Params
 log = logging.getLogger(__name__)
 
 # What the Bento ships besides its model (paths from the project root; bento/bentofile.yaml includes them).
-BENTO_SOURCES = ("bento/service.py", "tasks/__init__.py", "tasks/imaging.py")
+BENTO_SOURCES = ("bento/service.py", "tasks/__init__.py", "tasks/imaging.py", "tasks/rows.py")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PackageResult:
 
 
 def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, train_dir: Path,
-            bento_dir: Path, out_dir: Path) -> PackageResult:
+            bento_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> PackageResult:
     """Save `compress_dir/model.onnx` as a BentoML model and build the Bento that serves it."""
     import mlflow
 
@@ -50,6 +50,8 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
             "lineage": lineage,
             "params": params.as_dict(),
         }
+        if metadata["kind"] == "table":  # the Bento's /predict_rows encodes raw rows with it (tasks/rows.py)
+            metadata["encoding"] = json.loads(((prepared_dir or root / "data/prepared") / "meta.json").read_text())["encoding"]
         labels = {"variant": choice["variant"], "model_version": str(promotion["version"])}
         result = build_bento(compress_dir / "model.onnx", metadata, labels, params.package, bento_dir)
         mlflow.set_tags({"bento.model_tag": result.model_tag, "bento.tag": result.bento_tag})

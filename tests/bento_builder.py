@@ -38,6 +38,36 @@ def train_tiny_mlp(seed: int = 0):
     return model.eval()
 
 
+# A small table: two numeric columns and one text column, as tasks.tables.describe writes its encoding.
+TABLE_ENCODING = {
+    "numeric": [{"column": "width", "fill": 2.0, "mean": 2.5, "scale": 1.5},
+                {"column": "height", "fill": 10.0, "mean": 9.0, "scale": 4.0}],
+    "categorical": [{"column": "stroke", "fill": "medium", "categories": ["bold", "medium", "thin"]}],
+}
+
+
+def build_table(out: Path) -> dict:
+    """A Bento around an (untrained) MLP over the 5 encoded features of TABLE_ENCODING, 3 classes."""
+    import torch
+
+    from tasks.config import load_params
+    from tasks.models import MLP
+    from tasks.package import build_bento
+    from tasks.variants import export_onnx, servable
+
+    torch.manual_seed(0)
+    model = MLP(5, (16,), 3, dropout=0.0).eval()
+    onnx_path = out.with_suffix(".onnx")
+    export_onnx(servable(model, pixel_max=1.0, image_input=False), np.zeros((1, 5), np.float32), onnx_path)
+    metadata = {"input_shape": [1, 5], "pixel_max": 1.0, "kind": "table", "n_classes": 3, "variant": "fp32-onnx",
+                "model_version": "1", "registered_model": "table-classifier", "encoding": TABLE_ENCODING}
+    result = build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": "1"},
+                         load_params(REPO / "params.yaml").package, REPO / "bento")
+    info = {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path)}
+    out.write_text(json.dumps(info))
+    return info
+
+
 def build(out: Path, count: int) -> dict:
     from tasks.config import load_params
     from tasks.package import build_bento
@@ -64,6 +94,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="one Bento of a model over table rows instead")
     args = parser.parse_args()
-    build(args.out, args.count)
+    build_table(args.out) if args.table else build(args.out, args.count)
     sys.exit(0)

@@ -180,5 +180,41 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_p
     assert done.returncode == 0, done.stdout[-5000:]
     tested = re.search(r"Tested: (\d+)", done.stdout)
     generated = re.search(r"(\d+) generated", done.stdout)
-    assert tested and int(tested.group(1)) == 7, done.stdout[-2000:]  # health ×3, metrics, predict, predict_image, metadata
+    assert tested and int(tested.group(1)) == 8, done.stdout[-2000:]  # health ×3, metrics, metadata, 3 × predict
     assert generated and int(generated.group(1)) >= 50, done.stdout[-2000:]
+
+
+def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(tmp_path):
+    from tasks.latency import onnx_predictor
+    from tasks.rows import encode_rows
+    from tests.bento_builder import TABLE_ENCODING
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(tmp_path / "table.json"), "--table"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "table.json").read_text())
+    server, url = _serve(info["bentos"][0], env, tmp_path)
+    try:
+        rows = [{"width": 1.0, "height": 12, "stroke": "thin"}, {"width": None, "height": 3.5, "stroke": None},
+                {"width": 4, "height": None, "stroke": "dotted"}]  # nulls imputed; an unseen category one-hots to zeros
+        expected = onnx_predictor(Path(info["onnx"]))(encode_rows(rows, TABLE_ENCODING))
+        answer = httpx.post(f"{url}/predict_rows", json={"rows": rows}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [a["label"] for a in answer.json()] == expected.argmax(1).tolist()
+        np.testing.assert_allclose([a["probabilities"] for a in answer.json()], expected, atol=1e-6)
+        for bad, message in (({"rows": [{"width": "wide", "height": 1, "stroke": "thin"}]}, "column 'width': expected a number"),
+                             ({"rows": [{"width": 1, "stroke": "thin"}]}, "missing columns ['height']"),
+                             ({"rows": []}, "rows"), ({"rows": "all of them"}, "rows")):
+            refused = httpx.post(f"{url}/predict_rows", json=bad, timeout=30)
+            assert refused.status_code == 400 and message in refused.text, (bad, refused.text)
+        wrong_kind = httpx.post(f"{url}/predict_image", files={"image": ("d.png", _png(np.zeros((8, 8))), "image/png")})
+        assert wrong_kind.status_code == 400 and "takes table rows" in wrong_kind.text
+    finally:
+        stop(server)
+
+
+def test_an_image_model_refuses_table_rows(service):
+    answer = service.post("/predict_rows", json={"rows": [{"width": 1.0}]})
+    assert answer.status_code == 400 and "takes images" in answer.text

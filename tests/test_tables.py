@@ -1,6 +1,7 @@
 """The table source: the digits written out as a CSV and a Parquet file, taken in, encoded, validated and trained on."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -94,6 +95,25 @@ def test_the_encoding_is_fitted_on_the_train_split_only(table_prepared):
     assert x.shape == (len(train), 19) and np.isfinite(x).all()  # imputed: no NaN reaches the model
     np.testing.assert_allclose(x[:, :16].mean(axis=0), 0, atol=1e-5)  # standardised on train
     assert set(np.unique(x[:, 16:])) == {0.0, 1.0}
+
+
+def test_served_rows_encode_exactly_as_prepare_encoded_them(table_prepared):
+    """tasks/rows.py (NumPy, in the Bento) against scikit-learn's output on the same rows, NaNs included."""
+    from tasks.rows import BadRow, encode_rows
+
+    meta = json.loads((table_prepared / "meta.json").read_text())
+    test = pd.read_parquet(table_prepared / "test" / "rows.parquet").drop(columns=["label"])
+    rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in test.to_dict(orient="records")]
+    assert any(v is None for row in rows for v in row.values())  # the missing values are exercised
+    np.testing.assert_allclose(encode_rows(rows, meta["encoding"]), np.load(table_prepared / "test" / "x.npy"), atol=1e-5)
+    unseen = encode_rows([{**rows[0], "stroke": "dotted"}], meta["encoding"])
+    assert unseen[0, 16:].tolist() == [0.0, 0.0, 0.0]  # an unseen category: all zeros, as OneHotEncoder(ignore)
+    for bad, message in (({**rows[0], "ink_00": "dark"}, "column 'ink_00': expected a number or null, got 'dark'"),
+                         ({k: v for k, v in rows[0].items() if k != "ink_00"}, "missing columns ['ink_00']"),
+                         ({**rows[0], "colour": "red"}, "unknown columns ['colour']")):
+        with pytest.raises(BadRow, match=re.escape(message)):
+            encode_rows([rows[0], bad], meta["encoding"])
 
 
 @pytest.fixture
