@@ -33,39 +33,6 @@ LEVELS = {1: (1, 8, 32), 64: (1, 8)}  # images per request → concurrency level
 OPEN_LOOP_RATE = 200  # requests/s, single images
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:] if process.stderr else ''}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 async def _closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     import aiohttp
 
@@ -141,36 +108,33 @@ def _measure(url: str, bodies: dict[int, bytes], seconds: float, open_loop: bool
 
 
 def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
-    """The served Bento, the same with batching off, and the same service around a no-op model (a subprocess:
-    BentoML reads its home once)."""
-    script = f"""
-import json, sys
-import numpy as np, torch
-from pathlib import Path
-from tasks.config import load_params
-from tasks.package import build_bento
-from tasks.variants import export_onnx
+    """The served Bento, the same with batching off, and the same service around a no-op model.
 
-class NoOp(torch.nn.Module):
-    def forward(self, images):
-        return torch.zeros(images.shape[0], {choice['n_classes']}) + 1.0 / {choice['n_classes']}
+    In this process, which has not imported BentoML before: BentoML reads BENTOML_HOME once, at import.
+    """
+    import torch
 
-cfg = load_params(Path({str(ROOT)!r}) / 'params.yaml').package
-meta = {{k: v for k, v in {choice!r}.items() if k != 'reason'}}
-labels = {{'variant': meta['variant'], 'model_version': 'bench'}}
-noop = Path({str(home)!r}) / 'noop.onnx'
-export_onnx(NoOp(), np.zeros((1, *meta['input_shape'][1:]), np.float32), noop)
-tags = {{
-    'bento': build_bento(Path({str(model)!r}), meta, labels, cfg, Path({str(ROOT / 'bento')!r})).bento_tag,
-    'batching off': build_bento(Path({str(model)!r}), meta, labels, cfg.model_copy(update={{'batching': False}}),
-                                Path({str(ROOT / 'bento')!r})).bento_tag,
-    'no-op floor': build_bento(noop, {{**meta, 'variant': 'no-op'}}, labels, cfg, Path({str(ROOT / 'bento')!r})).bento_tag,
-}}
-print(json.dumps(tags))
-"""
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    os.environ["BENTOML_HOME"] = str(home)
+    from tasks.config import load_params
+    from tasks.package import build_bento
+    from tasks.variants import export_onnx
+
+    n_classes = choice["n_classes"]
+
+    class NoOp(torch.nn.Module):
+        def forward(self, images):
+            return torch.zeros(images.shape[0], n_classes) + 1.0 / n_classes
+
+    cfg = load_params(ROOT / "params.yaml").package
+    meta = {k: v for k, v in choice.items() if k != "reason"}
+    labels = {"variant": meta["variant"], "model_version": "bench"}
+    noop = home / "noop.onnx"
+    export_onnx(NoOp(), np.zeros((1, *meta["input_shape"][1:]), np.float32), noop)
+    return {
+        "bento": build_bento(model, meta, labels, cfg, ROOT / "bento").bento_tag,
+        "batching off": build_bento(model, meta, labels, cfg.model_copy(update={"batching": False}), ROOT / "bento").bento_tag,
+        "no-op floor": build_bento(noop, {**meta, "variant": "no-op"}, labels, cfg, ROOT / "bento").bento_tag,
+    }
 
 
 def main() -> None:
@@ -179,6 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     from benchmarks.record import save, table
     from tasks.latency import onnx_predictor
+    from tests.conftest import free_port, stop, wait_until_healthy  # the server helpers the tests use
 
     model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"
     if not model.is_file():
@@ -196,15 +161,15 @@ def main() -> None:
         servers["FastAPI peer"] = [sys.executable, "-m", "uvicorn", "benchmarks.serving_peer:app", "--host", "127.0.0.1",
                                    "--log-level", "warning", "--no-access-log"]
         for name, command in servers.items():
-            port = _free_port()
+            port = free_port()
             process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
-                _wait(f"http://127.0.0.1:{port}/" + ("docs" if name == "FastAPI peer" else "readyz"), process)
+                wait_until_healthy(process, f"http://127.0.0.1:{port}/" + ("docs" if name == "FastAPI peer" else "readyz"), name)
                 print(name, flush=True)
                 results[name] = _measure(f"http://127.0.0.1:{port}/predict", bodies, args.seconds, open_loop=True)
             finally:
-                _stop(process)
+                stop(process)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -53,7 +53,8 @@ class Backend:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -69,7 +70,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session) -> Backend:
     """Start `bentoml serve TAG` on a free loopback port and wait until `/readyz` answers 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log_path = log_dir / f"{tag.replace(':', '-')}-{port}.log"
     with open(log_path, "ab") as out:
         process = await asyncio.create_subprocess_exec(
