@@ -3,7 +3,8 @@
     POST /predict        {"images": N×H×W raw intensities}   → per image, its class and class probabilities
     POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
     POST /predict_rows   {"rows": [{column: value}, ...]} for a model trained on a table → the same per row
-    GET  /metadata       model name, registry version, variant, metrics, lineage
+    GET  /metadata       model name, registry version, variant, metrics, lineage, skew counts
+    GET  /recent_inputs  the last `recent_inputs` inputs served (for `python -m tasks.drift`)
     and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
 
 The model is the ONNX file stored with the BentoML model whose tag the build passed in, run by ONNX Runtime:
@@ -12,6 +13,11 @@ before it joins an adaptive batch, and answered 400 naming what is wrong. Upload
 function ingest uses for image folders (tasks/imaging.py, shipped in this Bento). A request body above
 `max_request_mb` is answered 413. With BENTO_API_KEY set where the service runs, every endpoint but health,
 metrics and docs needs the header `X-API-Key: <that value>` (401 otherwise).
+
+Train/serve skew (tasks/skew.py, shipped in this Bento): every input is checked against the statistics of the
+training inputs stored with the model; inputs outside them are still answered, and counted in the Prometheus
+counter `input_skew_violations_total{check=...}` and in /metadata. Requests refused for their shape, values
+or range are counted there too (check `shape`, `non_finite`, `value_range`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +39,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from tasks.imaging import NotAnImage, decode_image
 from tasks.rows import BadRow, encode_rows
+from tasks.skew import violations
 
 
 class ServiceArgs(BaseModel):
@@ -45,6 +54,7 @@ class ServiceArgs(BaseModel):
     max_images_per_request: int = 1024
     max_request_mb: float = 8.0
     access_log: bool = False
+    recent_inputs: int = 2048
 
 
 args = bentoml.use_arguments(ServiceArgs)
@@ -54,6 +64,9 @@ IMAGE_SHAPE = tuple(int(d) for d in META["input_shape"][1:])
 PIXEL_MAX = float(META["pixel_max"])
 KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /predict, rows already encoded
 API_KEY_ENV = "BENTO_API_KEY"
+EXPECTED = META.get("expectations")  # the training inputs' statistics (package stage); None: not checked
+SKEW = bentoml.metrics.Counter(name="input_skew_violations", labelnames=["check"],
+                               documentation="served inputs outside what the training inputs looked like, per check")
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
 
 
@@ -63,15 +76,25 @@ def _checked_images(images: np.ndarray) -> np.ndarray:
     if images.size == 0:
         raise ValueError("images is an empty batch: send at least one image")
     if images.ndim != 1 + len(IMAGE_SHAPE) or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(f"images must have shape {expected}; got {tuple(images.shape)}")
+        raise _refused("shape", f"images must have shape {expected}; got {tuple(images.shape)}")
     if len(images) > args.max_images_per_request:
         raise ValueError(f"{len(images)} images in one request; the limit is {args.max_images_per_request}")
     if not np.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
+        raise _refused("non_finite", "images contain NaN or infinite values")
     low, high = float(images.min()), float(images.max())
     if KIND == "images" and (low < 0 or high > PIXEL_MAX):
-        raise ValueError(f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
+        raise _refused("value_range", f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
     return images
+
+
+def _refused(check: str, message: str) -> ValueError:
+    """A request refused for what training never saw: counted as skew, then answered 400."""
+    SKEW.labels(check=check).inc()
+    REFUSED[check] = REFUSED.get(check, 0) + 1
+    return ValueError(message)
+
+
+REFUSED: dict[str, int] = {}  # this worker's refusals per check, for /metadata
 
 
 def _nested_numbers(value) -> np.ndarray:
@@ -102,6 +125,16 @@ class Metadata(BaseModel):
     pixel_max: float
     metrics: dict
     lineage: dict
+    compressed_model: dict = Field(default_factory=dict, description="the registry entry of the served variant")
+    expectations: dict = Field(default_factory=dict, description="the training inputs' statistics, per statistic")
+    skew: dict = Field(default_factory=dict, description="this worker's inputs checked against the training "
+                                                         "inputs' statistics, and the violations per check")
+
+
+class RecentInputs(BaseModel):
+    kind: str
+    count: int
+    inputs: list = Field(description="the last inputs this worker served, oldest first (N×H×W or N×F)")
 
 
 class Guard:
@@ -174,10 +207,25 @@ class DigitsClassifier:
             registered_model=META.get("registered_model", ""), model_version=str(META.get("model_version", "")),
             variant=META.get("variant", ""), bento_model=str(self.model_ref.tag), kind=KIND,
             input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
-            lineage=META.get("lineage", {}))
+            lineage=META.get("lineage", {}), compressed_model=META.get("compressed_model", {}),
+            expectations=EXPECTED or {})
+        self.recent: deque[np.ndarray] = deque(maxlen=args.recent_inputs)
+        self.checked, self.violations, self.lock = 0, {}, threading.Lock()
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
+        self._observe(images)
         return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def _observe(self, inputs: np.ndarray) -> None:
+        """Count the inputs outside the training inputs' statistics and keep the latest ones."""
+        found = violations(inputs, KIND, EXPECTED) if EXPECTED else {}
+        for check, count in found.items():
+            SKEW.labels(check=check).inc(count)
+        with self.lock:
+            self.checked += len(inputs)
+            for check, count in found.items():
+                self.violations[check] = self.violations.get(check, 0) + count
+            self.recent.extend(np.array(inputs, dtype=np.float32))
 
     @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
     def predict(self, images: Images) -> list[Prediction]:
@@ -216,8 +264,21 @@ class DigitsClassifier:
 
     @routes.get("/metadata")
     def metadata(self) -> Metadata:
-        """Which model this is: registry name and version, compression variant, its test metrics and lineage."""
-        return self.about
+        """Which model this is: registry name and version, compression variant, its test metrics and lineage;
+        and the skew this worker has seen: inputs checked, and violations per check."""
+        with self.lock:
+            skew = {"checked_against": (EXPECTED or {}).get("data_version", "nothing (no expectations stored)"),
+                    "inputs_checked": self.checked, "violations": {**self.violations},
+                    "refused": {**REFUSED}}
+        return self.about.model_copy(update={"skew": skew})
+
+    @routes.get("/recent_inputs")
+    def recent_inputs(self) -> RecentInputs:
+        """The last inputs this worker answered (at most `recent_inputs` of them): what `python -m tasks.drift`
+        compares with the training data."""
+        with self.lock:
+            kept = [x.tolist() for x in self.recent]
+        return RecentInputs(kind=KIND, count=len(kept), inputs=kept)
 
 
 DigitsClassifier.add_asgi_middleware(Guard, max_bytes=int(args.max_request_mb * 1024 * 1024))

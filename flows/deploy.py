@@ -1,6 +1,8 @@
 """Scheduled runs on one machine: `python -m flows.deploy serve` registers a cron deployment and runs it in-process.
 
-For a team, `prefect.yaml` declares the same flow as a deployment to a work pool (see README: Scheduling).
+With `--drift-url`, a second deployment checks the service there for drift every hour and, when its inputs
+drifted, triggers the pipeline's deployment (flows/drift.py). For a team, `prefect.yaml` declares both as
+deployments to a work pool (see README: Scheduling).
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: every night at 03:00)")
     serve.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: the current directory)")
     serve.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
+    serve.add_argument("--drift-url", help="also check this service for drift on --drift-cron, retraining on drift")
+    serve.add_argument("--drift-cron", default="0 * * * *", help="the drift check's schedule (default: hourly)")
     args = parser.parse_args(argv)
+
+    from prefect import serve as serve_all
 
     from flows.pipeline import pipeline
 
-    pipeline.serve(name=args.name, cron=args.cron, limit=1,
-                   parameters={"root": str(args.root.resolve()), "push_to_remote": not args.no_push})
+    root = str(args.root.resolve())
+    deployments = [pipeline.to_deployment(name=args.name, cron=args.cron,
+                                          parameters={"root": root, "push_to_remote": not args.no_push})]
+    if args.drift_url:
+        from flows.drift import drift_check
+
+        deployments.append(drift_check.to_deployment(
+            name=f"{args.name}-drift", cron=args.drift_cron,
+            parameters={"url": args.drift_url, "root": root, "retrain": True,
+                        "retrain_deployment": f"digits-pipeline/{args.name}"}))
+    serve_all(*deployments, limit=1)
     return 0
 
 

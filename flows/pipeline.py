@@ -151,7 +151,7 @@ def _nothing_to_do(root: Path, push: bool) -> bool:
     try:
         with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):
             return (not changed_stages(root) and not (push and unpushed(root))
-                    and (root / "artifacts/package/bento.json").is_file())
+                    and (root / "artifacts/promote/promotion.json").is_file())
     except Timeout:  # a run is in progress: the flow refuses this one, and says so
         return False
     except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly

@@ -19,7 +19,7 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
     """
     from tasks.front import request_rollout, serving_status
 
-    promotion = json.loads((root / "artifacts/evaluate/promotion.json").read_text())
+    promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
     bento = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
     if not admin_url:
         return {"action": "none", "reason": "no serving front configured (rollout.admin_url is empty)"}

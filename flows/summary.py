@@ -18,7 +18,8 @@ def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> d
         "executed": [r.stage for r in runs if r.executed],
         "skipped": [r.stage for r in runs if not r.executed],
         "test_accuracy": read("evaluate/metrics.json")["accuracy"],
-        "promotion": read("evaluate/promotion.json"),
+        "gate": read("evaluate/gate.json"),
+        "promotion": read("promote/promotion.json"),
         "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
         "bento": read("package/bento.json"),
         "served": served or {"action": "none", "reason": "no roll-out step ran"},
@@ -53,13 +54,14 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
     artifacts = root / "artifacts"
     read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
     validation = read("validate/report.json")
-    promotion = summary["promotion"]
+    promotion, gate = summary["promotion"], summary["gate"]
     metrics = read("evaluate/metrics.json")
     variants = read("compress/variants.json")
     chosen = summary["compressed"]["variant"]
-    versus = ("no champion before this run" if promotion.get("champion_accuracy") is None else
-              f"champion v{promotion['previous_champion']}: {promotion['champion_accuracy']:.4f} on the same test split "
-              f"({promotion['improvement']:+.4f})")
+    versus = ("no champion before this run" if gate.get("champion_accuracy") is None else
+              f"champion v{gate['previous_champion']}: {gate['champion_accuracy']:.4f} on the same test split "
+              f"({gate['improvement']:+.4f}; {gate['test']} p = {gate['p_value']:.4g}, one-sided lower bound on the "
+              f"gain {gate['lower_bound']:+.4f})")
     lines = [
         "# Pipeline run",
         "",
@@ -76,7 +78,8 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
         f"- test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
         f"calibration error {metrics.get('expected_calibration_error', float('nan')):.4f}",
         f"- against the champion: {versus}",
-        f"- decision: **{'promoted to champion' if promotion['promoted'] else 'not promoted'}**, version "
+        f"- test split: `{gate.get('test_split.md5', '?')}` (DVC hash of `data/prepared`: `{gate.get('test_split.dvc_md5', '?')}`)",
+        f"- decision: **{'champion' if promotion['promoted'] else 'not promoted'}**, version "
         f"{promotion['version']}: {promotion['reason']}",
         "",
         "## Compression",

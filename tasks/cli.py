@@ -10,7 +10,7 @@ from pathlib import Path
 from tasks.errors import PipelineError
 from tasks.layout import Layout
 
-STAGES = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+STAGES = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
 
 
 def run_stage(stage: str, layout: Layout) -> object:
@@ -43,6 +43,11 @@ def run_stage(stage: str, layout: Layout) -> object:
         from tasks.compress import compress
 
         return compress(params, root, layout.prepared, layout.train, layout.compress)
+    if stage == "promote":
+        from tasks.promote import promote
+
+        return promote(params, root, layout.prepared, layout.evaluate, layout.compress, layout.package, layout.train,
+                       layout.promote)
     from tasks.package import package
 
     return package(params, root, layout.compress, layout.evaluate, layout.train, layout.bento_dir, layout.package,

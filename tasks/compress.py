@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.atomic import write_json, write_with
 from tasks.config import CompressParams, Params
-from tasks.dataset import load_split
+from tasks.dataset import load_split, served_inputs
 
 log = logging.getLogger(__name__)
 BASELINE = "fp32-torch"
@@ -43,14 +43,14 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     wrap = lambda net: servable(net, pixel_max, image_input=image_input)  # noqa: E731
     model, payload = load_checkpoint(train_dir / "model.pt")
     train, val, test = (load_split(prepared_dir / s) for s in ("train", "val", "test"))
-    images = _raw(test.x, pixel_max)
+    images = served_inputs(test.x, pixel_max)
     baseline = wrap(model)
     reference = predicted_classes(torch_predictor(baseline), images)
     variants_dir = out_dir / "variants"
     variants_dir.mkdir(parents=True, exist_ok=True)
 
     rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), measure(torch_predictor(baseline), images, test.y, reference, cfg.latency_repeats))]
-    calibration = _raw(train.x[: cfg.calibration_samples], pixel_max)
+    calibration = served_inputs(train.x[: cfg.calibration_samples], pixel_max)
     sources = [("", model)]
     if cfg.prune_ratio > 0:
         pruned = prune_channels(model, np.asarray(train.x), cfg.prune_ratio, payload["n_classes"])
@@ -123,12 +123,6 @@ def _relative_to_baseline(rows: list[dict]) -> list[dict]:
         }
         for r in rows
     ]
-
-
-def _raw(x: np.ndarray, pixel_max: float) -> np.ndarray:
-    """Prepared N×1×H×W images back to the raw intensities the service receives (encoded table rows stay as they are)."""
-    x = np.asarray(x)
-    return np.ascontiguousarray((x[:, 0] if x.ndim == 4 else x) * np.float32(pixel_max), dtype=np.float32)
 
 
 def _count(model) -> int:

@@ -106,6 +106,8 @@ class EvaluateParams(Section):
     min_accuracy: float = Field(0.97, ge=0, le=1)
     min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
     max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
+    significance: float = Field(0.05, gt=0, lt=1)  # the paired test's level: a gain this likely by chance is not one
+    paired_test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # tasks/gate.py
 
 
 class CompressParams(Section):
@@ -133,9 +135,25 @@ class PackageParams(Section):
     max_images_per_request: int = Field(1024, ge=1)
     max_request_mb: float = Field(8.0, gt=0)  # larger request bodies are answered 413
     access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
+    recent_inputs: int = Field(2048, ge=1)  # inputs each worker keeps for GET /recent_inputs (drift checks)
 
     def build_args(self) -> dict:
         return self.model_dump(exclude={"bento_model", "service_name"})
+
+
+class PromoteParams(Section):
+    """The serving check a candidate passes before `champion` moves to it (tasks/promote.py)."""
+
+    readiness_samples: int = Field(256, ge=1)  # test-split inputs sent to the candidate Bento
+    readiness_timeout_seconds: float = Field(120, gt=0)  # to start and answer /readyz
+    max_probability_diff: float = Field(1e-4, ge=0)  # largest |served - in-process| probability tolerated
+
+
+class DriftParams(Section):
+    """Served inputs against the training data (tasks/drift.py, flows/drift.py; no stage reads these)."""
+
+    max_shift: float = Field(0.25, gt=0)  # a statistic's served mean may move this many training std devs
+    min_samples: int = Field(200, ge=1)  # fewer recent inputs than this: too few to judge, no verdict
 
 
 class PipelineParams(Section):
@@ -165,6 +183,8 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
     package: PackageParams = PackageParams()
+    promote: PromoteParams = PromoteParams()
+    drift: DriftParams = DriftParams()
     pipeline: PipelineParams = PipelineParams()
     rollout: RolloutParams = RolloutParams()
 

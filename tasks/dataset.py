@@ -56,3 +56,10 @@ def directory_md5(directory: Path) -> str:
         digest.update(path.relative_to(directory).as_posix().encode())
         digest.update(file_md5(path).encode())
     return digest.hexdigest()
+
+
+def served_inputs(x: np.ndarray, pixel_max: float) -> np.ndarray:
+    """Prepared N×1×H×W images back to the raw N×H×W intensities the service receives (encoded table rows,
+    N×F, stay as they are)."""
+    x = np.asarray(x)
+    return np.ascontiguousarray((x[:, 0] if x.ndim == 4 else x) * np.float32(pixel_max), dtype=np.float32)

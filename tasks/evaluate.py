@@ -1,4 +1,7 @@
-"""Stage `evaluate`: test-split metrics and plots, the model logged and registered, champion decided."""
+"""Stage `evaluate`: test-split metrics and plots, the model logged and registered, the gate against the champion.
+
+The gate's decision (artifacts/evaluate/gate.json) is not yet a promotion: the `promote` stage moves
+`champion` only after the candidate's Bento has answered correctly (tasks/promote.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import numpy as np
 
 from tasks.atomic import write_json, write_with
 from tasks.config import Params
-from tasks.dataset import load_split
+from tasks.dataset import directory_md5, load_split
+from tasks.gate import Scores, decide
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +24,7 @@ class EvaluateResult:
     accuracy: float
     f1_macro: float
     model_version: str
-    promoted: bool
+    passed: bool  # the gate let it through; the promote stage decides whether it becomes champion
     reason: str
 
 
@@ -59,20 +63,23 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         mlflow.log_metrics({f"test_recall_class_{k}": v["recall"] for k, v in per_class.items()})
         for name in ("per_class.json", "confused_pairs.json", "predictions.csv", "calibration.csv", *plots):
             mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
-        challenger = registry.Scores(metrics["accuracy"], _recalls(per_class))
-        with registry.promotion_lock():  # two runs at once: one decides, then the other against the new champion
+        challenger = Scores(predicted == test.y, _recalls(per_class))
+        pinned = {"test_split.md5": directory_md5(prepared_dir / "test"),  # what both models were scored on
+                  "test_split.dvc_md5": tracking.dvc_hashes(root).get("dvc.data/prepared", "not tracked by DVC")}
+        with registry.promotion_lock():  # register and decide against one champion, not one moving meanwhile
             version = registry.log_and_register(model, test.x[:4], probabilities[:4], params.evaluate.registered_model, run)
             champion = registry.champion_scores(params.evaluate.registered_model, lambda predict: _scores(predict, test))
-            decision = registry.decide(params.evaluate, version, challenger, champion)
-            if decision.promoted:
-                registry.set_champion(params.evaluate.registered_model, version)
-        mlflow.set_tags({"promotion.promoted": str(decision.promoted).lower(), "promotion.reason": decision.reason,
-                         "promotion.previous_champion": decision.previous_champion or "none"})
-        if decision.champion_accuracy is not None:
-            mlflow.log_metrics({"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement})
-    write_json(out_dir / "promotion.json", asdict(decision))
+            decision = decide(params.evaluate, version, challenger, champion)
+        mlflow.set_tags({**pinned, "gate.passed": str(decision.passed).lower(), "gate.reason": decision.reason,
+                         "gate.challenger_version": version, "gate.champion_version": decision.previous_champion or "none",
+                         "gate.test": decision.test or "none"})
+        numbers = {"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement,
+                   "gate_statistic": decision.statistic, "gate_p_value": decision.p_value,
+                   "gate_lower_bound": decision.lower_bound}
+        mlflow.log_metrics({k: v for k, v in numbers.items() if v is not None})
+    write_json(out_dir / "gate.json", {**asdict(decision), **pinned})
     log.info("test accuracy %.4f; model version %s: %s", metrics["accuracy"], version, decision.reason)
-    return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.promoted, decision.reason)
+    return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.passed, decision.reason)
 
 
 def calibration(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
@@ -106,12 +113,10 @@ def _recalls(per_class: dict) -> dict[str, float]:
 
 
 def _scores(predict, test):
-    """A registered model's accuracy and per-class recall on this test split (for the champion comparison)."""
-    from tasks.registry import Scores
-
+    """A registered model's results on this test split, example by example (for the paired comparison)."""
     predicted = predict(np.ascontiguousarray(test.x)).argmax(1)
-    metrics, per_class = classification_metrics(test.y, predicted)
-    return Scores(metrics["accuracy"], _recalls(per_class))
+    _, per_class = classification_metrics(test.y, predicted)
+    return Scores(predicted == test.y, _recalls(per_class))
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

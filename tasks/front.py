@@ -67,6 +67,20 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _startup_failure(path: Path) -> str:
+    """The exception that stopped the service's start-up, from its log; empty while there is none."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    marker = next((i for i, line in enumerate(lines) if "Application startup failed" in line), None)
+    if marker is None:
+        return ""
+    # the exception line: the last one before the marker that is neither indented nor a log record
+    raised = [line for line in lines[:marker] if line and not line[0].isspace() and not line[:4].isdigit()]
+    return (raised[-1] if raised else "Application startup failed")[:500]
+
+
 async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session) -> Backend:
     """Start `bentoml serve TAG` on a free loopback port and wait until `/readyz` answers 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +96,9 @@ async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session
         if process.returncode is not None:
             raise BackendFailed(f"bentoml serve {tag} exited with code {process.returncode} before it was ready; "
                                 f"last lines of {log_path}:\n{_tail(log_path)}")
+        if failure := _startup_failure(log_path):  # BentoML restarts a failing worker forever: do not wait for it
+            await stop_backend(backend)
+            raise BackendFailed(f"bentoml serve {tag}: its service failed to start ({failure}); see {log_path}")
         with contextlib.suppress(Exception):
             async with session.get(f"{backend.url}/readyz", timeout=_timeout(2)) as answer:
                 if answer.status == 200:
@@ -307,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--admin-port", type=int, default=3001, help="admin endpoints, on loopback (default 3001)")
     run.add_argument("--root", type=Path, default=Path.cwd(), help="project root: params.yaml, logs in .serving/")
     roll = commands.add_parser("rollout", help="replace the running Bento with another, without downtime")
-    roll.add_argument("bento", help="Bento tag, e.g. digits_classifier:abc123")
+    roll.add_argument("bento", nargs="?", help="Bento tag, e.g. digits_classifier:abc123 (default: the Bento of "
+                      "the registry's champion, e.g. after `python -m tasks.registry rollback`)")
+    roll.add_argument("--root", type=Path, default=Path.cwd(), help="project root, to find the champion's Bento")
     roll.add_argument("--admin", default="http://127.0.0.1:3001")
     roll.add_argument("--ready-timeout", type=float, help="seconds the new Bento gets to become ready "
                       "(default: the front's, rollout.ready_timeout_seconds)")
@@ -317,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "rollout":
+        from tasks.config import load_params
+        from tasks.errors import PipelineError
+
         try:
-            print(json.dumps(request_rollout(args.admin, args.bento, args.ready_timeout), indent=2))
-        except BackendFailed as err:
+            tag = args.bento or champion_bento(args.root.resolve(), load_params(args.root / "params.yaml"))
+            print(json.dumps(request_rollout(args.admin, tag, args.ready_timeout), indent=2))
+        except (BackendFailed, PipelineError) as err:
             print(f"roll-out failed: {err}", file=sys.stderr)
             return 1
         return 0

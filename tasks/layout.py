@@ -47,5 +47,9 @@ class Layout:
         return self.root / "artifacts" / "package"
 
     @property
+    def promote(self) -> Path:
+        return self.root / "artifacts" / "promote"
+
+    @property
     def bento_dir(self) -> Path:
         return self.root / "bento"

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 
-from tasks.config import EvaluateParams
+from tasks.gate import Champion
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-@dataclass(frozen=True)
-class Decision:
-    version: str
-    promoted: bool
-    reason: str
-    previous_champion: str | None
-    champion_accuracy: float | None = None  # on this run's test split
-    improvement: float | None = None
-    class_regressions: dict[str, float] = field(default_factory=dict)
 
 
 def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: str, run) -> str:
@@ -45,21 +34,6 @@ def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: 
     return version
 
 
-@dataclass(frozen=True)
-class Scores:
-    """A model's accuracy and per-class recall on one test split."""
-
-    accuracy: float
-    recall: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: str
-    scores: Scores | None  # None when it cannot score this test split
-    problem: str = ""
-
-
 def champion_scores(name: str, score) -> Champion | None:
     """The current champion, re-scored by `score(predict)` on the caller's test split; None when there is none.
 
@@ -81,35 +55,6 @@ def champion_scores(name: str, score) -> Champion | None:
         return Champion(str(champion.version), None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
 
 
-def decide(params: EvaluateParams, version: str, challenger: Scores, champion: Champion | None) -> Decision:
-    """Promote `version` only if it clears `min_accuracy` and, against a champion scored on the same test split,
-    gains at least `min_improvement` accuracy while no class's recall drops by more than `max_class_regression`."""
-    previous = champion.version if champion else None
-    accuracy = challenger.accuracy
-    if accuracy < params.min_accuracy:
-        return Decision(version, False, f"test accuracy {accuracy:.4f} below min_accuracy {params.min_accuracy}", previous)
-    if champion is None:
-        return Decision(version, True, f"promoted to champion: test accuracy {accuracy:.4f}, the first model above "
-                                       f"min_accuracy {params.min_accuracy}", None)
-    if champion.scores is None:
-        return Decision(version, False, f"champion v{previous} cannot score this test split ({champion.problem}); "
-                                        "register under a new evaluate.registered_model to start a new line", previous)
-    theirs = champion.scores
-    gain = accuracy - theirs.accuracy
-    numbers = dict(previous_champion=previous, champion_accuracy=theirs.accuracy, improvement=gain)
-    versus = f"test accuracy {accuracy:.4f} vs champion v{previous}'s {theirs.accuracy:.4f} on the same test split ({gain:+.4f})"
-    if gain < params.min_improvement:
-        return Decision(version, False, f"{versus}: below min_improvement {params.min_improvement}", **numbers)
-    regressions = {c: theirs.recall[c] - r for c, r in challenger.recall.items()
-                   if c in theirs.recall and theirs.recall[c] - r > params.max_class_regression}
-    if regressions:
-        named = ", ".join(f"class {c} recall -{d:.4f}" for c, d in sorted(regressions.items()))
-        return Decision(version, False, f"{versus}, but {named} (max_class_regression {params.max_class_regression})",
-                        **numbers, class_regressions=regressions)
-    return Decision(version, True, f"promoted to champion: {versus}, no class recall down by more than "
-                                   f"{params.max_class_regression}", **numbers)
-
-
 def champion_version(name: str) -> str | None:
     """The version the `champion` alias points at; None when there is none."""
     import mlflow
@@ -120,10 +65,126 @@ def champion_version(name: str) -> str | None:
         return None
 
 
-def set_champion(name: str, version: str) -> None:
+@dataclass(frozen=True)
+class Move:
+    """One move of the `champion` alias, as recorded in MLflow."""
+
+    seq: int
+    action: str  # promote | rollback
+    from_version: str | None
+    to_version: str
+    reason: str
+    source_run: str  # the MLflow run of the pipeline run that asked for it, if any
+    time: str  # ISO 8601, UTC
+    record_run: str  # the MLflow run holding this record
+
+
+def history_experiment(name: str) -> str:
+    """The MLflow experiment that records the moves of `name`'s champion alias, one run per move."""
+    return f"{name}-promotions"
+
+
+def history(name: str) -> list[Move]:
+    """Every recorded move of `name`'s champion alias, oldest first."""
     import mlflow
 
-    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(history_experiment(name))
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], max_results=50_000)
+    moves = [_move(r) for r in runs if "move.seq" in r.data.tags]
+    return sorted(moves, key=lambda m: m.seq)
+
+
+def move_champion(name: str, version: str, action: str, reason: str, source_run: str = "") -> Move:
+    """Point `champion` at `version` (and the compressed model's `champion` at its variant) and append the
+    move to the history. Call under `promotion_lock()`: the history's order is the lock's order."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = champion_version(name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    compressed = client.get_model_version(name, version).tags.get("compressed.version")
+    if compressed:  # what is served: the variant packaged from this version (tasks/package.py)
+        client.set_registered_model_alias(compressed_name(name), CHAMPION, compressed)
+    experiment = client.get_experiment_by_name(history_experiment(name))
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(history_experiment(name))
+    seq = len(history(name)) + 1
+    tags = {"move.seq": str(seq), "move.action": action, "move.from": before or "none", "move.to": version,
+            "move.reason": reason[:4900], "move.source_run": source_run}
+    record = client.create_run(experiment_id, run_name=f"{seq}: {action} v{before or '-'} -> v{version}", tags=tags)
+    client.set_terminated(record.info.run_id)
+    return _move(client.get_run(record.info.run_id))
+
+
+def rollback(name: str, to_version: str | None = None, reason: str = "") -> Move:
+    """Move `champion` back: to the champion before the current one (promotions and rollbacks replayed as a
+    stack), or to `to_version`. Raises LookupError when there is nothing to go back to."""
+    import mlflow
+
+    with promotion_lock():
+        current = champion_version(name)
+        if current is None:
+            raise LookupError(f"{name} has no champion to roll back")
+        target = to_version or _previous_champion(history(name), current)
+        if target is None:
+            raise LookupError(f"{name}'s champion v{current} has no earlier champion in its history")
+        mlflow.MlflowClient().get_model_version(name, target)  # raises for a version that does not exist
+        return move_champion(name, target, "rollback", reason or f"rolled back from v{current}")
+
+
+def _previous_champion(moves: list[Move], current: str) -> str | None:
+    stack: list[str] = []
+    for move in moves:
+        if move.action == "rollback" and stack[-2:-1] == [move.to_version]:
+            stack.pop()  # a rollback to the one below: the one on top is undone
+        else:
+            stack.append(move.to_version)
+    if stack and stack[-1] == current and len(stack) > 1:
+        return stack[-2]
+    return None
+
+
+def _move(run) -> Move:
+    from datetime import datetime, timezone
+
+    t = run.data.tags
+    when = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+    return Move(int(t["move.seq"]), t["move.action"], None if t["move.from"] == "none" else t["move.from"],
+                t["move.to"], t["move.reason"], t.get("move.source_run", ""), when, run.info.run_id)
+
+
+def compressed_name(name: str) -> str:
+    """The registered model holding the compressed variants packaged from `name`'s versions."""
+    return f"{name}-compressed"
+
+
+def register_compressed(name: str, version: str, onnx_path, table: list[dict], chosen: str, run) -> str:
+    """Register the shipped ONNX variant of `name` v`version` as a version of `compressed_name(name)`, tagged with
+    the fp32 version it came from and its measured row; the fp32 version is tagged back with it."""
+    import json
+
+    import mlflow
+    import onnx
+
+    client = mlflow.MlflowClient()
+    row = next(r for r in table if r["variant"] == chosen)
+    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="compressed_model",
+                                 registered_model_name=compressed_name(name))
+    compressed = str(info.registered_model_version)
+    tags = {"source.model": name, "source.version": version, "source.run_id": run.info.run_id, "variant": chosen,
+            **{f"measured.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in row.items() if k != "variant"},
+            "measured.table": json.dumps(table)[:4900]}  # the whole table is on the run too: compression/variants.json
+    for key, value in tags.items():
+        client.set_model_version_tag(compressed_name(name), compressed, key, value)
+    client.update_model_version(compressed_name(name), compressed,
+                                description=f"{chosen} of {name} v{version}: {row['size_bytes'] / 1024:.0f} KB, "
+                                            f"accuracy {row['accuracy']:.4f} (drop {row['accuracy_drop']:+.4f}), "
+                                            f"{row['speedup_b1']:.1f}x faster at batch 1 than fp32")
+    client.set_model_version_tag(name, version, "compressed.version", compressed)
+    client.set_model_version_tag(name, version, "compressed.variant", chosen)
+    return compressed
 
 
 @contextmanager
@@ -150,3 +211,46 @@ def promotion_lock(timeout_s: float = 600):
         path = cache / f"{hashlib.md5(uri.encode()).hexdigest()}.promotion.lock"
     with FileLock(str(path), timeout=timeout_s):
         yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tasks.registry history | rollback [--to VERSION]`: the champion's record, and undoing a move."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from tasks import tracking
+    from tasks.config import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.registry", description=main.__doc__)
+    parser.add_argument("command", choices=("history", "rollback"))
+    parser.add_argument("--to", help="rollback: this version instead of the previous champion")
+    parser.add_argument("--reason", default="", help="rollback: why, recorded with the move")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (params.yaml, mlflow.db)")
+    args = parser.parse_args(argv)
+    name = load_params(args.root / "params.yaml").evaluate.registered_model
+    tracking.use_store(args.root)
+    if args.command == "rollback":
+        try:
+            move = rollback(name, args.to, args.reason)
+        except (LookupError, mlflow_error()) as err:
+            print(f"rollback refused: {err}", file=sys.stderr)
+            return 1
+        print(f"{name}: champion v{move.from_version} -> v{move.to_version} ({move.reason}); a serving front "
+              "follows with: python -m tasks.front rollout")
+        return 0
+    moves = history(name)
+    print(f"{name}: champion v{champion_version(name) or '-'}; {len(moves)} recorded move(s)")
+    for m in moves:
+        print(f"{m.seq:>4}  {m.time}  {m.action:<8}  v{m.from_version or '-'} -> v{m.to_version}  {m.reason}")
+    return 0
+
+
+def mlflow_error() -> type[Exception]:
+    import mlflow
+
+    return mlflow.exceptions.MlflowException
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -73,13 +73,19 @@ def build(out: Path, count: int) -> dict:
     from tasks.package import build_bento
     from tasks.variants import export_onnx, servable
 
+    from sklearn.datasets import load_digits
+
+    from tasks.skew import expectations
+
     params = load_params(REPO / "params.yaml")
     model = train_tiny_mlp()
+    trained_on = load_digits().images[:1400]  # what train_tiny_mlp saw, in the 0..16 units the service receives
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(servable(model, pixel_max=16.0), np.zeros((1, 8, 8), np.float32), onnx_path)
         metadata = {"input_shape": [1, 8, 8], "pixel_max": 16.0, "kind": "images", "n_classes": 10,
-                    "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier"}
+                    "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier",
+                    "expectations": expectations(trained_on, "images", "digits[:1400]")}
         results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},
                                params.package, REPO / "bento") for i in range(count)]
         model_path = out.with_suffix(".onnx")

@@ -71,6 +71,9 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     nightly = _deployment(api, "nightly")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"] and nightly["work_pool_name"] == "digits-pool"
+    drift = HTTP.get(f"{api}/deployments/name/drift-check/drift-hourly").raise_for_status().json()
+    assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"]
+    assert drift["parameters"]["retrain_deployment"] == "digits-pipeline/nightly"
 
     run_id = _trigger(root, env, "digits-pipeline/nightly")
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "digits-pool"], cwd=root,

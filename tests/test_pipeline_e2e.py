@@ -70,7 +70,7 @@ def _svc_accuracy(root: Path) -> float:
 
 def test_the_flow_runs_every_stage_and_reaches_the_accuracy_bar(project):
     root, _, stdout = project
-    assert "stages run:      ingest, prepare, validate, train, evaluate, compress, package" in stdout
+    assert "stages run:      ingest, prepare, validate, train, evaluate, compress, package, promote" in stdout
     accuracy = json.loads((root / "artifacts/evaluate/metrics.json").read_text())["accuracy"]
     assert accuracy >= 0.99 and accuracy > _svc_accuracy(root)  # the classic baseline on the same split, beaten
     for line in ("test accuracy:", "model version:   1 (champion", "compressed:", "bento:", "bentoml serve", "mlflow ui"):
@@ -83,7 +83,7 @@ def test_dvc_status_is_clean_and_repro_executes_nothing(project):
     assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout
     repro = _run(root, env, "dvc", "repro")
     assert repro.returncode == 0
-    assert repro.stdout.count("didn't change, skipping") == 7, repro.stdout
+    assert repro.stdout.count("didn't change, skipping") == 8, repro.stdout
 
 
 def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(project):
@@ -118,6 +118,23 @@ def test_the_run_and_registered_model_carry_metrics_and_lineage(project):
     assert run.data.tags["dvc.data/prepared"] == lock["prepare"]["outs"][0]["md5"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
+    assert run.data.tags["test_split.md5"] == run.data.tags["data.test.md5"] and run.data.tags["gate.passed"] == "true"
+    assert run.data.tags["readiness.ok"] == "true" and run.data.metrics["readiness_label_agreement"] == 1.0
+    # the served variant is in the registry too, linked both ways with the fp32 version, with its measured row
+    shipped = client.get_model_version_by_alias("digits-classifier-compressed", "champion")
+    assert shipped.tags["source.version"] == "1" and champion.tags["compressed.version"] == str(shipped.version)
+    chosen = json.loads((root / "artifacts/compress/choice.json").read_text())["variant"]
+    assert shipped.tags["variant"] == chosen and float(shipped.tags["measured.accuracy"]) >= 0.97
+    assert chosen in [row["variant"] for row in json.loads(shipped.tags["measured.table"])]
+    [move] = registry_history(root)
+    assert (move.action, move.from_version, move.to_version) == ("promote", None, "1")
+
+
+def registry_history(root: Path):
+    from tasks import registry
+
+    _client(root)
+    return registry.history("digits-classifier")
 
 
 def test_reproduce_rebuilds_the_champion_from_its_commit_and_data_version_exactly(project):
@@ -155,6 +172,18 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
             assert about["model_version"] == "1" and about["metrics"]["accuracy"] >= 0.99
             assert about["lineage"]["git.commit"] and about["variant"] == json.loads(
                 (root / "artifacts/compress/choice.json").read_text())["variant"]
+            assert about["skew"]["inputs_checked"] >= len(images) and about["expectations"]["data_version"] == \
+                yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+            calm = _run(root, env, sys.executable, "-m", "tasks.drift", "--url", url)
+            assert calm.returncode == 0 and "no drift" in calm.stdout, calm.stdout + calm.stderr
+            brighter = np.clip(images * 1.6, 0, 16)  # the same digits from a scanner with another gain
+            for _ in range(3):  # most of the recent inputs now
+                assert http.post("/predict", json={"images": brighter.tolist()}).status_code == 200
+        drifted = _run(root, env, sys.executable, "-m", "flows.drift", "--url", url, "--retrain")
+        assert drifted.returncode == 1, drifted.stdout[-3000:] + drifted.stderr[-3000:]
+        assert "DRIFTED: pixel_" in drifted.stdout
+        # retraining started: the pipeline flow ran as a subflow (nothing changed in the data, so no stage ran)
+        assert "retraining: pipeline ran as a subflow: stages run: none (everything up to date)" in drifted.stdout
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -203,7 +232,8 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
         assert answer.status_code == 200 and answer.headers["x-bento-tag"] == rebuilt
     finally:
         stop(front)
-    assert "stages run:      compress, package" in done.stdout and f"serving front:   rolled out {rebuilt}" in done.stdout
+    assert "stages run:      compress, package, promote" in done.stdout
+    assert f"serving front:   rolled out {rebuilt}" in done.stdout
     assert (root / "params.yaml").read_bytes() == before  # the override was for that run only
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["compress"]["params"]["params.yaml"]["compress"]["latency_repeats"] == 20  # what the run used
@@ -214,17 +244,17 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     # the newest artifact, as JSON; the temporary server's log lines follow it
     markdown = json.JSONDecoder().raw_decode(report.stdout[report.stdout.index("["):])[0][0]["data"]
-    for line in ("**Stages run:** compress, package", "**Overrides:** " + json.dumps(overrides),
-                 "validation: passed", "decision: **promoted to champion**", "| pruned-int8-minmax-onnx |", "## Bento",
+    for line in ("**Stages run:** compress, package, promote", "**Overrides:** " + json.dumps(overrides),
+                 "validation: passed", "decision: **champion**, version 1: v1 is already champion", "| pruned-int8-minmax-onnx |", "## Bento",
                  f"## Serving\nrolled out {rebuilt} (was {served})"):
         assert line in markdown, line
     # params.yaml is back at 50 while the last run used 20: DVC redoes exactly the stages that read it (compress
     # with 50 ran before, so DVC's run cache restores its outputs instead of running it again)
     repro = _run(root, env, "dvc", "repro")
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
-    redone = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+    redone = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
               if f"Running stage '{s}'" in repro.stdout or f"Stage '{s}' is cached" in repro.stdout]
-    assert redone == ["compress", "package"]
+    assert redone == ["compress", "package", "promote"]
 
 
 def test_a_second_run_in_the_same_workspace_is_refused_while_one_holds_it(project):
@@ -279,7 +309,7 @@ def test_a_changed_data_file_retrains_and_an_unchanged_one_skips_every_stage(pro
     np.save(source / "images.npy", images)
     np.save(source / "labels.npy", digits.target)
     _edit_params(root, "ingest", source="arrays", path="data/sources/mine")
-    stages = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
+    stages = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
 
     changed = _run(root, env, "dvc", "repro")
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]

@@ -160,9 +160,9 @@ def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(ben
     tags, _, _ = bentos
     served = front.status()["bento"]
     other = tags[0] if served == tags[1] else tags[1]
-    (tmp_path / "artifacts/evaluate").mkdir(parents=True)
+    (tmp_path / "artifacts/promote").mkdir(parents=True)
     (tmp_path / "artifacts/package").mkdir(parents=True)
-    outputs = lambda promoted, tag: ((tmp_path / "artifacts/evaluate/promotion.json").write_text(  # noqa: E731
+    outputs = lambda promoted, tag: ((tmp_path / "artifacts/promote/promotion.json").write_text(  # noqa: E731
         json.dumps({"promoted": promoted, "version": "7"})), (tmp_path / "artifacts/package/bento.json").write_text(
         json.dumps({"bento_tag": tag, "model_tag": "m:1"})))
     outputs(False, other)

@@ -144,13 +144,44 @@ def test_each_bad_upload_gets_a_4xx_naming_the_problem(service, upload, status, 
 def test_metadata_names_the_model_and_health_and_prometheus_metrics_are_on(service):
     about = service.get("/metadata")
     assert about.status_code == 200
-    assert about.json() | {"metrics": {}, "lineage": {}} == {
+    dynamic = {"metrics": {}, "lineage": {}, "compressed_model": {}, "expectations": {}, "skew": {}}
+    assert about.json() | dynamic == {
         "registered_model": "digits-classifier", "model_version": "1", "variant": "fp32-onnx",
         "bento_model": about.json()["bento_model"], "kind": "images", "input_shape": [8, 8], "pixel_max": 16.0,
-        "metrics": {}, "lineage": {}}
+        **dynamic}
+    assert about.json()["expectations"]["data_version"] == "digits[:1400]"
     assert service.get("/livez").status_code == 200 and service.get("/readyz").status_code == 200
     metrics = service.get("/metrics").text
     assert 'bentoml_service_request_total{' in metrics and 'endpoint="/predict"' in metrics
+
+
+def _skew(service) -> tuple[dict, dict, str]:
+    skew = service.get("/metadata").json()["skew"]
+    return skew["violations"], skew["refused"], service.get("/metrics").text
+
+
+def _prometheus(text: str, check: str) -> float:
+    found = re.search(r'input_skew_violations_total\{[^}]*check="%s"[^}]*\} ([0-9.e+]+)' % check, text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift_checks(service, test_split):
+    images, _ = test_split
+    violations, refused, metrics = _skew(service)
+    blank = np.zeros((3, 8, 8), np.float32)  # no ink: a constant image, darker than any training digit
+    usual = images[:5]
+    answer = service.post("/predict", json={"images": np.concatenate([usual, blank]).tolist()})
+    assert answer.status_code == 200 and len(answer.json()) == 8  # unusual inputs are still answered
+    assert service.post("/predict", json={"images": [[[20.0] * 8] * 8]}).status_code == 400
+    after, refused_after, metrics_after = _skew(service)
+    assert after.get("constant_image", 0) - violations.get("constant_image", 0) == 3
+    assert after.get("pixel_mean", 0) - violations.get("pixel_mean", 0) == 3  # the 5 test digits are not counted
+    assert refused_after["value_range"] - refused.get("value_range", 0) == 1
+    for check, grew in (("constant_image", 3), ("pixel_mean", 3), ("value_range", 1)):
+        assert _prometheus(metrics_after, check) - _prometheus(metrics, check) == grew, check
+    recent = service.get("/recent_inputs").json()
+    assert recent["kind"] == "images" and recent["count"] >= 8
+    np.testing.assert_array_equal(np.array(recent["inputs"][-8:]), np.concatenate([usual, blank]))
 
 
 def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
@@ -180,7 +211,7 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_p
     assert done.returncode == 0, done.stdout[-5000:]
     tested = re.search(r"Tested: (\d+)", done.stdout)
     generated = re.search(r"(\d+) generated", done.stdout)
-    assert tested and int(tested.group(1)) == 8, done.stdout[-2000:]  # health ×3, metrics, metadata, 3 × predict
+    assert tested and int(tested.group(1)) == 9, done.stdout[-2000:]  # health ×3, metrics, metadata, recent, 3 × predict
     assert generated and int(generated.group(1)) >= 50, done.stdout[-2000:]
 
 

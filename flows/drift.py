@@ -1,0 +1,74 @@
+"""The drift check as a Prefect flow: served inputs against the training data, and retraining when they moved.
+
+`python -m flows.drift --url URL [--retrain]` runs it once; `python -m flows.deploy serve --drift-url URL`
+schedules it beside the nightly pipeline, and prefect.yaml declares it for a work pool. Above
+`drift.max_shift` it starts the pipeline flow: through a deployment when one is named (the run goes to that
+deployment's worker), else as a subflow here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+
+@flow(name="drift-check", log_prints=True)
+def drift_check(url: str = "http://127.0.0.1:3000", root: str = ".", retrain: bool = False,
+                retrain_deployment: str | None = None) -> dict:
+    """Report drift of the service at `url`; with `retrain`, start the pipeline when it drifted."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.config import load_params
+    from tasks.drift import check, render
+
+    cfg = load_params(Path(root).resolve() / "params.yaml").drift
+    report = check(url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""))
+    get_run_logger().info(report["verdict"])
+    if report["drifted"] and retrain:
+        report["retraining"] = _start_retraining(root, retrain_deployment)
+    create_markdown_artifact(key="drift-report", markdown="# Drift check\n\n```\n" + render(report) + "\n```\n\n"
+                             f"retraining: {report.get('retraining', 'not started')}",
+                             description=report["verdict"])
+    return report
+
+
+def _start_retraining(root: str, deployment: str | None) -> str:
+    """The pipeline run started: by its deployment (not waited for), or as a subflow of this run."""
+    if deployment:
+        from prefect.deployments import run_deployment
+
+        started = run_deployment(deployment, timeout=0)
+        return f"flow run {started.id} of deployment {deployment}"
+    from flows.pipeline import pipeline
+
+    summary = pipeline(root=root, push_to_remote=True)
+    return f"pipeline ran as a subflow: stages run: {', '.join(summary['executed']) or 'none (everything up to date)'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.drift", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the service (default: the serving front)")
+    parser.add_argument("--root", default=".", help="project root (default: current directory)")
+    parser.add_argument("--retrain", action="store_true", help="start the pipeline when the inputs drifted")
+    parser.add_argument("--deployment", help="start retraining through this deployment, e.g. digits-pipeline/nightly")
+    args = parser.parse_args(argv)
+    from tasks.drift import ServiceUnreadable, render
+
+    try:
+        report = drift_check(args.url, args.root, args.retrain, args.deployment)
+    except ServiceUnreadable as err:
+        print(f"drift: {err}", file=sys.stderr)
+        return 2
+    print(render(report))
+    print(f"retraining: {report.get('retraining', 'not started')}")
+    return 1 if report["drifted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The promotion gate: paired tests on the same examples, and the rules built on them."""
+
+from math import comb
+
+import numpy as np
+import pytest
+
+from tasks.config import EvaluateParams
+from tasks.gate import Champion, Scores, decide, mcnemar, paired_bootstrap
+
+
+def _pair(both: int, only_challenger: int, only_champion: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example correctness of two models with the given counts of each (challenger, champion) outcome."""
+    challenger = [True] * both + [True] * only_challenger + [False] * only_champion + [False] * neither
+    champion = [True] * both + [False] * only_challenger + [True] * only_champion + [False] * neither
+    return np.array(challenger), np.array(champion)
+
+
+def test_mcnemar_is_the_exact_one_sided_binomial_on_the_disagreements():
+    challenger, champion = _pair(300, 8, 2, 10)
+    result = mcnemar(challenger, champion, 0.05)
+    # P(X >= 8) for X ~ Binomial(10, 1/2), computed by hand: the 340 agreements play no part
+    assert result.p_value == pytest.approx(sum(comb(10, k) for k in range(8, 11)) / 2**10)
+    assert (result.challenger_only, result.champion_only) == (8, 2)
+    assert not result.significant(0.05) and result.significant(0.06)
+    assert mcnemar(*_pair(300, 0, 0, 20), 0.05).p_value == 1.0  # identical answers: no evidence at all
+
+
+def test_the_lower_bound_is_positive_exactly_when_the_gain_is_significant():
+    clear = mcnemar(*_pair(300, 15, 1, 4), 0.05)
+    assert clear.p_value < 0.001 and clear.lower_bound > 0
+    unclear = mcnemar(*_pair(300, 5, 3, 12), 0.05)
+    assert unclear.p_value > 0.3 and unclear.lower_bound < 0
+
+
+def test_the_paired_bootstrap_agrees_with_mcnemar_on_clear_and_unclear_cases():
+    clear = paired_bootstrap(*_pair(300, 15, 1, 4), 0.05, seed=1)
+    assert clear.p_value < 0.01 and clear.lower_bound > 0 and clear.statistic == pytest.approx(14 / 320)
+    unclear = paired_bootstrap(*_pair(300, 5, 3, 12), 0.05, seed=1)
+    assert unclear.p_value > 0.2 and unclear.lower_bound < 0
+
+
+GATE = EvaluateParams(min_accuracy=0.9, min_improvement=0.005, max_class_regression=0.02, significance=0.05)
+RECALL = {"0": 0.98, "1": 0.97}
+
+
+def _scores(correct: np.ndarray, recall=RECALL) -> Scores:
+    return Scores(correct, recall)
+
+
+CLEAR = _pair(300, 15, 1, 4)  # challenger 315/320, champion 301/320: a significant gain
+SMALL = _pair(300, 5, 3, 12)  # +2 examples: a gain, not a significant one
+
+
+@pytest.mark.parametrize("challenger, champion, passed, reason", [
+    (_scores(np.array([True] * 80 + [False] * 20)), None, False, "below min_accuracy 0.9"),
+    (_scores(CLEAR[0]), None, True, "the first model above min_accuracy"),
+    (_scores(CLEAR[0]), Champion("1", None, "RuntimeError: shapes"), False, "champion v1 cannot score this test split"),
+    (_scores(CLEAR[1]), Champion("1", _scores(CLEAR[0])), False, "below min_improvement 0.005"),
+    (_scores(SMALL[0]), Champion("1", _scores(SMALL[1])), False, "not significant at 0.05"),
+    (_scores(CLEAR[0], {"0": 0.99, "1": 0.90}), Champion("1", _scores(CLEAR[1])), False, "class 1 recall -0.0700"),
+    (_scores(CLEAR[0], {"0": 0.99, "1": 0.96}), Champion("1", _scores(CLEAR[1])), True, "significant at 0.05"),
+])
+def test_the_gate_passes_only_a_significant_improvement_that_hurts_no_class(challenger, champion, passed, reason):
+    decision = decide(GATE, "2", challenger, champion)
+    assert decision.passed is passed and reason in decision.reason
+    assert decision.previous_champion == (champion.version if champion else None)
+    if champion is not None and champion.scores is not None:  # compared: the numbers are kept for the log
+        assert decision.test == "mcnemar" and 0 < decision.p_value <= 1 and decision.lower_bound is not None
+        assert "examples only v2 gets right" in decision.reason
+
+
+def test_the_gate_refuses_to_compare_different_examples():
+    with pytest.raises(ValueError, match="same examples"):
+        decide(GATE, "2", _scores(CLEAR[0]), Champion("1", _scores(CLEAR[1][:-1])))
