@@ -135,6 +135,8 @@ class PackageParams(Section):
     max_images_per_request: int = Field(1024, ge=1)
     max_request_mb: float = Field(8.0, gt=0)  # larger request bodies are answered 413
     access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
+    inline_inference: bool = True  # /predict's model call on the event loop (a fast model); false: a worker thread
+    tracing: bool = False  # OpenTelemetry spans per request (export them with BentoML's tracing config)
     recent_inputs: int = Field(2048, ge=1)  # inputs each worker keeps for GET /recent_inputs (drift checks)
 
     def build_args(self) -> dict:

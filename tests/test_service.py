@@ -87,6 +87,39 @@ def test_predictions_over_http_equal_the_in_process_model_on_the_test_split(serv
     assert (expected.argmax(1) == labels).mean() > 0.9  # a model worth serving, not a constant
 
 
+def _npy(array: np.ndarray, **kwargs) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, **kwargs)
+    return out.getvalue()
+
+
+def test_a_npy_body_is_answered_with_npy_probabilities_equal_to_the_in_process_model(service, built, test_split):
+    from tasks.latency import onnx_predictor
+
+    images, _ = test_split
+    expected = onnx_predictor(built[1])(images)
+    answer = service.post("/predict_npy", content=_npy(images), headers={"content-type": "application/x-npy"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-npy"
+    got = np.load(io.BytesIO(answer.content), allow_pickle=False)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    as_ints = service.post("/predict_npy", content=_npy(images[:3].astype(np.int64)))  # any real dtype is read
+    np.testing.assert_allclose(np.load(io.BytesIO(as_ints.content)), expected[:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"not a npy file", "body: "),
+    (_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "body: Object arrays cannot be loaded"),
+    (_npy(np.array([["a"] * 8] * 8)[None]), "images must be real numbers; got dtype <U1"),
+    (_npy(np.zeros((2, 7, 8), np.float32)), "images must have shape (N, 8, 8); got (2, 7, 8)"),
+    (_npy(np.full((1, 8, 8), 99.0)), "pixel values must lie in [0, 16]"),
+    (_npy(np.zeros((0, 8, 8), np.float32)), "empty batch"),
+])
+def test_each_bad_npy_body_gets_a_400_naming_the_problem(service, body, message):
+    answer = service.post("/predict_npy", content=body, headers={"content-type": "application/x-npy"})
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text[:300]
+
+
 @pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGB", "PNG"), ("L", "JPEG")])
 def test_an_uploaded_image_is_preprocessed_as_training_preprocesses_image_folders(service, built, test_split, mode, fmt):
     from tasks.imaging import decode_image
@@ -211,7 +244,7 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_p
     assert done.returncode == 0, done.stdout[-5000:]
     tested = re.search(r"Tested: (\d+)", done.stdout)
     generated = re.search(r"(\d+) generated", done.stdout)
-    assert tested and int(tested.group(1)) == 9, done.stdout[-2000:]  # health ×3, metrics, metadata, recent, 3 × predict
+    assert tested and int(tested.group(1)) == 10, done.stdout[-2000:]  # health ×3, metrics, metadata, recent, 4 × predict
     assert generated and int(generated.group(1)) >= 50, done.stdout[-2000:]
 
 
