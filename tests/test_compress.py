@@ -9,8 +9,10 @@ from tasks.variants import export_onnx, prune_channels, quantize_int8, servable
 from tasks.latency import onnx_predictor, torch_predictor
 
 
-def _row(name, accuracy, b64, size):  # the fields `choose` reads
-    return {"variant": name, "accuracy": accuracy, "accuracy_drop": round(0.99 - accuracy, 6), "latency_b64_ms": b64,
+def _row(name, val_accuracy, b64, size, test_accuracy=None):  # the fields `choose` reads
+    test_accuracy = val_accuracy if test_accuracy is None else test_accuracy
+    return {"variant": name, "accuracy": test_accuracy, "accuracy_drop": round(0.99 - test_accuracy, 6),
+            "val_accuracy": val_accuracy, "val_accuracy_drop": round(0.99 - val_accuracy, 6), "latency_b64_ms": b64,
             "latency_b1_ms": b64 / 10, "size_bytes": size, "size_ratio": 1.0, "speedup_b1": 1.0, "speedup_b64": 1.0}
 
 
@@ -23,6 +25,13 @@ def test_choice_respects_the_accuracy_budget_and_the_objective():
     assert best["variant"] == "pruned-int8-onnx"
     best, _ = choose(table, CompressParams(max_accuracy_drop=0.0, objective="latency_b64"))
     assert best["variant"] == "fp32-onnx"  # never the torch baseline: the service loads ONNX only
+
+
+def test_the_choice_is_made_on_the_validation_split_never_on_the_test_split():
+    table = [_row(BASELINE, 0.99, 2.0, 400), _row("fp32-onnx", 0.99, 1.0, 390),
+             _row("int8-onnx", 0.96, 0.5, 110, test_accuracy=0.99)]  # fine on test, 3 points down on validation
+    best, reason = choose(table, CompressParams(max_accuracy_drop=0.005, objective="size"))
+    assert best["variant"] == "fp32-onnx" and "on the validation split" in reason
 
 
 def test_structured_pruning_removes_parameters_for_real():
@@ -97,7 +106,7 @@ def test_compress_stage_measures_every_variant_and_ships_the_choice(params, prep
         assert row["throughput_b64"] == pytest.approx(64_000 / row["latency_b64_ms"])
     assert table["pruned-fp32-onnx"]["parameters"] < 0.5 * table[BASELINE]["parameters"]
     chosen = table[result.chosen]
-    assert result.chosen != BASELINE and chosen["accuracy_drop"] <= cfg.compress.max_accuracy_drop
+    assert result.chosen != BASELINE and chosen["val_accuracy_drop"] <= cfg.compress.max_accuracy_drop
     assert (tmp_path / "compress" / "model.onnx").read_bytes() == (tmp_path / "compress" / "variants" / f"{result.chosen}.onnx").read_bytes()
     choice = json.loads((tmp_path / "compress" / "choice.json").read_text())
     assert choice["variant"] == result.chosen and result.chosen in choice["reason"]
