@@ -150,8 +150,10 @@ class RecentInputs(BaseModel):
 
 
 class Guard:
-    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the request size limit (413), and a
-    multipart body without a boundary (400, where BentoML's parser would answer 500)."""
+    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the request size limit (413), a multipart
+    body without a boundary (400, where BentoML's parser would answer 500), and one shape for every error answer:
+    a JSON object whose `error` names the problem (BentoML answers a validation error with a generic `error` and
+    the reasons in `detail`, and its InvalidArgument with a one-element list)."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -160,6 +162,7 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
+        send = _plain_errors(send)
         headers = dict(scope["headers"])
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
@@ -189,6 +192,44 @@ class Guard:
 
             return await self.app(scope, receive_replayed, send)
         return await self.app(scope, receive, send)
+
+
+def _plain_errors(send):
+    """Wrap `send` so that a 4xx answer's body becomes {"error": "<what is wrong>", ...}; other answers pass as sent."""
+    held: dict = {}
+
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            held["start"], held["body"] = message, b""
+            return
+        if "start" not in held:
+            return await send(message)
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = _error_body(held["body"])
+        headers = [(k, v) for k, v in held["start"]["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        await send({**held["start"], "headers": [*headers, (b"content-type", b"application/json"),
+                                                  (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return sending
+
+
+def _error_body(raw: bytes) -> bytes:
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return json.dumps({"error": raw.decode(errors="replace")[:2000]}).encode()
+    if isinstance(found, list) and len(found) == 1 and isinstance(found[0], dict):
+        found = found[0]  # BentoML's InvalidArgument answer
+    if not isinstance(found, dict):
+        return json.dumps({"error": str(found)[:2000]}).encode()
+    if isinstance(found.get("detail"), list) and found["detail"]:  # a validation error: its reasons, named
+        reasons = [f"{'.'.join(map(str, d.get('loc', ()))) or 'body'}: {str(d.get('msg', '')).removeprefix('Value error, ')}"
+                   for d in found["detail"] if isinstance(d, dict)]
+        found["error"] = "; ".join(reasons) or found.get("error", "")
+    return json.dumps(found).encode()
 
 
 async def _reply(send, status: int, error: str) -> None:

@@ -159,7 +159,7 @@ def _gif() -> bytes:
 ])
 def test_each_bad_predict_request_gets_a_4xx_naming_the_problem(service, request_kwargs, status, message):
     answer = service.post("/predict", **request_kwargs)
-    assert answer.status_code == status and message in answer.text, (answer.status_code, answer.text[:500])
+    assert answer.status_code == status and message in answer.json()["error"], (answer.status_code, answer.text[:500])
 
 
 @pytest.mark.parametrize("upload,status,message", [
@@ -170,7 +170,7 @@ def test_each_bad_predict_request_gets_a_4xx_naming_the_problem(service, request
 def test_each_bad_upload_gets_a_4xx_naming_the_problem(service, upload, status, message):
     name, content, kind = upload
     answer = service.post("/predict_image", files={"image": (name, content if content is not None else _gif(), kind)})
-    assert answer.status_code == status and message in answer.text, (answer.status_code, answer.text[:500])
+    assert answer.status_code == status and message in answer.json()["error"], (answer.status_code, answer.text[:500])
     assert service.post("/predict_image").status_code == 400  # no upload at all
 
 
@@ -272,13 +272,13 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
                              ({"rows": [{"width": 1, "stroke": "thin"}]}, "missing columns ['height']"),
                              ({"rows": []}, "rows"), ({"rows": "all of them"}, "rows")):
             refused = httpx.post(f"{url}/predict_rows", json=bad, timeout=30)
-            assert refused.status_code == 400 and message in refused.text, (bad, refused.text)
+            assert refused.status_code == 400 and message in refused.json()["error"], (bad, refused.text)
         wrong_kind = httpx.post(f"{url}/predict_image", files={"image": ("d.png", _png(np.zeros((8, 8))), "image/png")})
-        assert wrong_kind.status_code == 400 and "takes table rows" in wrong_kind.text
+        assert wrong_kind.status_code == 400 and "takes table rows" in wrong_kind.json()["error"]
     finally:
         stop(server)
 
 
 def test_an_image_model_refuses_table_rows(service):
     answer = service.post("/predict_rows", json={"rows": [{"width": 1.0}]})
-    assert answer.status_code == 400 and "takes images" in answer.text
+    assert answer.status_code == 400 and "takes images" in answer.json()["error"]
