@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -156,10 +155,10 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
     tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
     port = free_port()
     server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=root.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=root.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, server)
+        wait_until_healthy(server, f"{url}/readyz", f"bentoml serve {tag}", timeout_s=60)
         images = (np.load(root / "data/prepared/test/x.npy")[:, 0] * 16.0).astype(np.float32)
         expected = onnx_predictor(root / "artifacts/compress/model.onnx")(images)
         with httpx.Client(base_url=url, timeout=30) as http:
@@ -185,21 +184,7 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
         # retraining started: the pipeline flow ran as a subflow (nothing changed in the data, so no stage ran)
         assert "retraining: pipeline ran as a subflow: stages run: none (everything up to date)" in drifted.stdout
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "bentoml serve exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+        stop(server)
 
 
 def _edit_params(root: Path, section: str, **values) -> None:
