@@ -18,12 +18,14 @@ metrics and docs needs the header `X-API-Key: <that value>` (401 otherwise).
 Train/serve skew (tasks/skew.py, shipped in this Bento): every input is checked against the statistics of the
 training inputs stored with the model; inputs outside them are still answered, and counted in the Prometheus
 counter `input_skew_violations_total{check=...}` and in /metadata. Requests refused for their shape, values
-or range are counted there too (check `shape`, `non_finite`, `value_range`).
+or range are counted there too (check `shape`, `non_finite`, `value_range`). Requests with the header
+`X-Warm-Up: 1` (the serving front's warm-up) are answered but neither counted nor kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import io
 import json
@@ -90,17 +92,59 @@ def _checked_images(images: np.ndarray) -> np.ndarray:
     low, high = float(images.min()), float(images.max())
     if KIND == "images" and (low < 0 or high > PIXEL_MAX):
         raise _refused("value_range", f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
+    SEEN.observe(images)
     return images
 
 
 def _refused(check: str, message: str) -> ValueError:
     """A request refused for what training never saw: counted as skew, then answered 400."""
-    SKEW.labels(check=check).inc()
-    REFUSED[check] = REFUSED.get(check, 0) + 1
+    SEEN.refuse(check)
     return ValueError(message)
 
 
-REFUSED: dict[str, int] = {}  # this worker's refusals per check, for /metadata
+# Set for a request carrying `X-Warm-Up: 1` (the serving front's warm-up of a new Bento): its inputs are not
+# users' inputs, so they are neither counted nor kept for drift checks.
+WARM_UP: contextvars.ContextVar[bool] = contextvars.ContextVar("warm_up", default=False)
+
+
+class SkewLog:
+    """This worker's record of what it was sent: inputs checked, violations and refusals per check, the latest
+    inputs. Written per request, before batching, so a warm-up request can be told apart."""
+
+    def __init__(self, keep: int) -> None:
+        self.recent: deque[np.ndarray] = deque(maxlen=keep)
+        self.checked, self.violations, self.refused, self.lock = 0, {}, {}, threading.Lock()
+
+    def observe(self, inputs: np.ndarray) -> None:
+        if WARM_UP.get():
+            return
+        found = violations(inputs, KIND, EXPECTED) if EXPECTED else {}
+        for check, count in found.items():
+            SKEW.labels(check=check).inc(count)
+        with self.lock:
+            self.checked += len(inputs)
+            for check, count in found.items():
+                self.violations[check] = self.violations.get(check, 0) + count
+            self.recent.extend(np.array(inputs, dtype=np.float32))
+
+    def refuse(self, check: str) -> None:
+        if WARM_UP.get():
+            return
+        SKEW.labels(check=check).inc()
+        with self.lock:
+            self.refused[check] = self.refused.get(check, 0) + 1
+
+    def summary(self) -> dict:
+        with self.lock:
+            return {"checked_against": (EXPECTED or {}).get("data_version", "nothing (no expectations stored)"),
+                    "inputs_checked": self.checked, "violations": {**self.violations}, "refused": {**self.refused}}
+
+    def latest(self) -> list:
+        with self.lock:
+            return [x.tolist() for x in self.recent]
+
+
+SEEN = SkewLog(args.recent_inputs)
 
 
 def _nested_numbers(value) -> np.ndarray:
@@ -164,6 +208,8 @@ class Guard:
             return await self.app(scope, receive, send)
         send = _plain_errors(send)
         headers = dict(scope["headers"])
+        if headers.get(b"x-warm-up") == b"1":
+            WARM_UP.set(True)  # this request's context only: each ASGI request runs in a task of its own
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
                                             f"(the value of {API_KEY_ENV} where the service runs)")
@@ -265,28 +311,14 @@ class DigitsClassifier:
             input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
             lineage=META.get("lineage", {}), compressed_model=META.get("compressed_model", {}),
             expectations=EXPECTED or {})
-        self.recent: deque[np.ndarray] = deque(maxlen=args.recent_inputs)
         for name in ("predict", "predict_rows", "predict_image"):
             # BentoML looks an API method up on this instance for every request, and each lookup rebuilds the
             # bound method with inspect.signature (an eighth of a worker's time, py-spy). An instance attribute
             # shadows the class's non-data descriptor: bound once, here.
             setattr(self, name, getattr(self, name))
-        self.checked, self.violations, self.lock = 0, {}, threading.Lock()
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
-        self._observe(images)
         return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
-
-    def _observe(self, inputs: np.ndarray) -> None:
-        """Count the inputs outside the training inputs' statistics and keep the latest ones."""
-        found = violations(inputs, KIND, EXPECTED) if EXPECTED else {}
-        for check, count in found.items():
-            SKEW.labels(check=check).inc(count)
-        with self.lock:
-            self.checked += len(inputs)
-            for check, count in found.items():
-                self.violations[check] = self.violations.get(check, 0) + count
-            self.recent.extend(np.array(inputs, dtype=np.float32))
 
     @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
     async def predict(self, images: Images) -> Predictions:
@@ -311,6 +343,7 @@ class DigitsClassifier:
             features = encode_rows(rows, META["encoding"])
         except BadRow as err:
             raise InvalidArgument(str(err)) from err
+        SEEN.observe(features)
         return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in self._probabilities(features)]
 
     @bentoml.api
@@ -323,6 +356,7 @@ class DigitsClassifier:
             pixels = decode_image(image.read_bytes(), IMAGE_SHAPE) * (PIXEL_MAX / 255.0)
         except NotAnImage as err:
             raise InvalidArgument(f"image: {err}") from err
+        SEEN.observe(pixels[None])
         probabilities = self._probabilities(pixels[None])[0]
         return Prediction(label=int(probabilities.argmax()), probabilities=probabilities.tolist())
 
@@ -330,11 +364,7 @@ class DigitsClassifier:
     def metadata(self) -> Metadata:
         """Which model this is: registry name and version, compression variant, its test metrics and lineage;
         and the skew this worker has seen: inputs checked, and violations per check."""
-        with self.lock:
-            skew = {"checked_against": (EXPECTED or {}).get("data_version", "nothing (no expectations stored)"),
-                    "inputs_checked": self.checked, "violations": {**self.violations},
-                    "refused": {**REFUSED}}
-        return self.about.model_copy(update={"skew": skew})
+        return self.about.model_copy(update={"skew": SEEN.summary()})
 
     @routes.post("/predict_npy", response_class=Response, responses={200: {"content": {NPY: {}}}})
     async def predict_npy(self, request: Request) -> Response:
@@ -360,8 +390,7 @@ class DigitsClassifier:
     def recent_inputs(self) -> RecentInputs:
         """The last inputs this worker answered (at most `recent_inputs` of them): what `python -m tasks.drift`
         compares with the training data."""
-        with self.lock:
-            kept = [x.tolist() for x in self.recent]
+        kept = SEEN.latest()
         return RecentInputs(kind=KIND, count=len(kept), inputs=kept)
 
 

@@ -122,7 +122,8 @@ async def _warm_up(backend: Backend, session, requests: int = 16) -> None:
         shape = (await answer.json())["input_shape"]
     zeros = [[0.0] * shape[-1]] if len(shape) == 1 else [[[0.0] * shape[1]] * shape[0]]
     for _ in range(requests):
-        async with session.post(f"{backend.url}/predict", json={"images": zeros}, timeout=_timeout(10)) as answer:
+        async with session.post(f"{backend.url}/predict", json={"images": zeros}, timeout=_timeout(10),
+                                headers={"X-Warm-Up": "1"}) as answer:  # not counted as users' inputs
             if answer.status != 200:
                 await stop_backend(backend)
                 raise BackendFailed(f"{backend.tag} answered a warm-up /predict with {answer.status}: "

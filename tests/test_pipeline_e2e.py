@@ -215,6 +215,8 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
         assert rebuilt != served and status["bento"] == rebuilt and status["history"][-1]["from"] == served
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"images": [[[0.0] * 8] * 8]}, timeout=30)
         assert answer.status_code == 200 and answer.headers["x-bento-tag"] == rebuilt
+        skew = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=30).json()["skew"]
+        assert skew["inputs_checked"] == 1  # the front's warm-up requests are not counted as users' inputs
     finally:
         stop(front)
     assert "stages run:      compress, package, promote" in done.stdout

@@ -215,6 +215,10 @@ def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift
     recent = service.get("/recent_inputs").json()
     assert recent["kind"] == "images" and recent["count"] >= 8
     np.testing.assert_array_equal(np.array(recent["inputs"][-8:]), np.concatenate([usual, blank]))
+    # the serving front's warm-up requests (tasks/front.py) are answered, not counted, not kept
+    warm = service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": "1"})
+    assert warm.status_code == 200 and _skew(service)[0] == after
+    assert service.get("/recent_inputs").json() == recent
 
 
 def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
