@@ -320,15 +320,19 @@ class DigitsClassifier:
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
 
+    async def _infer(self, images: np.ndarray) -> np.ndarray:
+        """The batched endpoints' model call: on the event loop for a model that takes microseconds (no thread
+        hand-off), in a worker thread when `inline_inference` is off (a large model, a GPU)."""
+        if args.inline_inference:
+            return self._probabilities(images)
+        return await asyncio.to_thread(self._probabilities, images)
+
     @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
     async def predict(self, images: Images) -> Predictions:
         """Classify a batch of images: N×H×W raw intensities in [0, pixel_max] (8×8 and 0–16 for the digits).
 
         Concurrent requests are batched together (adaptive batching); each gets its own images' answers."""
-        if args.inline_inference:  # on the event loop: no thread hand-off for a model that takes microseconds
-            probabilities = self._probabilities(images)
-        else:  # a slow model (large, or on a GPU) must not hold the event loop: a worker thread runs it
-            probabilities = await asyncio.to_thread(self._probabilities, images)
+        probabilities = await self._infer(images)
         return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities]
 
     @bentoml.api
@@ -380,8 +384,7 @@ class DigitsClassifier:
             images = _checked_images(np.ascontiguousarray(images, dtype=np.float32))
         except (ValueError, OSError, EOFError) as err:
             return JSONResponse({"error": f"body: {err}"}, status_code=400)
-        probabilities = self._probabilities(images) if args.inline_inference else \
-            await asyncio.to_thread(self._probabilities, images)
+        probabilities = await self._infer(images)
         out = io.BytesIO()
         np.save(out, np.asarray(probabilities, dtype=np.float32), allow_pickle=False)
         return Response(out.getvalue(), media_type=NPY)

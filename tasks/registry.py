@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
+    import mlflow
+
     from tasks import tracking
     from tasks.config import load_params
 
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         try:
             move = rollback(name, args.to, args.reason)
-        except (LookupError, mlflow_error()) as err:
+        except (LookupError, mlflow.exceptions.MlflowException) as err:
             print(f"rollback refused: {err}", file=sys.stderr)
             return 1
         print(f"{name}: champion v{move.from_version} -> v{move.to_version} ({move.reason}); a serving front "
@@ -244,12 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     for m in moves:
         print(f"{m.seq:>4}  {m.time}  {m.action:<8}  v{m.from_version or '-'} -> v{m.to_version}  {m.reason}")
     return 0
-
-
-def mlflow_error() -> type[Exception]:
-    import mlflow
-
-    return mlflow.exceptions.MlflowException
 
 
 if __name__ == "__main__":
