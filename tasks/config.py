@@ -130,6 +130,7 @@ class PackageParams(Section):
     batching: bool = True  # adaptive batching of concurrent /predict requests
     max_batch_size: int = Field(256, ge=1)  # images per batch, at most
     max_latency_ms: int = Field(1000, ge=1)  # a request queued longer than this is answered 503 (overload shedding)
+    max_batch_wait_ms: float | None = Field(2.0, ge=0)  # the batcher's learned wait for company, capped; None: uncapped
     workers: int = Field(1, ge=1)  # server processes
     threads: int = Field(1, ge=1)  # threads per process for the model (ONNX Runtime intra-op)
     max_images_per_request: int = Field(1024, ge=1)

@@ -188,6 +188,30 @@ def test_metadata_names_the_model_and_health_and_prometheus_metrics_are_on(servi
     assert 'bentoml_service_request_total{' in metrics and 'endpoint="/predict"' in metrics
 
 
+_LEARNED_WAIT = """
+import json, sys
+from bentoml._internal.utils.args import set_arguments
+set_arguments({"model_tag": sys.argv[1], "max_batch_wait_ms": json.loads(sys.argv[2])})
+import bento.service  # noqa: F401  (as `bentoml serve` imports it, before BentoML builds its batcher)
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+batcher = CorkDispatcher(1000, 256, fallback=lambda: None)
+for _ in range(20):  # a burst: each batch's first request waited 50 ms behind busy batches
+    batcher.optimizer.log_outbound(n=32, wait=0.05, duration=0.001)
+batcher.optimizer.trigger_refresh()
+print(batcher.optimizer.wait)
+"""
+
+
+@pytest.mark.parametrize("cap, learned", [(2, 0.002), (None, 0.05)])
+def test_after_a_burst_the_batcher_holds_requests_back_at_most_max_batch_wait_ms(built, cap, learned):
+    _, _, env, base = built
+    model = json.loads((base / "bentos.json").read_text())["models"][0]
+    done = subprocess.run([sys.executable, "-c", _LEARNED_WAIT, model, json.dumps(cap)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) == pytest.approx(learned)
+
+
 def _skew(service) -> tuple[dict, dict, str]:
     skew = service.get("/metadata").json()["skew"]
     return skew["violations"], skew["refused"], service.get("/metrics").text
