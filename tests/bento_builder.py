@@ -68,7 +68,7 @@ def build_table(out: Path) -> dict:
     return info
 
 
-def build(out: Path, count: int) -> dict:
+def build(out: Path, count: int, package: dict | None = None) -> dict:
     from tasks.config import load_params
     from tasks.package import build_bento
     from tasks.variants import export_onnx, servable
@@ -87,7 +87,7 @@ def build(out: Path, count: int) -> dict:
                     "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier",
                     "expectations": expectations(trained_on, "images", "digits[:1400]")}
         results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},
-                               params.package, REPO / "bento") for i in range(count)]
+                               params.package.model_copy(update=package or {}), REPO / "bento") for i in range(count)]
         model_path = out.with_suffix(".onnx")
         model_path.write_bytes(onnx_path.read_bytes())
     info = {"bentos": [r.bento_tag for r in results], "models": [r.model_tag for r in results],
@@ -101,6 +101,7 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="one Bento of a model over table rows instead")
+    parser.add_argument("--package", type=json.loads, default={}, help="params.yaml `package` values to override (JSON)")
     args = parser.parse_args()
-    build_table(args.out) if args.table else build(args.out, args.count)
+    build_table(args.out) if args.table else build(args.out, args.count, args.package)
     sys.exit(0)

@@ -307,6 +307,33 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
         stop(server)
 
 
+def test_with_inline_inference_off_predict_and_predict_npy_answer_as_the_in_process_model(tmp_path, test_split):
+    from tasks.latency import onnx_predictor
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("BENTO_API_KEY", None)
+    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(tmp_path / "thread.json"),
+                           "--package", json.dumps({"inline_inference": False})],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "thread.json").read_text())
+    server, url = _serve(info["bentos"][0], env, tmp_path)
+    try:
+        images = test_split[0][:64]
+        expected = onnx_predictor(Path(info["onnx"]))(images)
+        answer = httpx.post(f"{url}/predict", json={"images": images.tolist()}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose([a["probabilities"] for a in answer.json()], expected, atol=1e-6)
+        body = io.BytesIO()
+        np.save(body, images)
+        binary = httpx.post(f"{url}/predict_npy", content=body.getvalue(), headers={"content-type": "application/x-npy"})
+        assert binary.status_code == 200, binary.text
+        np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), expected, atol=1e-6)
+    finally:
+        stop(server)
+
+
 def test_an_image_model_refuses_table_rows(service):
     answer = service.post("/predict_rows", json={"rows": [{"width": 1.0}]})
     assert answer.status_code == 400 and "takes images" in answer.json()["error"]
