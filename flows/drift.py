@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
 
@@ -24,11 +23,9 @@ def drift_check(url: str = "http://127.0.0.1:3000", root: str = ".", retrain: bo
     """Report drift of the service at `url`; with `retrain`, start the pipeline when it drifted."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.config import load_params
-    from tasks.drift import check, render
+    from tasks.drift import check_configured, render
 
-    cfg = load_params(Path(root).resolve() / "params.yaml").drift
-    report = check(url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""))
+    report = check_configured(url, root)
     get_run_logger().info(report["verdict"])
     if report["drifted"] and retrain:
         report["retraining"] = _start_retraining(root, retrain_deployment)
@@ -52,16 +49,15 @@ def _start_retraining(root: str, deployment: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tasks.drift import ServiceUnreadable, add_arguments, render
+
     parser = argparse.ArgumentParser(prog="python -m flows.drift", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the service (default: the serving front)")
-    parser.add_argument("--root", default=".", help="project root (default: current directory)")
+    add_arguments(parser)
     parser.add_argument("--retrain", action="store_true", help="start the pipeline when the inputs drifted")
     parser.add_argument("--deployment", help="start retraining through this deployment, e.g. digits-pipeline/nightly")
     args = parser.parse_args(argv)
-    from tasks.drift import ServiceUnreadable, render
-
     try:
-        report = drift_check(args.url, args.root, args.retrain, args.deployment)
+        report = drift_check(args.url, str(args.root), args.retrain, args.deployment)
     except ServiceUnreadable as err:
         print(f"drift: {err}", file=sys.stderr)
         return 2

@@ -63,17 +63,27 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.drift", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every drift command takes: which service, and which project's params.yaml."""
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the service (default: the serving front)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for params.yaml's `drift`")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
+
+
+def check_configured(url: str, root: Path | str) -> dict:
+    """`check` with the project's `drift` params and the API key from BENTO_API_KEY (as the service reads it)."""
     from tasks.config import load_params
 
-    cfg = load_params(args.root / "params.yaml").drift
+    cfg = load_params(Path(root).resolve() / "params.yaml").drift
+    return check(url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.drift", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
     try:
-        report = check(args.url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""))
+        report = check_configured(args.url, args.root)
     except ServiceUnreadable as err:
         print(f"drift: {err}", file=sys.stderr)
         return 2
