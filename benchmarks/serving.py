@@ -203,7 +203,7 @@ def main() -> None:
         raise SystemExit(f"{model} not found: run the pipeline first (make run)")
     choice = json.loads(choice.read_text())
     images = (np.load(ROOT / "data/prepared/test/x.npy")[:64, 0] * choice["pixel_max"]).astype(np.float32)
-    bodies = _bodies(images)
+    bodies, npy_bodies = _bodies(images), _bodies(images, NPY)
     home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "SERVING_PEER_MODEL": str(model)}
     env.pop("BENTO_API_KEY", None)
@@ -228,7 +228,7 @@ def main() -> None:
                     if name.startswith("bento"):  # the same server's binary endpoint: a .npy body in, a .npy of probabilities out
                         print(f"round {round_ + 1}/{args.rounds}: {name} /predict_npy", flush=True)
                         measured[f"{name} /predict_npy"] = _measure(f"http://127.0.0.1:{port}/predict_npy",
-                                                                    _bodies(images, NPY), args.seconds, open_loop=True, kind=NPY)
+                                                                    npy_bodies, args.seconds, open_loop=True, kind=NPY)
                 finally:
                     stop(process)
             rounds.append(measured)
