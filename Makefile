@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test test-fast bench repro ui serve clean
+.PHONY: install run test test-fast bench repro ui serve schedule schedule-status clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ ui: install  ## the MLflow UI over the project's store
 
 serve: install  ## the champion's Bento behind the serving front on http://127.0.0.1:3000 (roll-outs without downtime)
 	$(BIN)/python -m tasks.front serve --port 3000 --admin-port 3001
+
+schedule: install  ## nightly runs on this machine: the project's Prefect server (UI http://127.0.0.1:4200) + the cron deployment
+	$(BIN)/python -m flows.deploy serve $(ARGS)
+
+schedule-status: install  ## the deployments, their next scheduled run and their last runs
+	$(BIN)/python -m flows.deploy status $(ARGS)
 
 clean:  ## remove stage outputs and local stores (keeps .venv)
 	rm -rf artifacts data/raw data/prepared mlflow.db mlartifacts dvc.lock

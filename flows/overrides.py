@@ -43,6 +43,40 @@ def overridden_text(original: str, overrides: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """`key=value` from a command line, the value read as YAML (20 → int, 0.5 → float, true → bool,
+    [28, 28] → list, text → str)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
+    return key.strip(), yaml.safe_load(value)
+
+
+def checked(params_file: Path, overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`overrides` if params.yaml with them applied is valid; else a ConfigError naming each bad key."""
+    if not overrides:
+        return overrides
+    _checked_text(params_file.read_text(), overrides)
+    return overrides
+
+
+def _checked_text(original: str, overrides: dict[str, Any]) -> str:
+    import yaml
+    from pydantic import ValidationError
+
+    from tasks.config import Params
+
+    text = overridden_text(original, overrides)
+    try:
+        Params.model_validate(yaml.safe_load(text))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"overrides {json.dumps(overrides)} refused: {problems}") from err
+    return text
+
+
 @contextmanager
 def applied(params_file: Path, overrides: dict[str, Any] | None) -> Iterator[None]:
     """params.yaml with `overrides` for the duration of the block, checked first (a misspelt key or an ill-typed
@@ -50,18 +84,8 @@ def applied(params_file: Path, overrides: dict[str, Any] | None) -> Iterator[Non
     if not overrides:
         yield
         return
-    import yaml
-    from pydantic import ValidationError
-
-    from tasks.config import Params
-
     original = params_file.read_text()
-    text = overridden_text(original, overrides)
-    try:
-        Params.model_validate(yaml.safe_load(text))
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"overrides {json.dumps(overrides)} refused: {problems}") from err
+    text = _checked_text(original, overrides)
     write_with(params_file, lambda tmp: tmp.write_text(text))
     try:
         yield

@@ -21,7 +21,8 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 
 from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order, unpushed  # noqa: E402
 from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
-from tasks.errors import PipelineError  # noqa: E402
+from flows.overrides import parse_assignment  # noqa: E402
+from tasks.errors import ConfigError, PipelineError  # noqa: E402
 from tasks.front import BackendFailed  # noqa: E402
 
 
@@ -127,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-flow", action="store_true",
                         help="start a Prefect flow run even when DVC reports nothing to do")
     args = parser.parse_args(argv)
-    overrides = dict(_parse(item) for item in args.set)
+    try:
+        overrides = dict(parse_assignment(item) for item in args.set)
+    except ConfigError as err:
+        parser.error(str(err))
     root = Path(args.root).resolve()
     if not overrides and not args.force_flow and _nothing_to_do(root, push=not args.no_push):
         # The same rule the flow applies stage by stage, checked once: Prefect's local server (seconds to start)
@@ -156,16 +160,6 @@ def _nothing_to_do(root: Path, push: bool) -> bool:
         return False
     except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly
         return False
-
-
-def _parse(item: str) -> tuple[str, Any]:
-    """`key=value`, the value read as YAML (20 → int, 0.5 → float, true → bool, [28, 28] → list, text → str)."""
-    import yaml
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
-    return key.strip(), yaml.safe_load(value)
 
 
 if __name__ == "__main__":

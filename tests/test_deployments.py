@@ -3,6 +3,7 @@ worker, and `python -m flows.deploy serve`; each triggered run is read back thro
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -58,6 +59,28 @@ def _wait_for_final_state(api: str, flow_run_id: str, timeout_s: float = 600) ->
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
 
 
+def wait_for_scheduled_run(api: str, deployment: str, after, proc: subprocess.Popen, log: Path | None = None,
+                           timeout_s: float = 900) -> dict:
+    """The first run of `deployment` that its schedule started (not a trigger) after `after`, once it is final.
+    Cancelled runs are passed over: serve cancels the older runs missed while nothing served them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()[-3000:] if log else ''}"
+        try:
+            found = HTTP.get(f"{api}/deployments/name/{deployment}")
+            if found.status_code == 200:
+                runs = HTTP.post(f"{api}/flow_runs/filter", json={"flow_runs": {
+                    "deployment_id": {"any_": [found.json()["id"]]}, "start_time": {"after_": after.isoformat()}}},
+                ).raise_for_status().json()
+                for run in runs:
+                    if run["auto_scheduled"] and run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED"):
+                        return run
+        except httpx.TransportError:  # busy, or not started yet
+            pass
+        time.sleep(2)
+    raise AssertionError(f"no scheduled run of {deployment} finished within {timeout_s} s")
+
+
 def _deployment(api: str, name: str) -> dict:
     return HTTP.get(f"{api}/deployments/name/digits-pipeline/{name}").raise_for_status().json()
 
@@ -88,17 +111,17 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     artifacts = HTTP.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
 
-    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "30 2 * * *",
-                              "--no-push"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
+    serving_since = datetime.datetime.now(datetime.timezone.utc)
+    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "* * * * *",
+                              "--no-push", *sets], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
     try:
-        deadline = time.monotonic() + 120
-        while HTTP.get(f"{api}/deployments/name/digits-pipeline/local").status_code != 200:
-            assert serve.poll() is None, serve.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "serve did not create its deployment"
-            time.sleep(0.5)
-        assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["30 2 * * *"]
-        run = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local"))
+        # PREFECT_API_URL is set: serve uses that server (no server of its own) and its scheduler fires the runs
+        run = wait_for_scheduled_run(api, "digits-pipeline/local", after=serving_since, proc=serve)
         assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["* * * * *"]
+        assert not (root / ".prefect").exists()
         # labels 0-4 only: the data now breaks the suite; the run fails at validate, naming it, and is not retried
         failing = {**PARAMS, "overrides": {**PARAMS["overrides"], "validate.labels": [0, 1, 2, 3, 4]}}
         failed = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local", failing))

@@ -8,7 +8,8 @@ import yaml
 
 from flows.dag import StageFailed
 from flows.overrides import applied, overridden_text
-from flows.pipeline import WorkspaceBusy, _parse, _transient, pipeline
+from flows.overrides import parse_assignment
+from flows.pipeline import WorkspaceBusy, _transient, pipeline
 from tasks.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +43,10 @@ def test_unknown_or_invalid_overrides_are_refused_and_params_yaml_is_put_back(tm
 
 
 def test_set_values_are_read_as_yaml():
-    assert _parse("train.epochs=20") == ("train.epochs", 20)
-    assert _parse("train.lr=0.001") == ("train.lr", 0.001)
-    assert _parse("ingest.image_size=[16, 16]") == ("ingest.image_size", [16, 16])
-    assert _parse("ingest.source=idx") == ("ingest.source", "idx")
+    assert parse_assignment("train.epochs=20") == ("train.epochs", 20)
+    assert parse_assignment("train.lr=0.001") == ("train.lr", 0.001)
+    assert parse_assignment("ingest.image_size=[16, 16]") == ("ingest.image_size", [16, 16])
+    assert parse_assignment("ingest.source=idx") == ("ingest.source", "idx")
 
 
 class _State:

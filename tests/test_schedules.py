@@ -1,0 +1,92 @@
+"""Schedules that fire on the embedded default: `python -m flows.deploy serve` with no PREFECT_API_URL starts the
+project's own Prefect server, and a cron deployment a minute apart runs by itself (not triggered) to COMPLETED,
+with its report; stopped and started again, the same schedule on the same database still fires."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, project_copy, stop
+from tests.test_deployments import PARAMS, wait_for_scheduled_run
+from tests.test_pipeline_e2e import _env, _run
+
+pytestmark = pytest.mark.slow
+DEPLOYMENT = "digits-pipeline/every-minute"
+
+
+def _serve(root: Path, env: dict, port: int, log: Path) -> subprocess.Popen:
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "every-minute",
+                                 "--cron", "* * * * *", "--no-push", "--port", str(port), *sets],
+                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restart(tmp_path):
+    root = project_copy(tmp_path / "project")
+    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
+    port = free_port()
+    api, log = f"http://127.0.0.1:{port}/api", tmp_path / "serve.log"
+
+    first_start = datetime.datetime.now(datetime.timezone.utc)
+    serve = _serve(root, env, port, log)
+    try:
+        run = wait_for_scheduled_run(api, DEPLOYMENT, after=first_start, proc=serve, log=log)
+        assert run["state"]["type"] == "COMPLETED", (run["state"], log.read_text()[-3000:])
+        artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+                               timeout=30).json()
+        assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
+        assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # --set applied
+        status = _run(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(port))
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert DEPLOYMENT in status.stdout and "* * * * *" in status.stdout and "next run:  20" in status.stdout
+        assert f"Completed  scheduled  {run['name']}" in status.stdout, status.stdout
+    finally:
+        stop(serve)
+    assert "UI http://127.0.0.1:" in log.read_text()
+    with pytest.raises(httpx.TransportError):  # the server started by serve stopped with it
+        httpx.get(f"{api}/health", timeout=2)
+    assert (root / ".prefect" / "prefect.db").is_file() and "?? .prefect" not in _run(root, env, "git", "status",
+                                                                                          "--short").stdout
+
+    restarted = datetime.datetime.now(datetime.timezone.utc)
+    serve = _serve(root, env, port, log)
+    try:
+        again = wait_for_scheduled_run(api, DEPLOYMENT, after=restarted, proc=serve, log=log)
+        assert again["state"]["type"] == "COMPLETED", (again["state"], log.read_text()[-3000:])
+        assert again["deployment_id"] == run["deployment_id"]  # the same deployment, from the kept database
+        assert httpx.get(f"{api}/flow_runs/{run['id']}", timeout=30).json()["state"]["type"] == "COMPLETED"
+        cancelled = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={"flow_runs": {
+            "deployment_id": {"any_": [run["deployment_id"]]}, "state": {"type": {"any_": ["CANCELLED"]}}}}).json()
+        assert all(c["state"]["message"].startswith("missed: due ") for c in cancelled)  # only older missed runs
+    finally:
+        stop(serve)
+
+
+def test_status_without_a_running_server_reads_the_project_database(tmp_path):
+    root = project_copy(tmp_path / "project")
+    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
+    status = _run(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(free_port()))
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "No deployments on this server" in status.stdout and "Prefect server (started)" in status.stdout
+    assert (root / ".prefect" / "prefect.db").is_file() and not (root / ".prefect" / "server.json").exists()
+
+
+def test_serve_refuses_a_taken_port_naming_it(tmp_path):
+    root = project_copy(tmp_path / "project")
+    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = _run(root, env, sys.executable, "-m", "flows.deploy", "serve", "--port", str(port), timeout=120)
+    assert served.returncode == 2
+    assert f"127.0.0.1:{port} is taken by another program; pass --port" in served.stderr
