@@ -12,10 +12,11 @@ export DO_NOT_TRACK := true
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .   # the `mlops` command (cli/)
 	touch $(STAMP)
 
 run: install  ## the whole pipeline on the bundled data, as a Prefect flow
@@ -43,7 +44,7 @@ ui: install  ## the MLflow UI over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 serve: install  ## the champion's Bento behind the serving front on http://127.0.0.1:3000 (roll-outs without downtime)
-	$(BIN)/python -m tasks.front serve --port 3000 --admin-port 3001
+	$(BIN)/mlops serve --port 3000 --admin-port 3001
 
 schedule: install  ## nightly runs on this machine: the project's Prefect server (UI http://127.0.0.1:4200) + the cron deployment
 	$(BIN)/python -m flows.deploy serve $(ARGS)

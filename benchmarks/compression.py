@@ -23,9 +23,9 @@ MNIST_SIZE_OVERRIDES = {"train": {"epochs": 4, "batch_size": 128, "patience": 2}
 
 
 def run_case(name: str, root: Path) -> dict:
+    from tasks.common.config import load_params
+    from tasks.common.dataset import save_split
     from tasks.compress import compress
-    from tasks.config import load_params
-    from tasks.dataset import save_split
     from tasks.ingest import ingest
     from tasks.prepare import prepare
     from tasks.train import train

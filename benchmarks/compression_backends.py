@@ -23,8 +23,8 @@ def backends(model, example: np.ndarray, workdir: Path) -> dict:
     """name → predict function (raw images → probabilities) for every runtime compared."""
     import torch
 
-    from tasks.latency import onnx_predictor, torch_predictor
-    from tasks.variants import export_onnx, quantize_int8
+    from tasks.compress.variants import export_onnx, quantize_int8
+    from tasks.nn.latency import onnx_predictor, torch_predictor
 
     export_onnx(model, example[:2], workdir / "fp32.onnx")
     quantize_int8(workdir / "fp32.onnx", workdir / "int8.onnx", example)
@@ -54,10 +54,10 @@ def _pt2e_int8(model, example: np.ndarray):
 def measure_size(size: int) -> list[dict]:
     import torch
 
-    from tasks.config import TrainParams
-    from tasks.latency import timings
-    from tasks.models import build_model
-    from tasks.variants import servable
+    from tasks.common.config import TrainParams
+    from tasks.compress.variants import servable
+    from tasks.nn.latency import timings
+    from tasks.nn.models import build_model
 
     torch.manual_seed(0)
     model = servable(build_model(TrainParams(), (1, size, size), 10), 1.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.dataset import Split
+from tasks.common.dataset import Split
 
 SIZES = {"train": 60_000, "val": 6_000, "test": 10_000}
 SOURCE_SHARE = {"train": 0.7, "val": 0.1, "test": 0.2}

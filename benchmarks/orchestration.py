@@ -1,6 +1,6 @@
 """What the Prefect flow costs on top of the stages (`python -m benchmarks.orchestration`).
 
-In two fresh copies of the project: the stages run directly one after another (`python -m tasks <stage>`,
+In two fresh copies of the project: the stages run directly one after another (`python -m tasks.<stage>`,
 the compute), and `python -m flows.pipeline --no-push` cold, then warm (nothing changed: every stage up to
 date), then warm with `--force-flow`. Orchestration overhead = cold flow wall time − the stages' own wall time.
 """
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="orchestration-") as tmp:
         direct = project_copy(Path(tmp) / "direct")
         env = _env(Path(tmp) / "direct-homes")
-        stage_seconds = {s: _timed([sys.executable, "-m", "tasks", s], direct, env)[0] for s in STAGES}
+        stage_seconds = {s: _timed([sys.executable, "-m", f"tasks.{s}"], direct, env)[0] for s in STAGES}
         flowed = project_copy(Path(tmp) / "flow")
         env = _env(Path(tmp) / "flow-homes")
         cold, _ = _timed([sys.executable, "-m", "flows.pipeline", "--no-push"], flowed, env)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [["cold run (every stage executes)", cold, ""], ["warm run (nothing changed, no stage executes)", warm,
             f"{100 * warm / cold:.1f} % of cold"],
             ["warm run with `--force-flow` (a Prefect flow run that skips every stage)", warm_flow,
-             f"{100 * warm_flow / cold:.1f} % of cold"], ["the stages alone (`python -m tasks <stage>` in turn)", compute, ""],
+             f"{100 * warm_flow / cold:.1f} % of cold"], ["the stages alone (`python -m tasks.<stage>` in turn)", compute, ""],
             ["orchestration overhead (cold − stages)", cold - compute, f"{100 * (cold - compute) / cold:.1f} % of cold"]]
     markdown = "\n".join([
         "`python -m flows.pipeline --no-push` in a fresh copy of the project (bundled digits, default params), "

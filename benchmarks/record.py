@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from tasks.atomic import write_json
+from tasks.common.atomic import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("torch", "onnxruntime", "torch-pruning", "torchao", "mlflow", "prefect", "dvc", "bentoml", "great-expectations")

@@ -166,9 +166,9 @@ def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
     import torch
 
     os.environ["BENTOML_HOME"] = str(home)
-    from tasks.config import load_params
+    from tasks.common.config import load_params
+    from tasks.compress.variants import export_onnx
     from tasks.package import build_bento
-    from tasks.variants import export_onnx
 
     n_classes = choice["n_classes"]
 
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times every server is measured, in turn (default 3)")
     args = parser.parse_args()
     from benchmarks.record import save, table
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
     from tests.conftest import free_port, stop, wait_until_healthy  # the server helpers the tests use
 
     model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"

@@ -1,6 +1,6 @@
 """Peak memory of the `train` stage on the MNIST-size set and on one 10× larger (`python -m benchmarks.train_memory`).
 
-Each case runs `python -m tasks train` as a user would, one epoch of the MLP, and samples the process's
+Each case runs `python -m tasks.train` as a user would, one epoch of the MLP, and samples the process's
 resident memory every 10 ms from /proc: anonymous memory (what the process itself holds, the part that
 can run a machine out of memory) and total RSS, which also counts pages of memory-mapped files (page cache
 the kernel can drop at any time). The 10× set repeats the 60k training images ten times: only its size
@@ -55,7 +55,7 @@ def run_train(root: Path, preload_max_mb: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tasks", "train", "--root", str(root)], cwd=root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.train", "--root", str(root)], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peaks = {"anon": 0, "rss": 0}
     stop = threading.Event()
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                              result["peak_anon_mb"], result["peak_rss_mb"], result["samples_per_s"]])
             (data / "mlflow.db").unlink(missing_ok=True)
     markdown = "\n".join([
-        "One epoch of `python -m tasks train` (model `mlp`, 28×28 inputs, batch 64), peak memory sampled every 10 ms. "
+        "One epoch of `python -m tasks.train` (model `mlp`, 28×28 inputs, batch 64), peak memory sampled every 10 ms. "
         "*Anonymous* is memory the process owns; *RSS* also counts memory-mapped file pages, which are page cache the "
         "kernel reclaims under pressure.",
         "",

@@ -26,9 +26,9 @@ def bare_loop(params, prepared: Path, epochs: int) -> list[float]:
     import torch
     import torch.nn.functional as F
 
-    from tasks.dataset import load_split
-    from tasks.device import resolve_device, seed_everything, set_threads
-    from tasks.models import build_model
+    from tasks.common.dataset import load_split
+    from tasks.nn.device import resolve_device, seed_everything, set_threads
+    from tasks.nn.models import build_model
 
     cfg = params.train
     device = resolve_device(cfg.device)
@@ -66,7 +66,7 @@ def stage(params, root: Path, prepared: Path) -> tuple[list[float], str]:
 
 
 def main() -> None:
-    from tasks.config import AugmentParams, load_params
+    from tasks.common.config import AugmentParams, load_params
     from tasks.ingest import ingest
     from tasks.prepare import prepare
 

@@ -16,20 +16,16 @@ class StageRun:
     seconds: float
 
 
-PERMANENT_ERRORS = {"ConfigError", "DataError", "ValidationFailed", "PromotionError"}  # tasks/errors.py: retrying cannot help
-
-
 class StageFailed(RuntimeError):
-    """A stage command exited non-zero; the message carries the stage name and its last error lines."""
+    """A stage command exited non-zero; the message carries the stage name and the reason."""
 
-    def __init__(self, message: str, error: str = "") -> None:
+    def __init__(self, message: str, error: str = "", transient: bool = True) -> None:
         super().__init__(message)
         self.error = error  # the pipeline error's class name when the stage reported one
+        self.transient = transient  # worth retrying: the stage's error class says so, or it crashed without one
 
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: not bad data, bad params or a refused promotion (a crash, a kill, a lost connection)."""
-        return self.error not in PERMANENT_ERRORS
+    def __reduce__(self):  # Prefect pickles task results and exceptions
+        return type(self), (str(self), self.error, self.transient)
 
 
 def stage_order(root: Path) -> list[str]:
@@ -61,34 +57,60 @@ def unpushed(root: Path) -> bool:
 
 
 def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None) -> StageRun:
-    """`dvc repro --single-item <stage>`: DVC decides whether it is up to date, exactly as `dvc repro` would."""
+    """`dvc repro --single-item <stage>`: DVC decides whether it is up to date, exactly as `dvc repro` would.
+
+    What happened is read from files, not from printed text: the stage's command writes its outcome
+    (tasks/common/stage_cli.py) to a file named here, and the stage ran (or DVC restored its outputs from the
+    run cache) exactly when its entry in dvc.lock changed.
+    """
+    import tempfile
     import time
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           **(extra_env or {})}
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
-    lines = []
+    from tasks.common.outputs import OUTCOME_ENV, StageOutcome
+
+    before = _locked(root, stage)
+    with tempfile.TemporaryDirectory(prefix=f"{stage}-outcome-") as tmp:
+        outcome_file = Path(tmp) / "outcome.json"
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               **(extra_env or {}), OUTCOME_ENV: str(outcome_file)}
+        started = time.perf_counter()
+        returncode, tail = _stream([sys.executable, "-m", "dvc", "repro", "--single-item", stage], root, env)
+        seconds = time.perf_counter() - started
+        outcome = StageOutcome.read(outcome_file) if outcome_file.is_file() else None
+    if returncode != 0:
+        if outcome and not outcome.ok:
+            raise StageFailed(f"stage '{stage}' failed: {outcome.error}: {outcome.message}", outcome.error,
+                              outcome.retryable)
+        reasons = [line for line in tail if line.startswith("ERROR")] or tail[-5:]
+        raise StageFailed(f"stage '{stage}' failed (exit {returncode}): " + " | ".join(reasons))
+    return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds)
+
+
+def _locked(root: Path, stage: str) -> dict | None:
+    """The stage's entry in dvc.lock (its deps', params' and outs' hashes as of its last run)."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage) if lock.is_file() else None
+
+
+def _stream(cmd: list[str], cwd: Path, env: dict) -> tuple[int, list[str]]:
+    """Run `cmd`, echoing its output as it comes; its exit code and its last lines."""
+    from collections import deque
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    tail: deque[str] = deque(maxlen=50)
     try:
         for line in proc.stdout:
             sys.stdout.write(line)
-            lines.append(line.rstrip())
+            tail.append(line.rstrip())
         proc.wait()
     finally:
         if proc.poll() is None:  # interrupted (a Prefect timeout, Ctrl-C): the stage must not run on unseen
             proc.kill()
             proc.wait()
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        reported = [l for l in lines if l.startswith("error in stage")]
-        reasons = reported or [l for l in lines if l.startswith("ERROR")] or lines[-5:]
-        error = reported[0].split(": ", 2)[1] if reported and reported[0].count(": ") >= 2 else ""
-        raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}): " + " | ".join(reasons), error)
-    skipped = any(f"Stage '{stage}' didn't change, skipping" in l for l in lines)
-    return StageRun(stage, executed=not skipped, seconds=seconds)
+    return proc.returncode, list(tail)
 
 
 def push_data(root: Path) -> None:

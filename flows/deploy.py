@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +95,14 @@ def settle_missed_runs(deployments: list[str], keep_latest: bool) -> list[str]:
     """Cancel the auto-scheduled runs of `deployments` that came due while nothing served them, all but the latest
     one when `keep_latest`: a machine that was off for a week catches up once, not seven times."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterNextScheduledStartTime, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterNextScheduledStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound
@@ -141,8 +146,13 @@ def _status(args: argparse.Namespace, root: Path, api_url: str) -> int:
 def read_status(runs: int = 5) -> list[dict]:
     """Each deployment on the server: its schedules, whether they are active, its next scheduled run, its last runs."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 

@@ -23,7 +23,7 @@ def drift_check(url: str = "http://127.0.0.1:3000", root: str = ".", retrain: bo
     """Report drift of the service at `url`; with `retrain`, start the pipeline when it drifted."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.drift import check_configured, render
+    from tasks.ops.drift import check_configured, render
 
     report = check_configured(url, root)
     get_run_logger().info(report["verdict"])
@@ -49,7 +49,8 @@ def _start_retraining(root: str, deployment: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.drift import ServiceUnreadable, add_arguments, render
+    from cli.drift import add_arguments
+    from tasks.ops.drift import ServiceUnreadable, render
 
     parser = argparse.ArgumentParser(prog="python -m flows.drift", description=__doc__.split("\n\n")[0])
     add_arguments(parser)

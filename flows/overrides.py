@@ -1,10 +1,10 @@
 """Per-run parameter overrides: dotted keys applied to params.yaml for one run, then the file is put back.
 
 The file is edited with ruamel.yaml's round trip (comments and layout kept) and checked against
-tasks/config.py before any stage runs, so a misspelt key or an ill-typed value fails the run at once.
+tasks/common/config.py before any stage runs, so a misspelt key or an ill-typed value fails the run at once.
 DVC sees the overridden values like any edit (so exactly the stages that read them re-run), `train`
 logs them with every other param and as the `pipeline.overrides` tag, and the params file each run
-used is logged under `lineage/` so `python -m tasks.reproduce` can restore it.
+used is logged under `lineage/` so `mlops reproduce` can restore it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks.atomic import write_with
-from tasks.errors import ConfigError
+from tasks.common.atomic import write_with
+from tasks.common.errors import ConfigError
 
 
 def overridden_text(original: str, overrides: dict[str, Any]) -> str:
     """params.yaml text with each `section.key[.sub]` set to its value (keys the file leaves at their defaults
-    are added); whether the keys exist at all is for `applied` to check against tasks/config.py."""
+    are added); whether the keys exist at all is for `applied` to check against tasks/common/config.py."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
 
@@ -66,7 +66,7 @@ def _checked_text(original: str, overrides: dict[str, Any]) -> str:
     import yaml
     from pydantic import ValidationError
 
-    from tasks.config import Params
+    from tasks.common.config import Params
 
     text = overridden_text(original, overrides)
     try:

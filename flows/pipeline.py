@@ -19,11 +19,11 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 
+from bento.front.supervisor import BackendFailed  # noqa: E402
 from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order, unpushed  # noqa: E402
-from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
 from flows.overrides import parse_assignment  # noqa: E402
-from tasks.errors import ConfigError, PipelineError  # noqa: E402
-from tasks.front import BackendFailed  # noqa: E402
+from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
+from tasks.common.errors import ConfigError, PipelineError  # noqa: E402
 
 
 class WorkspaceBusy(PipelineError):
@@ -78,7 +78,7 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
     from prefect.tasks import exponential_backoff
 
     from flows import overrides as override
-    from tasks.config import load_params
+    from tasks.common.config import load_params
 
     root_path = Path(root).resolve()
     lock = FileLock(str(root_path / ".pipeline.lock"))
@@ -96,7 +96,7 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
             stage_task = run_stage.with_options(
                 retries=knobs.retries, timeout_seconds=knobs.stage_timeout_minutes * 60,
                 retry_delay_seconds=exponential_backoff(backoff_factor=knobs.retry_delay_seconds)(knobs.retries) or 0)
-            # Stages record these as lineage tags on the MLflow run (tasks/tracking.py).
+            # Stages record these as lineage tags on the MLflow run (tasks/common/tracking.py).
             env = {"PIPELINE_FLOW_RUN_ID": str(flow_run.id), "PIPELINE_OVERRIDES": json.dumps(overrides or {})}
             changed = changed_stages(root_path)  # one `dvc status`; the rule `dvc repro` applies
             for stage in stage_order(root_path):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import PipelineError
+from tasks.common.errors import PipelineError
 
 STATE_DIR = ".prefect"  # the server's PREFECT_HOME: prefect.db, server.log, server.json
 DEFAULT_PORT = 4200  # Prefect's own default, so the UI is where Prefect's documentation says
@@ -63,7 +63,7 @@ def project_server(root: Path, port: int = DEFAULT_PORT, timeout_s: float = 120)
         # it is stopped after the runner has shut down (finally below).
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_stop_with_parent)
     try:
         _wait_until_healthy(proc, api_url, timeout_s, log_path)
         record.write_text(json.dumps({"pid": proc.pid, "api_url": api_url}))
@@ -108,6 +108,17 @@ def _wait_until_healthy(proc: subprocess.Popen, api_url: str, timeout_s: float, 
             raise ServerUnavailable(f"the Prefect server did not answer {api_url}/health within {timeout_s:.0f} s; "
                                     f"its log: {log_path}\n{_tail(log_path)}")
         time.sleep(0.5)
+
+
+def _stop_with_parent() -> None:
+    """In the server's process, before it starts: SIGTERM it when the process that started it dies, however it
+    dies (a SIGKILL leaves no `finally` to run), so no orphaned server keeps the port and the database. Linux only;
+    elsewhere a killed `serve` leaves the server running, and the next `serve` reuses it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from flows.dag import StageRun
+from tasks.common.outputs import BentoBuild, CompressChoice, GateResult, Promotion
 
 
 def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> dict:
@@ -13,15 +14,15 @@ def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> d
     artifacts = root / "artifacts"
     read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
     variants = read("compress/variants.json")
-    chosen = read("compress/choice.json")["variant"]
+    chosen = CompressChoice.read(artifacts / "compress/choice.json").variant
     return {
         "executed": [r.stage for r in runs if r.executed],
         "skipped": [r.stage for r in runs if not r.executed],
         "test_accuracy": read("evaluate/metrics.json")["accuracy"],
-        "gate": read("evaluate/gate.json"),
-        "promotion": read("promote/promotion.json"),
+        "gate": GateResult.read(artifacts / "evaluate/gate.json").model_dump(),
+        "promotion": Promotion.read(artifacts / "promote/promotion.json").model_dump(),
         "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
-        "bento": read("package/bento.json"),
+        "bento": BentoBuild.read(artifacts / "package/bento.json").model_dump(),
         "served": served or {"action": "none", "reason": "no roll-out step ran"},
     }
 

@@ -23,7 +23,7 @@ def train_tiny_mlp(seed: int = 0):
     import torch
     from sklearn.datasets import load_digits
 
-    from tasks.models import MLP
+    from tasks.nn.models import MLP
 
     torch.manual_seed(seed)
     digits = load_digits()
@@ -38,7 +38,7 @@ def train_tiny_mlp(seed: int = 0):
     return model.eval()
 
 
-# A small table: two numeric columns and one text column, as tasks.tables.describe writes its encoding.
+# A small table: two numeric columns and one text column, as tasks.common.tables.describe writes its encoding.
 TABLE_ENCODING = {
     "numeric": [{"column": "width", "fill": 2.0, "mean": 2.5, "scale": 1.5},
                 {"column": "height", "fill": 10.0, "mean": 9.0, "scale": 4.0}],
@@ -50,10 +50,10 @@ def build_table(out: Path) -> dict:
     """A Bento around an (untrained) MLP over the 5 encoded features of TABLE_ENCODING, 3 classes."""
     import torch
 
-    from tasks.config import load_params
-    from tasks.models import MLP
+    from tasks.common.config import load_params
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.models import MLP
     from tasks.package import build_bento
-    from tasks.variants import export_onnx, servable
 
     torch.manual_seed(0)
     model = MLP(5, (16,), 3, dropout=0.0).eval()
@@ -69,13 +69,12 @@ def build_table(out: Path) -> dict:
 
 
 def build(out: Path, count: int, package: dict | None = None) -> dict:
-    from tasks.config import load_params
-    from tasks.package import build_bento
-    from tasks.variants import export_onnx, servable
-
     from sklearn.datasets import load_digits
 
-    from tasks.skew import expectations
+    from tasks.common.config import load_params
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.package import build_bento
+    from tasks.shipped.skew import expectations
 
     params = load_params(REPO / "params.yaml")
     model = train_tiny_mlp()

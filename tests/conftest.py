@@ -1,15 +1,18 @@
-"""Shared fixtures: small real data, isolated stores for MLflow, BentoML and Prefect, a copy of the project."""
+"""Shared fixtures and helpers: small real data, isolated stores for MLflow, BentoML and Prefect, a copy of the
+project and the environment to run it in, Bentos of a small model, and starting and stopping servers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tasks.front import free_port  # noqa: F401 - the tests' and benchmarks' free loopback port
+from bento.front.supervisor import free_port  # noqa: F401 - the tests' and benchmarks' free loopback port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +29,7 @@ def _isolated_stores(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def params():
-    from tasks.config import load_params
+    from tasks.common.config import load_params
 
     return load_params(REPO / "params.yaml")
 
@@ -93,3 +96,50 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+
+
+def project_env(base: Path) -> dict:
+    """The environment of a command run in a project copy: its own BentoML and Prefect homes under `base`."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "BENTOML_HOME": str(base / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREFECT_HOME": str(base / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOCAL_STORAGE_PATH": str(base / "prefect" / "storage"),
+    }
+
+
+def run_in(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command in `root` as a user would, its output captured."""
+    return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def bento_env(home: Path) -> dict:
+    """The environment of a process using the BentoML store at `home`, with `bentoml` on PATH and no API key."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("BENTO_API_KEY", None)
+    return env
+
+
+def build_bentos(base: Path, *options: str, name: str = "bentos") -> tuple[dict, dict]:
+    """Bentos of a small model (tests/bento_builder.py, `options` as its command line) in a store under `base`:
+    what the builder recorded (tags, models, the ONNX file) and the environment that reaches that store."""
+    env = bento_env(base / "bentoml")
+    out = base / f"{name}.json"
+    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(out), *options], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), env
+
+
+def serve_bento(tag: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve TAG` on a free loopback port, once it answers /readyz: the process and its URL."""
+    port = free_port()
+    server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(server, f"{url}/readyz", f"bentoml serve {tag}")
+    return server, url

@@ -1,6 +1,6 @@
 import torch
 
-from tasks.augment import random_affine
+from tasks.nn.augment import random_affine
 
 
 def _images(n=8, side=8):

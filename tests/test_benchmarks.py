@@ -33,7 +33,7 @@ def test_report_lists_every_result_with_its_command():
 
 def test_the_memory_benchmark_writes_a_scaled_prepared_layout_train_can_read(tmp_path):
     from benchmarks.train_memory import write_prepared
-    from tasks.dataset import load_split
+    from tasks.common.dataset import load_split
 
     base = build(seed=2, sizes={"train": 40, "val": 10, "test": 10})
     write_prepared(base, 3, tmp_path)

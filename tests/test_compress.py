@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.common.config import CompressParams, TrainParams
 from tasks.compress import BASELINE, choose
-from tasks.config import CompressParams, TrainParams
-from tasks.models import build_model
-from tasks.variants import export_onnx, prune_channels, quantize_int8, servable
-from tasks.latency import onnx_predictor, torch_predictor
+from tasks.compress.variants import export_onnx, prune_channels, quantize_int8, servable
+from tasks.nn.latency import onnx_predictor, torch_predictor
+from tasks.nn.models import build_model
 
 
 def _row(name, val_accuracy, b64, size, test_accuracy=None):  # the fields `choose` reads
@@ -65,9 +65,9 @@ def _trained(params, prepared, tmp_path, **train_overrides):
 
 def test_distillation_follows_the_teacher_not_the_labels(params, prepared, tmp_path):
     """With the whole loss on the teacher, shuffled labels cannot pull the pruned student away from it."""
-    from tasks.checkpoint import load_checkpoint
-    from tasks.dataset import load_split
-    from tasks.variants import fine_tune
+    from tasks.common.dataset import load_split
+    from tasks.compress.variants import fine_tune
+    from tasks.nn.checkpoint import load_checkpoint
 
     _trained(params, prepared, tmp_path)
     teacher, _ = load_checkpoint(tmp_path / "train" / "model.pt")

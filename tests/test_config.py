@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from tasks.config import Params, load_params
-from tasks.errors import ConfigError
+from tasks.common.config import Params, load_params
+from tasks.common.errors import ConfigError
 from tests.conftest import REPO
 
 

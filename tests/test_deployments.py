@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, project_copy, stop, wait_until_healthy
-from tests.test_pipeline_e2e import _env, _run
+from tests.conftest import free_port, project_copy, project_env, run_in, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 HTTP = httpx.Client(timeout=60)  # a 2-core machine running a server, a worker and a flow answers slowly at times
@@ -28,7 +27,7 @@ PARAMS = {"push_to_remote": False, "overrides": {"train.epochs": 3, "evaluate.mi
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
-    env = {**_env(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**project_env(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = f"http://127.0.0.1:{port}/api"
@@ -40,7 +39,7 @@ def server(tmp_path):
 
 
 def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> str:
-    done = _run(root, env, sys.executable, "-m", "prefect", "deployment", "run", deployment, "--params", json.dumps(params))
+    done = run_in(root, env, sys.executable, "-m", "prefect", "deployment", "run", deployment, "--params", json.dumps(params))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
 
@@ -89,8 +88,8 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     api, env = server
     root = project_copy(tmp_path / "project")
     env = {**env, "PIPELINE_ROOT": str(root)}
-    assert _run(root, env, sys.executable, "-m", "prefect", "work-pool", "create", "digits-pool", "--type", "process").returncode == 0
-    deployed = _run(root, env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all")
+    assert run_in(root, env, sys.executable, "-m", "prefect", "work-pool", "create", "digits-pool", "--type", "process").returncode == 0
+    deployed = run_in(root, env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     nightly = _deployment(api, "nightly")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"] and nightly["work_pool_name"] == "digits-pool"

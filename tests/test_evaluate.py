@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tasks.common.registry import move_champion
 from tasks.evaluate import calibration, confused_pairs, evaluate
-from tasks.registry import move_champion
 from tasks.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _project(root: Path, prepared: Path, params, **evaluate_overrides) -> Path:
 
 
 def _params(root: Path):
-    from tasks.config import load_params
+    from tasks.common.config import load_params
 
     return load_params(root / "params.yaml")
 
@@ -61,6 +61,10 @@ def test_evaluate_logs_metrics_and_plots_and_gates_a_weaker_model_against_the_ch
     client = mlflow.MlflowClient()
     assert client.get_registered_model(strong.evaluate.registered_model).aliases.get("champion") is None  # promote's job
     move_champion(strong.evaluate.registered_model, "1", "promote", "by the test")
+    again = evaluate(strong, root, prepared, root / "artifacts/train", root / "artifacts/evaluate")  # same weights
+    assert again.model_version == "1" and again.passed and "the champion already" in again.reason
+    assert len(client.search_model_versions(f"name='{strong.evaluate.registered_model}'")) == 1
+    assert client.get_registered_model(strong.evaluate.registered_model).aliases == {"champion": 1, "challenger": 1}
     out = root / "artifacts/evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["expected_calibration_error"] < 0.5  # three epochs: not yet well calibrated
@@ -102,25 +106,26 @@ def test_the_stage_registers_nothing_while_another_process_holds_the_promotion_l
     release = tmp_path / "release"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import pathlib, time, mlflow\n"
-        "from tasks.registry import promotion_lock\n"
+        "from tasks.common.registry import promotion_lock\n"
         f"mlflow.set_tracking_uri({store!r})\n"
         "with promotion_lock():\n"
         "    print('held', flush=True)\n"
         f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.1)\n")],
         env=env, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    stage = subprocess.Popen([sys.executable, "-m", "tasks", "evaluate", "--root", str(root)], env=env,
+    stage = subprocess.Popen([sys.executable, "-m", "tasks.evaluate", "--root", str(root)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = mlflow.MlflowClient(tracking_uri=store)
     deadline = time.monotonic() + 120
     while "test_accuracy" not in client.get_run(run_id).data.metrics:  # logged just before the lock is taken
         assert stage.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    time.sleep(3)  # registering and promoting takes well under this when nothing waits
-    assert stage.poll() is None
     assert client.search_model_versions(f"name='{params.evaluate.registered_model}'") == []
+    released_ms = time.time() * 1000
     release.touch()
     output = stage.communicate(timeout=120)[0]
     holder.wait(timeout=30)
     assert stage.returncode == 0, output
-    assert [str(v.version) for v in client.search_model_versions(f"name='{params.evaluate.registered_model}'")] == ["1"]
+    versions = client.search_model_versions(f"name='{params.evaluate.registered_model}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].creation_timestamp >= released_ms  # registered only after the other process let go

@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from flows.dag import StageFailed
-from flows.overrides import applied, overridden_text
-from flows.overrides import parse_assignment
+from flows.overrides import applied, overridden_text, parse_assignment
 from flows.pipeline import WorkspaceBusy, _transient, pipeline
-from tasks.errors import ConfigError
+from tasks.common import stage_cli
+from tasks.common.errors import ConfigError, DataError, PipelineError, PromotionError, ValidationFailed
+from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,12 @@ def test_an_override_changes_the_value_and_keeps_every_comment():
     assert tree["train"]["epochs"] == 5 and tree["train"]["augment"]["rotation"] == 0.0 and tree["ingest"]["source"] == "idx"
     comments = [line.split("#", 1)[1] for line in original.splitlines() if "#" in line]
     assert all(c in text for c in comments)
-    assert len(text.splitlines()) == len(original.splitlines()) + 2  # `augment:` and `rotation:` were defaults
+    assert len(text.splitlines()) == len(original.splitlines())  # every key is in params.yaml: values change in place
+
+
+def test_an_override_of_a_key_the_file_leaves_at_its_default_adds_it():
+    text = overridden_text("train:\n  epochs: 3  # short\n", {"train.augment.rotation": 0.0})
+    assert yaml.safe_load(text) == {"train": {"epochs": 3, "augment": {"rotation": 0.0}}} and "# short" in text
 
 
 def test_unknown_or_invalid_overrides_are_refused_and_params_yaml_is_put_back(tmp_path):
@@ -54,12 +60,49 @@ class _State:
         self.data = data
 
 
-@pytest.mark.parametrize("error, retried", [
-    ("ValidationFailed", False), ("DataError", False), ("ConfigError", False), ("PromotionError", False),
-    ("", True),  # no pipeline error reported: a crash, a kill, a lost connection
-])
-def test_only_transient_stage_failures_are_retried(error, retried):
-    assert _transient(None, None, _State(StageFailed("stage 'x' failed", error))) is retried
+@pytest.mark.parametrize("error", [ConfigError, DataError, ValidationFailed, PromotionError])
+def test_a_stage_reports_its_error_class_and_that_retrying_cannot_help(error, tmp_path, monkeypatch):
+    outcome_file = tmp_path / "outcome.json"
+    monkeypatch.setenv(OUTCOME_ENV, str(outcome_file))
+    (tmp_path / "params.yaml").write_text("{}")
+
+    def failing(params, layout):
+        raise error("what went wrong")
+
+    assert stage_cli.main("validate", failing, ["--root", str(tmp_path)]) == error.exit_code
+    outcome = StageOutcome.read(outcome_file)
+    assert (outcome.ok, outcome.error, outcome.message, outcome.retryable) == (False, error.__name__, "what went wrong",
+                                                                               False)
+
+
+def test_retryability_is_a_property_of_the_error_class(tmp_path, monkeypatch):
+    class Flaky(PipelineError):  # a class of its own that says retrying helps: no list of names to keep in step
+        retryable = True
+
+    monkeypatch.setenv(OUTCOME_ENV, str(tmp_path / "outcome.json"))
+    (tmp_path / "params.yaml").write_text("{}")
+    stage_cli.main("train", lambda params, layout: (_ for _ in ()).throw(Flaky("lost the store")), ["--root", str(tmp_path)])
+    outcome = StageOutcome.read(tmp_path / "outcome.json")
+    assert outcome.error == "Flaky" and outcome.retryable is True
+
+
+def test_a_finished_stage_reports_its_figures(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Result:
+        rows: int
+        accuracy: float
+
+    monkeypatch.setenv(OUTCOME_ENV, str(tmp_path / "outcome.json"))
+    (tmp_path / "params.yaml").write_text("{}")
+    assert stage_cli.main("ingest", lambda params, layout: Result(10, 0.5), ["--root", str(tmp_path)]) == 0
+    assert StageOutcome.read(tmp_path / "outcome.json").result == {"rows": 10, "accuracy": 0.5}
+
+
+@pytest.mark.parametrize("transient", [True, False])
+def test_the_flow_retries_exactly_what_the_stage_called_retryable(transient):
+    assert _transient(None, None, _State(StageFailed("stage 'x' failed", "SomeError", transient))) is transient
     assert _transient(None, None, _State(ValueError("not a stage failure"))) is False
 
 

@@ -5,8 +5,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from tasks.config import EvaluateParams
-from tasks.gate import Champion, Scores, decide, mcnemar, paired_bootstrap
+from tasks.common.config import EvaluateParams
+from tasks.evaluate.gate import Champion, Scores, decide, mcnemar, paired_bootstrap
 
 
 def _pair(both: int, only_challenger: int, only_champion: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tasks.config import IngestParams
-from tasks.errors import DataError
+from tasks.common.config import IngestParams
+from tasks.common.errors import DataError
 from tasks.ingest import ingest
 
 
@@ -119,7 +119,7 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
 
     import yaml
 
-    from tasks.cli import main
+    from tasks.common.stage_cli import main
     from tests.test_train import REPO
 
     images, labels = digits

@@ -1,7 +1,7 @@
 import torch
 
-from tasks.config import TrainParams
-from tasks.optim import build_optimizer, build_schedule
+from tasks.common.config import TrainParams
+from tasks.nn.optim import build_optimizer, build_schedule
 
 
 def test_schedules_decay_or_warm_up_over_all_batches():

@@ -6,7 +6,6 @@ Tests run in file order and share one project: the last ones change params.yaml 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,25 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import free_port, project_copy, stop, wait_until_healthy
+from tests.conftest import free_port, project_copy, project_env, run_in, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
-
-
-def _env(base: Path) -> dict:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "BENTOML_HOME": str(base / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PREFECT_HOME": str(base / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_LOCAL_STORAGE_PATH": str(base / "prefect" / "storage"),
-    }
-
-
-def _run(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +25,8 @@ def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     root = project_copy(base / "project")
     (root.parent / "bentoml").mkdir()
-    env = _env(base)
-    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    env = project_env(base)
+    done = run_in(root, env, sys.executable, "-m", "flows.pipeline")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return root, env, done.stdout
 
@@ -59,7 +42,7 @@ def _svc_accuracy(root: Path) -> float:
     """scikit-learn's SVC (default RBF kernel) fitted on train+val, scored on the same test split."""
     from sklearn.svm import SVC
 
-    from tasks.dataset import load_split
+    from tasks.common.dataset import load_split
 
     train, val, test = (load_split(root / "data/prepared" / s) for s in ("train", "val", "test"))
     flat = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
@@ -78,16 +61,47 @@ def test_the_flow_runs_every_stage_and_reaches_the_accuracy_bar(project):
 
 def test_dvc_status_is_clean_and_repro_executes_nothing(project):
     root, env, _ = project
-    status = _run(root, env, "dvc", "status")
+    status = run_in(root, env, "dvc", "status")
     assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout
-    repro = _run(root, env, "dvc", "repro")
+    repro = run_in(root, env, "dvc", "repro")
     assert repro.returncode == 0
     assert repro.stdout.count("didn't change, skipping") == 8, repro.stdout
 
 
+def _changed_stages(root: Path, env: dict) -> set[str]:
+    status = run_in(root, env, "dvc", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    return set(json.loads(status.stdout))
+
+
+@pytest.mark.parametrize("path, old, new, stages", [
+    # a default in shared code: every stage imports the config
+    ("tasks/common/config.py", "seed: int = 42", "seed: int = 43", {"ingest", "prepare", "validate", "train", "evaluate",
+                                                                    "compress", "package", "promote"}),
+    # the torch code: only the stages that run it
+    ("tasks/nn/models.py", '"""', '"""Edited. ', {"train", "evaluate", "compress", "promote"}),
+    # what ships in the Bento: the stages that import it (ingest decodes images with it) and package, which ships it
+    ("tasks/shipped/skew.py", '"""', '"""Edited. ', {"ingest", "package"}),
+    # a command's help text: no stage
+    ("cli/registry.py", "every move of the champion alias", "every move of champion", set()),
+    ("flows/summary.py", '"""', '"""Edited. ', set()),
+])
+def test_dvc_sees_exactly_the_stages_whose_code_changed(project, path, old, new, stages):
+    root, env, _ = project
+    source = root / path
+    original = source.read_text()
+    assert old in original
+    try:
+        source.write_text(original.replace(old, new, 1))
+        assert _changed_stages(root, env) == stages
+    finally:
+        source.write_text(original)
+    assert _changed_stages(root, env) == set()
+
+
 def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(project):
     root, env, _ = project
-    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    done = run_in(root, env, sys.executable, "-m", "flows.pipeline")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Everything up to date" in done.stdout and "stages run:      none (everything up to date)" in done.stdout
     assert "Running stage" not in done.stdout and "Starting temporary server" not in done.stdout + done.stderr
@@ -96,7 +110,7 @@ def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(
 
 def test_data_versions_are_pushed_to_the_local_remote(project):
     root, env, _ = project
-    status = _run(root, env, "dvc", "status", "--cloud")
+    status = run_in(root, env, "dvc", "status", "--cloud")
     assert status.returncode == 0 and "Cache and remote 'local' are in sync." in status.stdout
 
 
@@ -130,7 +144,7 @@ def test_the_run_and_registered_model_carry_metrics_and_lineage(project):
 
 
 def registry_history(root: Path):
-    from tasks import registry
+    from tasks.common import registry
 
     _client(root)
     return registry.history("digits-classifier")
@@ -138,18 +152,18 @@ def registry_history(root: Path):
 
 def test_reproduce_rebuilds_the_champion_from_its_commit_and_data_version_exactly(project):
     root, env, _ = project
-    done = _run(root, env, sys.executable, "-m", "tasks.reproduce", "digits-classifier", "champion")
+    done = run_in(root, env, sys.executable, "-m", "cli", "reproduce", "digits-classifier", "champion")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "digits-classifier champion: reproduced exactly (8 metrics compared)" in done.stdout
     assert "test_accuracy" in done.stdout and "DIFFERENT" not in done.stdout
-    assert len(_run(root, env, "git", "worktree", "list").stdout.splitlines()) == 1  # its worktree is gone
+    assert len(run_in(root, env, "git", "worktree", "list").stdout.splitlines()) == 1  # its worktree is gone
     assert str(_client(root).get_model_version_by_alias("digits-classifier", "champion").version) == "1"
-    missing = _run(root, env, sys.executable, "-m", "tasks.reproduce", "digits-classifier", "17")
+    missing = run_in(root, env, sys.executable, "-m", "cli", "reproduce", "digits-classifier", "17")
     assert missing.returncode == 6 and "no version or alias '17'" in missing.stderr
 
 
 def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
 
     root, env, _ = project
     tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
@@ -173,12 +187,12 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
                 (root / "artifacts/compress/choice.json").read_text())["variant"]
             assert about["skew"]["inputs_checked"] >= len(images) and about["expectations"]["data_version"] == \
                 yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
-            calm = _run(root, env, sys.executable, "-m", "tasks.drift", "--url", url)
+            calm = run_in(root, env, sys.executable, "-m", "cli", "drift", "--url", url)
             assert calm.returncode == 0 and "no drift" in calm.stdout, calm.stdout + calm.stderr
             brighter = np.clip(images * 1.6, 0, 16)  # the same digits from a scanner with another gain
             for _ in range(3):  # most of the recent inputs now
                 assert http.post("/predict", json={"images": brighter.tolist()}).status_code == 200
-        drifted = _run(root, env, sys.executable, "-m", "flows.drift", "--url", url, "--retrain")
+        drifted = run_in(root, env, sys.executable, "-m", "flows.drift", "--url", url, "--retrain")
         assert drifted.returncode == 1, drifted.stdout[-3000:] + drifted.stderr[-3000:]
         assert "DRIFTED: pixel_" in drifted.stdout
         # retraining started: the pipeline flow ran as a subflow (nothing changed in the data, so no stage ran)
@@ -201,13 +215,13 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
     served = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
     port, admin_port = free_port(), free_port()
     admin = f"http://127.0.0.1:{admin_port}"
-    front = subprocess.Popen([sys.executable, "-m", "tasks.front", "serve", "--port", str(port), "--admin-port",
+    front = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port), "--admin-port",
                               str(admin_port)], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)  # no --bento: it starts the champion's Bento
     try:
         wait_until_healthy(front, f"{admin}/status", "the serving front")
         assert httpx.get(f"{admin}/status").json()["bento"] == served
-        done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push", "--set", "compress.latency_repeats=20",
+        done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push", "--set", "compress.latency_repeats=20",
                     "--set", f"rollout.admin_url={admin}")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         rebuilt = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
@@ -227,7 +241,7 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
     run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
     overrides = {"compress.latency_repeats": 20, "rollout.admin_url": admin}
     assert json.loads(_client(root).get_run(run_id).data.tags["pipeline.overrides"]) == overrides
-    report = _run(root, env, "prefect", "artifact", "inspect", "pipeline-report", "--limit", "1", "-o", "json")
+    report = run_in(root, env, "prefect", "artifact", "inspect", "pipeline-report", "--limit", "1", "-o", "json")
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     # the newest artifact, as JSON; the temporary server's log lines follow it
     markdown = json.JSONDecoder().raw_decode(report.stdout[report.stdout.index("["):])[0][0]["data"]
@@ -237,7 +251,7 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
         assert line in markdown, line
     # params.yaml is back at 50 while the last run used 20: DVC redoes exactly the stages that read it (compress
     # with 50 ran before, so DVC's run cache restores its outputs instead of running it again)
-    repro = _run(root, env, "dvc", "repro")
+    repro = run_in(root, env, "dvc", "repro")
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     redone = [s for s in ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
               if f"Running stage '{s}'" in repro.stdout or f"Stage '{s}' is cached" in repro.stdout]
@@ -249,7 +263,7 @@ def test_a_second_run_in_the_same_workspace_is_refused_while_one_holds_it(projec
 
     root, env, _ = project
     with FileLock(str(root / ".pipeline.lock")):  # as a running flow holds it
-        done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+        done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
     assert done.returncode == 1
     assert "another pipeline run is using" in done.stderr and "refused rather than interleaved" in done.stderr
     assert "Running stage" not in done.stdout
@@ -269,7 +283,7 @@ def test_bad_data_stops_at_validate_and_registers_nothing(project):
     np.save(source / "labels.npy", labels)
     _edit_params(root, "ingest", source="arrays", path="data/sources/bad")
 
-    done = _run(root, env, sys.executable, "-m", "flows.pipeline")
+    done = run_in(root, env, sys.executable, "-m", "flows.pipeline")
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "stage 'validate' failed" in output
@@ -298,10 +312,10 @@ def test_a_changed_data_file_retrains_and_an_unchanged_one_skips_every_stage(pro
     _edit_params(root, "ingest", source="arrays", path="data/sources/mine")
     stages = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
 
-    changed = _run(root, env, "dvc", "repro")
+    changed = run_in(root, env, "dvc", "repro")
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
     assert [s for s in stages if f"Running stage '{s}'" in changed.stdout] == list(stages)
-    unchanged = _run(root, env, "dvc", "repro")
+    unchanged = run_in(root, env, "dvc", "repro")
     assert unchanged.returncode == 0
     assert [s for s in stages if f"Running stage '{s}'" in unchanged.stdout] == []
     run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]

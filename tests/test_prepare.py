@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.dataset import load_split
-from tasks.errors import DataError
+from tasks.common.dataset import load_split
+from tasks.common.errors import DataError
 from tasks.ingest import ingest
 from tasks.prepare import prepare, split_stratified
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks import registry
-from tasks.errors import PromotionError
+from tasks.common import registry
+from tasks.common.errors import PromotionError
+from tasks.common.outputs import BentoBuild, CompressChoice, GateResult, TrainRun
 from tasks.promote import promote
-from tests.conftest import REPO
+from tests.conftest import REPO, build_bentos
 
 NAME = "digits-classifier"
 
@@ -27,11 +28,7 @@ NAME = "digits-classifier"
 def bentos(tmp_path_factory):
     """Two Bentos of a small digits model; the second one's model file is broken, so it cannot load."""
     base = tmp_path_factory.mktemp("promote")
-    env = {**os.environ, "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    built = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(base / "bentos.json"), "--count", "2"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-3000:]
-    info = json.loads((base / "bentos.json").read_text())
+    info, _ = build_bentos(base, "--count", "2")
     broken = info["models"][1].replace(":", "/")
     (base / "bentoml/models" / broken / "model.onnx").write_bytes(b"not an ONNX model")
     return info, base / "bentoml"
@@ -57,23 +54,24 @@ def project(tmp_path, prepared, params, bentos, monkeypatch):
     for stage in ("evaluate", "compress", "package", "train"):
         (root / "artifacts" / stage).mkdir(parents=True)
     shutil.copyfile(info["onnx"], root / "artifacts/compress/model.onnx")
-    (root / "artifacts/compress/choice.json").write_text(json.dumps({"variant": "fp32-onnx", "pixel_max": 16.0}))
-    from tasks import tracking
+    CompressChoice(variant="fp32-onnx", reason="the test's", pixel_max=16.0, kind="images", input_shape=[1, 8, 8],
+                   n_classes=10).write(root / "artifacts/compress/choice.json")
+    from tasks.common import tracking
 
     tracking.configure(root, params.base.experiment)
     with mlflow.start_run() as run:
         pass
-    (root / "artifacts/train/run.json").write_text(json.dumps({"run_id": run.info.run_id}))
+    TrainRun(run_id=run.info.run_id, experiment_id=run.info.experiment_id).write(root / "artifacts/train/run.json")
     client = mlflow.MlflowClient()
     return root, info, client, [_version(client, run.info.run_id) for _ in range(3)]
 
 
 def _stage(root: Path, version: str, previous: str | None, bento: str, passed: bool = True):
-    from tasks.config import load_params
+    from tasks.common.config import load_params
 
-    (root / "artifacts/evaluate/gate.json").write_text(json.dumps(
-        {"version": version, "passed": passed, "previous_champion": previous, "reason": "gate says so"}))
-    (root / "artifacts/package/bento.json").write_text(json.dumps({"bento_tag": bento}))
+    GateResult(version=version, passed=passed, previous_champion=previous, reason="gate says so", test_split_md5="-",
+               test_split_dvc_md5="-").write(root / "artifacts/evaluate/gate.json")
+    BentoBuild(bento_tag=bento, model_tag="m:1").write(root / "artifacts/package/bento.json")
     return promote(load_params(root / "params.yaml"), root, root / "data/prepared", root / "artifacts/evaluate",
                    root / "artifacts/compress", root / "artifacts/package", root / "artifacts/train",
                    root / "artifacts/promote")
@@ -107,8 +105,8 @@ def test_champion_moves_only_after_the_candidate_bento_answers_like_the_model(pr
 def test_a_bento_that_answers_differently_from_the_model_leaves_the_champion_untouched(project):
     import torch
 
-    from tasks.models import MLP
-    from tasks.variants import export_onnx, servable
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.models import MLP
 
     root, info, _, (v1, v2, _) = project
     registry.move_champion(NAME, v1, "promote", "set by the test")
@@ -146,7 +144,7 @@ def test_promote_promote_rollback_leaves_the_first_champion_and_three_recorded_m
     registry.move_champion(NAME, v1, "promote", "first")
     registry.move_champion(NAME, v2, "promote", "second")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    back = subprocess.run([sys.executable, "-m", "tasks.registry", "rollback", "--reason", "v2 misbehaves",
+    back = subprocess.run([sys.executable, "-m", "cli", "rollback", "--reason", "v2 misbehaves",
                            "--root", str(root)], env=env, capture_output=True, text=True, timeout=120)
     assert back.returncode == 0, back.stderr
     assert f"champion v{v2} -> v{v1}" in back.stdout and _champion() == v1
@@ -154,10 +152,10 @@ def test_promote_promote_rollback_leaves_the_first_champion_and_three_recorded_m
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [
         ("promote", None, v1), ("promote", v1, v2), ("rollback", v2, v1)]
     assert moves[-1].reason == "v2 misbehaves" and all(m.time for m in moves)
-    shown = subprocess.run([sys.executable, "-m", "tasks.registry", "history", "--root", str(root)], env=env,
+    shown = subprocess.run([sys.executable, "-m", "cli", "history", "--root", str(root)], env=env,
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "3 recorded move(s)" in shown.stdout and "rollback  v2 -> v1" in shown.stdout
-    nothing = subprocess.run([sys.executable, "-m", "tasks.registry", "rollback", "--root", str(root)], env=env,
+    nothing = subprocess.run([sys.executable, "-m", "cli", "rollback", "--root", str(root)], env=env,
                              capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 1 and "has no earlier champion" in nothing.stderr and _champion() == v1
     experiment = client.get_experiment_by_name(registry.history_experiment(NAME))

@@ -1,4 +1,4 @@
-"""Zero-downtime roll-out on loopback: a real front (`python -m tasks.front serve`) in front of real `bentoml serve`
+"""Zero-downtime roll-out on loopback: a real front (`mlops serve`) in front of real `bentoml serve`
 processes, under a steady stream of requests while the Bento behind it is replaced."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, stop, wait_until_healthy
+from tasks.common.outputs import BentoBuild, Promotion
+from tests.conftest import REPO, build_bentos, free_port, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +28,11 @@ DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 
 def bentos(tmp_path_factory):
     """Two Bentos of a small digits model in a store of their own, and the environment that reaches it."""
     base = tmp_path_factory.mktemp("rollout")
-    env = {**os.environ, "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    built = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(base / "bentos.json"), "--count", "2"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-3000:]
+    info, env = build_bentos(base, "--count", "2")
     root = base / "project"  # a front needs only params.yaml; it keeps its Bentos' logs in .serving/
     root.mkdir()
     shutil.copyfile(REPO / "params.yaml", root / "params.yaml")
-    return json.loads((base / "bentos.json").read_text())["bentos"], env, root
+    return info["bentos"], env, root
 
 
 class Front:
@@ -44,13 +41,13 @@ class Front:
         self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
         self.env, self.root = env, root
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.front", "serve", "--bento", tag, "--port", str(self.port),
+            [sys.executable, "-m", "cli", "serve", "--bento", tag, "--port", str(self.port),
              "--admin-port", str(self.admin_port), "--root", str(root)],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_until_healthy(self.process, f"{self.admin}/status", "the front")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tasks.front", *args, "--admin", self.admin], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "cli", *args, "--admin", self.admin], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=300)
 
     def status(self) -> dict:
@@ -154,17 +151,18 @@ def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, fron
 
 
 def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(bentos, front, tmp_path):
+    from bento.front.supervisor import BackendFailed
     from flows.rollout import roll_out_champion
-    from tasks.front import BackendFailed
 
     tags, _, _ = bentos
     served = front.status()["bento"]
     other = tags[0] if served == tags[1] else tags[1]
     (tmp_path / "artifacts/promote").mkdir(parents=True)
     (tmp_path / "artifacts/package").mkdir(parents=True)
-    outputs = lambda promoted, tag: ((tmp_path / "artifacts/promote/promotion.json").write_text(  # noqa: E731
-        json.dumps({"promoted": promoted, "version": "7"})), (tmp_path / "artifacts/package/bento.json").write_text(
-        json.dumps({"bento_tag": tag, "model_tag": "m:1"})))
+    outputs = lambda promoted, tag: (  # noqa: E731
+        Promotion(version="7", promoted=promoted, reason="the test's", previous_champion=None, bento_tag=tag).write(
+            tmp_path / "artifacts/promote/promotion.json"),
+        BentoBuild(bento_tag=tag, model_tag="m:1").write(tmp_path / "artifacts/package/bento.json"))
     outputs(False, other)
     assert roll_out_champion(tmp_path, front.admin)["action"] == "kept"  # not promoted: the served one stays
     assert roll_out_champion(tmp_path, "")["action"] == "none"  # no front configured

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import datetime
 import json
+import socket
 import subprocess
 import sys
-import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, project_copy, stop
+from tests.conftest import free_port, project_copy, project_env, run_in, stop
 from tests.test_deployments import PARAMS, wait_for_scheduled_run
-from tests.test_pipeline_e2e import _env, _run
 
 pytestmark = pytest.mark.slow
 DEPLOYMENT = "digits-pipeline/every-minute"
@@ -32,7 +32,7 @@ def _serve(root: Path, env: dict, port: int, log: Path) -> subprocess.Popen:
 
 def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restart(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
     port = free_port()
     api, log = f"http://127.0.0.1:{port}/api", tmp_path / "serve.log"
 
@@ -45,7 +45,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
                                timeout=30).json()
         assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
         assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # --set applied
-        status = _run(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(port))
+        status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(port))
         assert status.returncode == 0, status.stderr[-2000:]
         assert DEPLOYMENT in status.stdout and "* * * * *" in status.stdout and "next run:  20" in status.stdout
         assert f"Completed  scheduled  {run['name']}" in status.stdout, status.stdout
@@ -54,7 +54,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
     assert "UI http://127.0.0.1:" in log.read_text()
     with pytest.raises(httpx.TransportError):  # the server started by serve stopped with it
         httpx.get(f"{api}/health", timeout=2)
-    assert (root / ".prefect" / "prefect.db").is_file() and "?? .prefect" not in _run(root, env, "git", "status",
+    assert (root / ".prefect" / "prefect.db").is_file() and "?? .prefect" not in run_in(root, env, "git", "status",
                                                                                           "--short").stdout
 
     restarted = datetime.datetime.now(datetime.timezone.utc)
@@ -67,14 +67,27 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
         cancelled = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={"flow_runs": {
             "deployment_id": {"any_": [run["deployment_id"]]}, "state": {"type": {"any_": ["CANCELLED"]}}}}).json()
         assert all(c["state"]["message"].startswith("missed: due ") for c in cancelled)  # only older missed runs
+        serve.kill()  # no `finally` runs in serve now: its server must still not outlive it
+        serve.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _answers(api):
+            assert time.monotonic() < deadline, "the Prefect server outlived the serve process that started it"
+            time.sleep(0.5)
     finally:
         stop(serve)
 
 
+def _answers(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_status_without_a_running_server_reads_the_project_database(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
-    status = _run(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(free_port()))
+    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
+    status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(free_port()))
     assert status.returncode == 0, status.stderr[-2000:]
     assert "No deployments on this server" in status.stdout and "Prefect server (started)" in status.stdout
     assert (root / ".prefect" / "prefect.db").is_file() and not (root / ".prefect" / "server.json").exists()
@@ -82,11 +95,11 @@ def test_status_without_a_running_server_reads_the_project_database(tmp_path):
 
 def test_serve_refuses_a_taken_port_naming_it(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in _env(tmp_path).items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        served = _run(root, env, sys.executable, "-m", "flows.deploy", "serve", "--port", str(port), timeout=120)
+        served = run_in(root, env, sys.executable, "-m", "flows.deploy", "serve", "--port", str(port), timeout=120)
     assert served.returncode == 2
     assert f"127.0.0.1:{port} is taken by another program; pass --port" in served.stderr

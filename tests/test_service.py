@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, stop, wait_until_healthy
+from tests.conftest import REPO, build_bentos, serve_bento, stop
 
 pytestmark = pytest.mark.slow
 
@@ -26,29 +25,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("service")
-    env = {**os.environ, "BENTOML_HOME": str(base / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("BENTO_API_KEY", None)
-    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(base / "bentos.json")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((base / "bentos.json").read_text())
+    info, env = build_bentos(base)
     return info["bentos"][0], Path(info["onnx"]), env, base
-
-
-def _serve(tag: str, env: dict, cwd: Path):
-    port = free_port()
-    server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(server, f"{url}/readyz", f"bentoml serve {tag}")
-    return server, url
 
 
 @pytest.fixture(scope="module")
 def service(built):
     tag, _, env, base = built
-    server, url = _serve(tag, env, base)
+    server, url = serve_bento(tag, env, base)
     with httpx.Client(base_url=url, timeout=30) as http:
         yield http
     stop(server)
@@ -73,7 +57,7 @@ def _png(pixels: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
 
 
 def test_predictions_over_http_equal_the_in_process_model_on_the_test_split(service, built, test_split):
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
 
     images, labels = test_split
     expected = onnx_predictor(built[1])(images)
@@ -94,7 +78,7 @@ def _npy(array: np.ndarray, **kwargs) -> bytes:
 
 
 def test_a_npy_body_is_answered_with_npy_probabilities_equal_to_the_in_process_model(service, built, test_split):
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
 
     images, _ = test_split
     expected = onnx_predictor(built[1])(images)
@@ -122,8 +106,8 @@ def test_each_bad_npy_body_gets_a_400_naming_the_problem(service, body, message)
 
 @pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGB", "PNG"), ("L", "JPEG")])
 def test_an_uploaded_image_is_preprocessed_as_training_preprocesses_image_folders(service, built, test_split, mode, fmt):
-    from tasks.imaging import decode_image
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
+    from tasks.shipped.imaging import decode_image
 
     images, _ = test_split
     picture = np.kron(images[0] * 255 / 16, np.ones((4, 4)))  # a 32×32 upload of a test digit, as a scanner gives it
@@ -239,7 +223,7 @@ def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift
     recent = service.get("/recent_inputs").json()
     assert recent["kind"] == "images" and recent["count"] >= 8
     np.testing.assert_array_equal(np.array(recent["inputs"][-8:]), np.concatenate([usual, blank]))
-    # the serving front's warm-up requests (tasks/front.py) are answered, not counted, not kept
+    # the serving front's warm-up requests (bento/front.py) are answered, not counted, not kept
     warm = service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": "1"})
     assert warm.status_code == 200 and _skew(service)[0] == after
     assert service.get("/recent_inputs").json() == recent
@@ -247,7 +231,7 @@ def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift
 
 def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
     tag, _, env, base = built
-    server, url = _serve(tag, {**env, "BENTO_API_KEY": "s3cret"}, base)
+    server, url = serve_bento(tag, {**env, "BENTO_API_KEY": "s3cret"}, base)
     try:
         one = {"images": [[[0.0] * 8] * 8]}
         assert httpx.post(f"{url}/predict", json=one).status_code == 401
@@ -277,17 +261,12 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_p
 
 
 def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(tmp_path):
-    from tasks.latency import onnx_predictor
-    from tasks.rows import encode_rows
+    from tasks.nn.latency import onnx_predictor
+    from tasks.shipped.rows import encode_rows
     from tests.bento_builder import TABLE_ENCODING
 
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(tmp_path / "table.json"), "--table"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((tmp_path / "table.json").read_text())
-    server, url = _serve(info["bentos"][0], env, tmp_path)
+    info, env = build_bentos(tmp_path, "--table", name="table")
+    server, url = serve_bento(info["bentos"][0], env, tmp_path)
     try:
         rows = [{"width": 1.0, "height": 12, "stroke": "thin"}, {"width": None, "height": 3.5, "stroke": None},
                 {"width": 4, "height": None, "stroke": "dotted"}]  # nulls imputed; an unseen category one-hots to zeros
@@ -308,17 +287,10 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
 
 
 def test_with_inline_inference_off_predict_and_predict_npy_answer_as_the_in_process_model(tmp_path, test_split):
-    from tasks.latency import onnx_predictor
+    from tasks.nn.latency import onnx_predictor
 
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("BENTO_API_KEY", None)
-    done = subprocess.run([sys.executable, "-m", "tests.bento_builder", str(tmp_path / "thread.json"),
-                           "--package", json.dumps({"inline_inference": False})],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((tmp_path / "thread.json").read_text())
-    server, url = _serve(info["bentos"][0], env, tmp_path)
+    info, env = build_bentos(tmp_path, "--package", json.dumps({"inline_inference": False}), name="thread")
+    server, url = serve_bento(info["bentos"][0], env, tmp_path)
     try:
         images = test_split[0][:64]
         expected = onnx_predictor(Path(info["onnx"]))(images)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tasks.skew import drift, expectations, violations
+from tasks.shipped.skew import drift, expectations, violations
 
 DIGITS = load_digits().images.astype(np.float32)  # raw 0..16, as the service receives them
 EXPECTED = expectations(DIGITS[:1400], "images", "v1")

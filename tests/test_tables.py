@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from tasks.config import IngestParams, PrepareParams, ValidateParams
-from tasks.errors import DataError, ValidationFailed
+from tasks.common.config import IngestParams, PrepareParams, ValidateParams
+from tasks.common.errors import DataError, ValidationFailed
 from tasks.ingest import ingest
 from tasks.prepare import prepare
 from tasks.validate import validate
@@ -98,8 +98,8 @@ def test_the_encoding_is_fitted_on_the_train_split_only(table_prepared):
 
 
 def test_served_rows_encode_exactly_as_prepare_encoded_them(table_prepared):
-    """tasks/rows.py (NumPy, in the Bento) against scikit-learn's output on the same rows, NaNs included."""
-    from tasks.rows import BadRow, encode_rows
+    """tasks/shipped/rows.py (NumPy, in the Bento) against scikit-learn's output on the same rows, NaNs included."""
+    from tasks.shipped.rows import BadRow, encode_rows
 
     meta = json.loads((table_prepared / "meta.json").read_text())
     test = pd.read_parquet(table_prepared / "test" / "rows.parquet").drop(columns=["label"])

@@ -17,8 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, project_copy, stop, wait_until_healthy
-from tests.test_pipeline_e2e import _env, _run
+from tests.conftest import free_port, project_copy, project_env, run_in, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 MODEL = "digits-classifier"
@@ -75,8 +74,8 @@ def _pipeline_against(server: str, base: Path) -> Path:
     params["evaluate"]["min_accuracy"] = 0.5
     params["compress"].update(finetune_epochs=2, calibrations=["minmax"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**_env(base), "MLFLOW_TRACKING_URI": server}
-    done = _run(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+    env = {**project_env(base), "MLFLOW_TRACKING_URI": server}
+    done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (root / "mlflow.db").exists()  # everything went to the server
     return root

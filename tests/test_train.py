@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from tasks.checkpoint import load_checkpoint
-from tasks.config import AugmentParams
-from tasks.dataset import load_split
+from tasks.common.config import AugmentParams
+from tasks.common.dataset import load_split
 from tasks.evaluate import classification_metrics, predict_proba
+from tasks.nn.checkpoint import load_checkpoint
 from tasks.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def _project(root, prepared, **train_params):
 
 def _stage(root, *launcher, wait=True):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [*launcher, "-m", "tasks", "train", "--root", str(root)]
+    cmd = [*launcher, "-m", "tasks.train", "--root", str(root)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

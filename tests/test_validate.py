@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks.errors import ValidationFailed
+from tasks.common.errors import ValidationFailed
 from tasks.validate import validate
 
 
@@ -130,7 +130,7 @@ def test_a_shifted_label_distribution_is_named(corrupted, params, tmp_path):
 def test_the_outcome_and_data_docs_are_logged_to_mlflow_pass_or_fail(corrupted, params, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import configure
+    from tasks.common.tracking import configure
 
     passed = validate(params.validate_, corrupted, tmp_path / "out", root=tmp_path, experiment="checks")
     assert passed.success

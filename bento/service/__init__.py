@@ -1,0 +1,199 @@
+"""The Bento service (the endpoints; the rest of this package by job): the model the pipeline chose, behind validated, adaptively batched HTTP endpoints.
+
+    POST /predict        {"images": N×H×W raw intensities}   → per image, its class and class probabilities
+    POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
+    POST /predict_rows   {"rows": [{column: value}, ...]} for a model trained on a table → the same per row
+    POST /predict_npy    a .npy file (N×H×W float32, or N×F) as the body → a .npy of N×C probabilities (bulk clients)
+    GET  /metadata       model name, registry version, variant, metrics, lineage, skew counts
+    GET  /recent_inputs  the last `recent_inputs` inputs served (for `mlops drift`)
+    and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
+
+The model is the ONNX file stored with the BentoML model whose tag the build passed in, run by ONNX Runtime:
+no pickle is ever loaded. Each request is checked (shape, dtype, finite values, intensity range, batch size)
+before it joins an adaptive batch, and answered 400 naming what is wrong. Uploads are decoded by the same
+function ingest uses for image folders (tasks/shipped/imaging.py, shipped in this Bento). A request body above
+`max_request_mb` is answered 413. With BENTO_API_KEY set where the service runs, every endpoint but health,
+metrics and docs needs the header `X-API-Key: <that value>` (401 otherwise).
+
+Train/serve skew (tasks/shipped/skew.py, shipped in this Bento): every input is checked against the statistics of the
+training inputs stored with the model; inputs outside them are still answered, and counted in the Prometheus
+counter `input_skew_violations_total{check=...}` and in /metadata. Requests refused for their shape, values
+or range are counted there too (check `shape`, `non_finite`, `value_range`). Requests with the header
+`X-Warm-Up: 1` (the serving front's warm-up) are answered but neither counted nor kept.
+
+    build.py       build arguments and the stored model's metadata
+    checks.py      request checks before batching
+    monitoring.py  train/serve skew counts and the latest inputs
+    guard.py       API key, size limit, one JSON shape for every 4xx
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+from bentoml.validators import ContentType
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+
+from bento.service.build import EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
+from bento.service.checks import Images, checked_images
+from bento.service.guard import Guard
+from bento.service.monitoring import SEEN
+from tasks.shipped.imaging import NotAnImage, decode_image
+from tasks.shipped.rows import BadRow, encode_rows
+
+NPY = "application/x-npy"
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="the most probable class")
+    probabilities: list[float] = Field(description="the probability of each class, in class order")
+
+
+# Return types with their media type stated: without it, BentoML works the media type out from the output's JSON
+# schema, generated anew for every response (a third of a worker's time under load, by py-spy).
+Predictions = Annotated[list[Prediction], ContentType("application/json")]
+OnePrediction = Annotated[Prediction, ContentType("application/json")]
+
+
+class Metadata(BaseModel):
+    registered_model: str
+    model_version: str
+    variant: str
+    bento_model: str
+    kind: str
+    input_shape: list[int]
+    pixel_max: float
+    metrics: dict
+    lineage: dict
+    compressed_model: dict = Field(default_factory=dict, description="the registry entry of the served variant")
+    expectations: dict = Field(default_factory=dict, description="the training inputs' statistics, per statistic")
+    skew: dict = Field(default_factory=dict, description="this worker's inputs checked against the training "
+                                                         "inputs' statistics, and the violations per check")
+
+
+class RecentInputs(BaseModel):
+    kind: str
+    count: int
+    inputs: list = Field(description="the last inputs this worker served, oldest first (N×H×W or N×F)")
+
+
+routes = FastAPI()  # the GET endpoints (BentoML's own are POST)
+
+
+@bentoml.service(name=args.service_name, workers=args.workers, threads=args.threads,
+                 traffic={"timeout": 30}, metrics={"enabled": True}, logging={"access": {"enabled": args.access_log}},
+                 # OpenTelemetry spans cost about a sixth of a worker's time (py-spy); with tracing off, every URL
+                 # is excluded from BentoML's tracing middleware (it matches this regex anywhere in the URL).
+                 tracing={} if args.tracing else {"excluded_urls": ["/"]})
+@bentoml.asgi_app(routes, path="/")
+class DigitsClassifier:
+    model_ref = MODEL
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        self.session = ort.InferenceSession(self.model_ref.path_of("model.onnx"), options, providers=providers)
+        self.session.run(None, {"images": np.zeros((1, *IMAGE_SHAPE), np.float32)})  # warm: the first run is slow
+        self.about = Metadata(
+            registered_model=META.get("registered_model", ""), model_version=str(META.get("model_version", "")),
+            variant=META.get("variant", ""), bento_model=str(self.model_ref.tag), kind=KIND,
+            input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
+            lineage=META.get("lineage", {}), compressed_model=META.get("compressed_model", {}),
+            expectations=EXPECTED or {})
+        for name in ("predict", "predict_rows", "predict_image"):
+            # BentoML looks an API method up on this instance for every request, and each lookup rebuilds the
+            # bound method with inspect.signature (an eighth of a worker's time, py-spy). An instance attribute
+            # shadows the class's non-data descriptor: bound once, here.
+            setattr(self, name, getattr(self, name))
+
+    def _probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    async def _infer(self, images: np.ndarray) -> np.ndarray:
+        """The batched endpoints' model call: on the event loop for a model that takes microseconds (no thread
+        hand-off), in a worker thread when `inline_inference` is off (a large model, a GPU)."""
+        if args.inline_inference:
+            return self._probabilities(images)
+        return await asyncio.to_thread(self._probabilities, images)
+
+    @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
+    async def predict(self, images: Images) -> Predictions:
+        """Classify a batch of images: N×H×W raw intensities in [0, pixel_max] (8×8 and 0–16 for the digits).
+
+        Concurrent requests are batched together (adaptive batching); each gets its own images' answers."""
+        probabilities = await self._infer(images)
+        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities]
+
+    @bentoml.api
+    def predict_rows(self, rows: Annotated[list[dict], Field(min_length=1)]) -> Predictions:
+        """Classify raw table rows ({column: value}, null for unknown) for a model trained on a table: encoded
+        with the imputation, scaling and one-hot encoding `prepare` fitted on the training split."""
+        if KIND != "table":
+            raise InvalidArgument("this model takes images (POST /predict), not table rows")
+        if len(rows) > args.max_images_per_request:
+            raise InvalidArgument(f"{len(rows)} rows in one request; the limit is {args.max_images_per_request}")
+        try:
+            features = encode_rows(rows, META["encoding"])
+        except BadRow as err:
+            raise InvalidArgument(str(err)) from err
+        SEEN.observe(features)
+        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in self._probabilities(features)]
+
+    @bentoml.api
+    def predict_image(self, image: Annotated[Path, ContentType("image/*")]) -> OnePrediction:
+        """Classify one uploaded PNG or JPEG: converted to grayscale and resized to the model's H×W with the same
+        code as training's image folders, its 0–255 intensities scaled to [0, pixel_max]."""
+        if KIND != "images":
+            raise InvalidArgument("this model takes table rows, not images")
+        try:
+            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE) * (PIXEL_MAX / 255.0)
+        except NotAnImage as err:
+            raise InvalidArgument(f"image: {err}") from err
+        SEEN.observe(pixels[None])
+        probabilities = self._probabilities(pixels[None])[0]
+        return Prediction(label=int(probabilities.argmax()), probabilities=probabilities.tolist())
+
+    @routes.get("/metadata")
+    def metadata(self) -> Metadata:
+        """Which model this is: registry name and version, compression variant, its test metrics and lineage;
+        and the skew this worker has seen: inputs checked, and violations per check."""
+        return self.about.model_copy(update={"skew": SEEN.summary()})
+
+    @routes.post("/predict_npy", response_class=Response, responses={200: {"content": {NPY: {}}}})
+    async def predict_npy(self, request: Request) -> Response:
+        """Classify a batch sent as a .npy file (the body; N×H×W raw intensities, or N×F encoded rows, any real
+        dtype): answered with a .npy file of N×C float32 probabilities. The same checks and model as /predict,
+        without JSON: for clients that send many images at a time. No pickled object arrays are read."""
+        from fastapi.responses import JSONResponse
+
+        try:
+            images = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+            if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+                raise ValueError(f"images must be real numbers; got dtype {images.dtype}")
+            images = checked_images(np.ascontiguousarray(images, dtype=np.float32))
+        except (ValueError, OSError, EOFError) as err:
+            return JSONResponse({"error": f"body: {err}"}, status_code=400)
+        probabilities = await self._infer(images)
+        out = io.BytesIO()
+        np.save(out, np.asarray(probabilities, dtype=np.float32), allow_pickle=False)
+        return Response(out.getvalue(), media_type=NPY)
+
+    @routes.get("/recent_inputs")
+    def recent_inputs(self) -> RecentInputs:
+        """The last inputs this worker answered (at most `recent_inputs` of them): what `mlops drift`
+        compares with the training data."""
+        kept = SEEN.latest()
+        return RecentInputs(kind=KIND, count=len(kept), inputs=kept)
+
+
+DigitsClassifier.add_asgi_middleware(Guard, max_bytes=int(args.max_request_mb * 1024 * 1024))

@@ -1,0 +1,55 @@
+"""What the build passed (params.yaml's `package` section, as BentoML build arguments) and what the stored model
+says about its inputs; resolved when `bentoml serve` imports the service, before any request."""
+
+from __future__ import annotations
+
+import bentoml
+from bentoml._internal.marshal import dispatcher
+from pydantic import BaseModel
+
+
+class ServiceArgs(BaseModel):
+    """Build arguments: params.yaml's `package` section (tasks/common/config.py PackageParams, the same names and
+    defaults: tests/test_structure.py), passed by the package stage with the model's tag."""
+
+    model_tag: str = "digits-classifier:latest"
+    service_name: str = "digits_classifier"
+    batching: bool = True
+    max_batch_size: int = 256
+    max_latency_ms: int = 1000
+    max_batch_wait_ms: float | None = 2.0
+    workers: int = 1
+    threads: int = 1
+    max_images_per_request: int = 1024
+    max_request_mb: float = 8.0
+    access_log: bool = False
+    tracing: bool = False
+    inline_inference: bool = True
+    recent_inputs: int = 2048
+
+
+args = bentoml.use_arguments(ServiceArgs)
+MODEL = bentoml.models.BentoModel(args.model_tag)
+META = MODEL.stored.info.metadata  # resolved at import: the request checks below need the input shape
+IMAGE_SHAPE = tuple(int(d) for d in META["input_shape"][1:])
+PIXEL_MAX = float(META["pixel_max"])
+KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /predict, rows already encoded
+EXPECTED = META.get("expectations")  # the training inputs' statistics (package stage); None: not checked
+
+
+class _CappedWait(dispatcher.Optimizer):
+    """BentoML's batching optimizer with its learned wait capped at `max_batch_wait_ms`.
+
+    BentoML's CorkDispatcher holds a request back, for company, about as long as the recent batches' first requests
+    waited: the mean of its last 50 waits, refreshed every 5 s. After a burst (requests queued behind busy batches)
+    that mean is high and feeds itself, so at a steady 200 requests/s a lone request kept waiting about 10 ms for
+    minutes (p99 6-31 ms across runs). Capped, a request waits at most about the cap for company; under load, the
+    requests that arrive while a batch runs still form the next batch."""
+
+    def trigger_refresh(self) -> None:
+        super().trigger_refresh()
+        self.wait = min(self.wait, args.max_batch_wait_ms / 1000)
+
+
+if args.max_batch_wait_ms is not None:
+    dispatcher.Optimizer = _CappedWait  # read by CorkDispatcher.__init__, which runs after this module is imported

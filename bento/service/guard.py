@@ -1,0 +1,106 @@
+"""The error guard in front of every endpoint (ASGI middleware): the API key, the request size limit, malformed
+multipart bodies, and one JSON shape for every 4xx answer."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+from bento.service.build import args
+from bento.service.monitoring import WARM_UP
+
+API_KEY_ENV = "BENTO_API_KEY"
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
+
+
+class Guard:
+    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the request size limit (413), a multipart
+    body without a boundary (400, where BentoML's parser would answer 500), and one shape for every error answer:
+    a JSON object whose `error` names the problem (BentoML answers a validation error with a generic `error` and
+    the reasons in `detail`, and its InvalidArgument with a one-element list)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+        self.key = os.environ.get(API_KEY_ENV, "").encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        send = _plain_errors(send)
+        headers = dict(scope["headers"])
+        if headers.get(b"x-warm-up") == b"1":
+            WARM_UP.set(True)  # this request's context only: each ASGI request runs in a task of its own
+        if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
+            return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
+                                            f"(the value of {API_KEY_ENV} where the service runs)")
+        kind = headers.get(b"content-type", b"").lower()
+        if kind.startswith(b"multipart/") and b"boundary=" not in kind:
+            return await _reply(send, 400, "a multipart/form-data request needs a boundary in its Content-Type")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _reply(send, 413, f"request body of {int(declared)} bytes; the limit is {self.max_bytes} "
+                                            f"({args.max_request_mb:g} MB): send fewer images per request")
+        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # A chunked body has no declared length: read it up to the limit, then hand it on.
+            messages, size = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    return await _reply(send, 413, f"request body above the limit of {self.max_bytes} bytes")
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            replay = iter(messages)
+
+            async def receive_replayed():
+                return next(replay, None) or await receive()
+
+            return await self.app(scope, receive_replayed, send)
+        return await self.app(scope, receive, send)
+
+
+def _plain_errors(send):
+    """Wrap `send` so that a 4xx answer's body becomes {"error": "<what is wrong>", ...}; other answers pass as sent."""
+    held: dict = {}
+
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            held["start"], held["body"] = message, b""
+            return
+        if "start" not in held:
+            return await send(message)
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = _error_body(held["body"])
+        headers = [(k, v) for k, v in held["start"]["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        await send({**held["start"], "headers": [*headers, (b"content-type", b"application/json"),
+                                                  (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return sending
+
+
+def _error_body(raw: bytes) -> bytes:
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return json.dumps({"error": raw.decode(errors="replace")[:2000]}).encode()
+    if isinstance(found, list) and len(found) == 1 and isinstance(found[0], dict):
+        found = found[0]  # BentoML's InvalidArgument answer
+    if not isinstance(found, dict):
+        return json.dumps({"error": str(found)[:2000]}).encode()
+    if isinstance(found.get("detail"), list) and found["detail"]:  # a validation error: its reasons, named
+        reasons = [f"{'.'.join(map(str, d.get('loc', ()))) or 'body'}: {str(d.get('msg', '')).removeprefix('Value error, ')}"
+                   for d in found["detail"] if isinstance(d, dict)]
+        found["error"] = "; ".join(reasons) or found.get("error", "")
+    return json.dumps(found).encode()
+
+
+async def _reply(send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,0 @@
-import sys
-
-from tasks.cli import main
-
-sys.exit(main())

@@ -1,0 +1,214 @@
+"""params.yaml, typed once: one frozen model per section, loaded and validated here only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.common.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(Section):
+    seed: int = 42
+    experiment: str = "digits-pipeline"
+
+
+class IngestParams(Section):
+    source: Literal["digits", "arrays", "idx", "images", "table"] = "digits"
+    path: str = ""  # a folder (or, for `table`, a file) under data/sources: see data/sources/README.md
+    image_size: tuple[int, int] = (28, 28)  # `images` only: every image is resized to this (H, W)
+    label_column: str = "label"  # `table` only: the column holding the integer class id
+
+    @model_validator(mode="after")
+    def _sources_need_a_path(self) -> IngestParams:
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"source '{self.source}' needs ingest.path (under data/sources)")
+        return self
+
+
+class PrepareParams(Section):
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    pixel_max: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10 % for training")
+        return self
+
+
+class ValidateParams(Section):
+    min_rows_per_class: int = Field(20, ge=1)
+    max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
+    drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
+    max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
+    max_null_fraction: float = Field(0.05, ge=0, le=1)  # tables: share of missing values allowed per column
+    table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
+    max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
+    image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
+    labels: tuple[int, ...] = tuple(range(10))
+    value_min: float = 0.0
+    value_max: float = 1.0
+
+
+class AugmentParams(Section):
+    """Random affine per training image, on the device; all zero turns it off."""
+
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees, either way
+    scale: float = Field(0.1, ge=0, lt=1)  # zoom by up to ±this
+    shift: float = Field(0.1, ge=0, lt=0.5)  # move by up to ±this share of the image side
+
+
+class TrainParams(Section):
+    model: Literal["cnn", "mlp", "vit"] = "cnn"
+    cnn_channels: tuple[int, int, int] = (32, 64, 128)
+    mlp_hidden: tuple[int, ...] = (256, 128)
+    vit_patch: int = Field(2, ge=1)  # must divide the image side
+    vit_dim: int = Field(64, ge=8)
+    vit_depth: int = Field(4, ge=1)
+    vit_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)  # the global batch: each of N torchrun processes takes batch_size / N
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(0.002, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = Field(0.0001, ge=0)
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentParams = AugmentParams()
+    patience: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (needs a C compiler; pays off on long GPU runs)
+    threads: int = Field(0, ge=0)  # CPU threads; 0: the cores shared among the processes on this machine
+    preload_max_mb: float = Field(256, ge=0)  # inputs up to this size go to the device once; larger ones stream from disk
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrainParams:
+        if self.model == "vit" and self.vit_dim % self.vit_heads:
+            raise ValueError(f"vit_dim ({self.vit_dim}) must be a multiple of vit_heads ({self.vit_heads})")
+        return self
+
+
+class EvaluateParams(Section):
+    registered_model: str = "digits-classifier"
+    min_accuracy: float = Field(0.97, ge=0, le=1)
+    min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
+    max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
+    significance: float = Field(0.05, gt=0, lt=1)  # the paired test's level: a gain this likely by chance is not one
+    paired_test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # tasks/evaluate/gate.py
+
+
+class CompressParams(Section):
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+    objective: Literal["latency_b1", "latency_b64", "size"] = "size"
+    prune_ratio: float = Field(0.5, ge=0, lt=1)
+    finetune_epochs: int = Field(15, ge=0)
+    distill_weight: float = Field(0.7, ge=0, le=1)  # share of the fine-tune loss taken from the fp32 teacher
+    distill_temperature: float = Field(4.0, gt=0)
+    calibration_samples: int = Field(2048, ge=1)
+    calibrations: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(("minmax", "percentile"), min_length=1)
+    latency_repeats: int = Field(50, ge=3)
+
+
+class PackageParams(Section):
+    """The Bento's build arguments: how the service batches, scales and limits requests."""
+
+    bento_model: str = "digits-classifier"
+    service_name: str = "digits_classifier"
+    batching: bool = True  # adaptive batching of concurrent /predict requests
+    max_batch_size: int = Field(256, ge=1)  # images per batch, at most
+    max_latency_ms: int = Field(1000, ge=1)  # a request queued longer than this is answered 503 (overload shedding)
+    max_batch_wait_ms: float | None = Field(2.0, ge=0)  # the batcher's learned wait for company, capped; None: uncapped
+    workers: int = Field(1, ge=1)  # server processes
+    threads: int = Field(1, ge=1)  # threads per process for the model (ONNX Runtime intra-op)
+    max_images_per_request: int = Field(1024, ge=1)
+    max_request_mb: float = Field(8.0, gt=0)  # larger request bodies are answered 413
+    access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
+    inline_inference: bool = True  # /predict's model call on the event loop (a fast model); false: a worker thread
+    tracing: bool = False  # OpenTelemetry spans per request (export them with BentoML's tracing config)
+    recent_inputs: int = Field(2048, ge=1)  # inputs each worker keeps for GET /recent_inputs (drift checks)
+
+    def build_args(self) -> dict:
+        """The Bento's build arguments (bento/service/build.py ServiceArgs): every knob but the model store's name."""
+        return self.model_dump(exclude={"bento_model"})
+
+
+class PromoteParams(Section):
+    """The serving check a candidate passes before `champion` moves to it (tasks/promote.py)."""
+
+    readiness_samples: int = Field(256, ge=1)  # test-split inputs sent to the candidate Bento
+    readiness_timeout_seconds: float = Field(120, gt=0)  # to start and answer /readyz
+    max_probability_diff: float = Field(1e-4, ge=0)  # largest |served - in-process| probability tolerated
+
+
+class DriftParams(Section):
+    """Served inputs against the training data (tasks/ops/drift.py, flows/drift.py; no stage reads these)."""
+
+    max_shift: float = Field(0.25, gt=0)  # a statistic's served mean may move this many training std devs
+    min_samples: int = Field(200, ge=1)  # fewer recent inputs than this: too few to judge, no verdict
+
+
+class PipelineParams(Section):
+    """How the Prefect flow runs the stages (no stage reads these)."""
+
+    stage_timeout_minutes: float = Field(120, gt=0)  # a stage running longer is stopped and fails the run
+    retries: int = Field(2, ge=0)  # for transient failures only: a crash, a kill, a lost connection
+    retry_delay_seconds: float = Field(10, ge=0)  # doubled at each retry
+
+
+class RolloutParams(Section):
+    """Replacing a running service after a promotion (bento/front.py; no stage reads these)."""
+
+    admin_url: str = ""  # the serving front's admin address, e.g. http://127.0.0.1:3001; empty: no service to replace
+    ready_timeout_seconds: float = Field(120, gt=0)  # a new Bento not ready by then is stopped; the old one stays
+    drain_timeout_seconds: float = Field(30, ge=0)  # the old Bento's in-flight requests get this long to finish
+
+
+class Params(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    base: BaseParams = BaseParams()
+    ingest: IngestParams = IngestParams()
+    prepare: PrepareParams = PrepareParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    compress: CompressParams = CompressParams()
+    package: PackageParams = PackageParams()
+    promote: PromoteParams = PromoteParams()
+    drift: DriftParams = DriftParams()
+    pipeline: PipelineParams = PipelineParams()
+    rollout: RolloutParams = RolloutParams()
+
+    def as_dict(self) -> dict:
+        """The resolved config, with the section names of params.yaml."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def load_params(path: Path) -> Params:
+    """Read and check params.yaml; any unknown or ill-typed key fails with its dotted name."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path} not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from err

@@ -1,0 +1,36 @@
+"""The named errors a user can meet; the command line turns them into a one-line message and an exit code."""
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline reports to a user.
+
+    `retryable`: whether running the stage again can help. Bad params, bad data and refused promotions cannot,
+    so no pipeline error is retried unless its class says so; a crash or a kill (no pipeline error) is.
+    """
+
+    exit_code = 1
+    retryable = False
+
+
+class ConfigError(PipelineError):
+    """params.yaml is missing, malformed, or has an unknown or ill-typed key."""
+
+    exit_code = 2
+
+
+class DataError(PipelineError):
+    """Input data cannot be read or split."""
+
+    exit_code = 3
+
+
+class ValidationFailed(PipelineError):
+    """A data version failed its Great Expectations suite."""
+
+    exit_code = 4
+
+
+class PromotionError(PipelineError):
+    """The registry or the model store refused a step."""
+
+    exit_code = 5

@@ -1,0 +1,104 @@
+"""The small JSON files one step hands to the next, each typed once here: one writer, one reader, no string keys.
+
+Each is a frozen pydantic model written atomically (`write`) and read back validated (`read`), so a field
+renamed by its writer fails loudly in its reader instead of reading as missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.common.atomic import write_with
+
+OUTCOME_ENV = "PIPELINE_OUTCOME_FILE"  # where a stage's command line writes its StageOutcome, when set
+
+T = TypeVar("T", bound="Output")
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_with(path, lambda tmp: tmp.write_text(self.model_dump_json(indent=2) + "\n"))
+
+    @classmethod
+    def read(cls: type[T], path: Path) -> T:
+        return cls.model_validate_json(path.read_text())
+
+
+class StageOutcome(Output):
+    """What one stage command did: its figures, or the error that stopped it and whether a retry can help."""
+
+    stage: str
+    ok: bool
+    result: dict[str, Any] = {}
+    error: str = ""  # the PipelineError's class name
+    message: str = ""
+    retryable: bool = False
+
+
+class TrainRun(Output):
+    """artifacts/train/run.json: the MLflow run `train` opened; later stages log into the same run."""
+
+    run_id: str
+    experiment_id: str
+
+
+class GateDecision(Output):
+    """The paired gate's decision on one registered version (tasks/evaluate/gate.py)."""
+
+    version: str
+    passed: bool  # the gate let it through: the promote stage may make it champion
+    reason: str
+    previous_champion: str | None
+    champion_accuracy: float | None = None  # on this run's test split
+    improvement: float | None = None
+    test: str | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    lower_bound: float | None = None  # of the accuracy gain, one-sided at confidence 1 - significance
+    class_regressions: dict[str, float] = {}
+
+
+class GateResult(GateDecision):
+    """artifacts/evaluate/gate.json: the decision and the test split it was made on (evaluate → package, promote,
+    the run report)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    test_split_md5: str = Field(alias="test_split.md5")  # what both models were scored on
+    test_split_dvc_md5: str = Field(alias="test_split.dvc_md5")
+
+
+class CompressChoice(Output):
+    """artifacts/compress/choice.json: the shipped variant and what a server needs to feed it (compress → package,
+    promote)."""
+
+    variant: str
+    reason: str
+    pixel_max: float
+    kind: str  # images | table
+    input_shape: list[int]  # with the batch axis first, as the ONNX model takes it
+    n_classes: int
+
+
+class BentoBuild(Output):
+    """artifacts/package/bento.json: the BentoML model and the Bento built around it (package → promote, roll-out)."""
+
+    model_tag: str
+    bento_tag: str
+
+
+class Promotion(Output):
+    """artifacts/promote/promotion.json: whether the version became champion, and why (promote → report, roll-out)."""
+
+    version: str
+    promoted: bool
+    reason: str
+    previous_champion: str | None
+    readiness: dict[str, Any] | None = None  # what the serving check saw
+    bento_tag: str

@@ -1,0 +1,59 @@
+"""The command line every stage shares: `python -m tasks.<stage>`, what dvc.yaml runs.
+
+It loads params.yaml, runs the stage's `run(params, layout)`, prints a one-line summary, and turns a pipeline
+error into a one-line message and its exit code (the traceback only with --debug). With PIPELINE_OUTCOME_FILE
+set (the Prefect flow sets it for each stage), the outcome is also written there as JSON (the result's figures,
+or the error's class, message and whether retrying can help), so the flow never parses printed text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks.common.errors import PipelineError
+from tasks.common.layout import Layout
+from tasks.common.outputs import OUTCOME_ENV, StageOutcome
+
+
+def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: the current directory)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on error")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    layout = Layout(args.root.resolve())
+    try:
+        from tasks.common.config import load_params
+
+        result = run(load_params(layout.params), layout)
+    except PipelineError as err:
+        _record(StageOutcome(stage=stage, ok=False, error=type(err).__name__, message=str(err),
+                             retryable=err.retryable))
+        if args.debug:
+            raise
+        print(f"error in stage {stage}: {type(err).__name__}: {err}", file=sys.stderr)
+        return err.exit_code
+    figures = _figures(result)
+    _record(StageOutcome(stage=stage, ok=True, result=figures))
+    print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+    return 0
+
+
+def _figures(result: object) -> dict:
+    """The result's small fields (a long table or a list of failures stays in the stage's own files)."""
+    if not dataclasses.is_dataclass(result):
+        return {}
+    shown = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("table", "failures")}
+    return {k: v.item() if hasattr(v, "item") else v for k, v in shown.items()}  # NumPy scalars as Python numbers
+
+
+def _record(outcome: StageOutcome) -> None:
+    path = os.environ.get(OUTCOME_ENV)
+    if path:
+        outcome.write(Path(path))

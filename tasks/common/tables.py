@@ -1,0 +1,112 @@
+"""Tables (CSV or Parquet): reading one with its label column, and the feature encoding fitted on the train split.
+
+The encoding is scikit-learn's: numeric columns get median imputation then standardisation, categorical
+(text) columns most-frequent imputation then one-hot encoding, with categories never seen in training
+encoded as all zeros. It is fitted on the train split only and described in JSON (`describe`) so that the
+service can apply the same transform without unpickling anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.common.errors import DataError
+
+TABLE_SUFFIXES = {".csv", ".parquet", ".pq"}
+LABEL = "label"  # the raw data version names the label column this, whatever the source called it
+
+
+def find_table(path: Path) -> Path:
+    """`path` itself when it is a table file, else the one table file in the folder `path`."""
+    if path.is_file():
+        return path
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES) if path.is_dir() else []
+    if len(found) != 1:
+        raise DataError(f"{path}: expected one .csv or .parquet file, found {[p.name for p in found] or 'none'}")
+    return found[0]
+
+
+def read_table(path: Path, label_column: str) -> pd.DataFrame:
+    """The table at `path` with its label column renamed `label` (integer class ids) and placed last."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: not a table (expected .csv or .parquet, found '{suffix}')")
+    try:
+        frame = pd.read_parquet(path) if suffix in (".parquet", ".pq") else pd.read_csv(path)
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: the file is empty (no header, no rows)") from err
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"{path}: not a readable {suffix[1:]} table ({err})") from err
+    if label_column not in frame.columns:
+        raise DataError(f"{path}: no label column '{label_column}' (ingest.label_column); columns are {list(frame.columns)}")
+    if label_column != LABEL and LABEL in frame.columns:
+        raise DataError(f"{path}: has a feature column named '{LABEL}' besides the label column '{label_column}'")
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    labels = frame.pop(label_column)
+    if labels.isna().any():
+        raise DataError(f"{path}: {int(labels.isna().sum())} row(s) have no label in '{label_column}'")
+    if not pd.api.types.is_integer_dtype(labels) and not (pd.api.types.is_float_dtype(labels) and (labels % 1 == 0).all()):
+        raise DataError(f"{path}: labels in '{label_column}' must be integer class ids, found dtype {labels.dtype} "
+                        f"(e.g. {labels.iloc[0]!r})")
+    frame[LABEL] = labels.astype(np.int64)
+    if frame.shape[1] < 2:
+        raise DataError(f"{path}: has no feature columns besides the label")
+    return frame
+
+
+def feature_kinds(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns (everything that is not numeric is categorical)."""
+    features = [c for c in frame.columns if c != LABEL]
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    return numeric, [c for c in features if c not in numeric]
+
+
+def fit_encoder(train: pd.DataFrame):
+    """A ColumnTransformer fitted on the train rows: imputation, scaling and one-hot encoding."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric, categorical = feature_kinds(train)
+    encoder = ColumnTransformer(
+        [("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+         ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                       OneHotEncoder(handle_unknown="ignore", sparse_output=False)), categorical)],
+        sparse_threshold=0.0,
+    )
+    encoder.fit(_as_strings(train.drop(columns=[LABEL]), categorical))
+    return encoder
+
+
+def encode(encoder, frame: pd.DataFrame) -> np.ndarray:
+    """Features as a float32 N×F matrix."""
+    _, categorical = feature_kinds(frame)
+    return encoder.transform(_as_strings(frame.drop(columns=[LABEL]), categorical)).astype(np.float32)
+
+
+def describe(encoder) -> dict:
+    """The fitted transform as plain JSON: enough to apply it anywhere, in the order of the feature matrix."""
+    spec: dict = {"numeric": [], "categorical": []}
+    for name, steps, columns in encoder.transformers_:
+        if name == "numeric" and columns:
+            imputer, scaler = steps.steps[0][1], steps.steps[1][1]
+            spec["numeric"] = [{"column": c, "fill": float(f), "mean": float(m), "scale": float(s)}
+                               for c, f, m, s in zip(columns, imputer.statistics_, scaler.mean_, scaler.scale_)]
+        if name == "categorical" and columns:
+            imputer, onehot = steps.steps[0][1], steps.steps[1][1]
+            spec["categorical"] = [{"column": c, "fill": str(f), "categories": [str(v) for v in cats]}
+                                   for c, f, cats in zip(columns, imputer.statistics_, onehot.categories_)]
+    return spec
+
+
+def _as_strings(frame: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """Categorical columns as object strings with NaN kept (what SimpleImputer and OneHotEncoder expect)."""
+    frame = frame.copy()
+    for column in categorical:
+        frame[column] = frame[column].astype(object).map(lambda v: np.nan if pd.isna(v) else str(v))
+    return frame

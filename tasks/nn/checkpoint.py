@@ -1,0 +1,46 @@
+"""Model checkpoints: weights plus everything needed to rebuild the model, loaded without unpickling code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tasks.common.atomic import write_with
+from tasks.common.config import TrainParams
+from tasks.nn.models import build_model
+
+
+def save_checkpoint(path: Path, model: nn.Module, *, params: dict, input_shape, n_classes: int, extra: dict) -> None:
+    """Write weights, the resolved config and provenance atomically."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "params": params,
+        "input_shape": list(input_shape),
+        "n_classes": n_classes,
+        **extra,
+    }
+    write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes, in eval mode on the CPU, and return it with the payload."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    train_params = TrainParams.model_validate(payload["params"]["train"])
+    model = build_model(train_params, tuple(payload["input_shape"]), payload["n_classes"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """The resumable state after an epoch (weights, optimizer, schedule, RNG, history), written atomically."""
+    write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: Path, fingerprint: str) -> dict | None:
+    """The state saved by an interrupted run of the same params and data, or None (nothing to resume)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None

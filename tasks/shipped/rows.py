@@ -1,0 +1,55 @@
+"""Raw table rows → the model's feature matrix, with the encoding `prepare` fitted (data/prepared/meta.json).
+
+NumPy only, so the Bento ships it (its /predict_rows) and a served row is encoded exactly as the training rows
+were by scikit-learn: a missing numeric value takes the train median, then (x - mean) / scale; a missing text
+value takes the most frequent train category, then one-hot over the train categories (an unseen one: all zeros).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class BadRow(ValueError):
+    """A row that cannot be encoded; the message names the row and the column."""
+
+
+def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
+    """An N×F float32 matrix, in the column order of `spec` (tasks.common.tables.describe)."""
+    numeric, categorical = spec["numeric"], spec["categorical"]
+    expected = [c["column"] for c in numeric] + [c["column"] for c in categorical]
+    width = len(numeric) + sum(len(c["categories"]) for c in categorical)
+    out = np.zeros((len(rows), width), dtype=np.float32)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadRow(f"row {i}: expected an object of column → value, got {type(row).__name__}")
+        missing = [c for c in expected if c not in row]
+        unknown = [c for c in row if c not in expected]
+        if missing or unknown:
+            raise BadRow(f"row {i}: " + "; ".join(
+                part for part in (f"missing columns {missing} (send null for an unknown value)" if missing else "",
+                                  f"unknown columns {unknown}" if unknown else "") if part)
+                + f"; the columns are {expected}")
+        for j, column in enumerate(numeric):
+            value = row[column["column"]]
+            if _missing(value):
+                value = column["fill"]
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadRow(f"row {i}, column '{column['column']}': expected a number or null, got {value!r}")
+            elif not math.isfinite(value):
+                raise BadRow(f"row {i}, column '{column['column']}': {value} is not a finite number")
+            out[i, j] = (float(value) - column["mean"]) / column["scale"]
+        offset = len(numeric)
+        for column in categorical:
+            value = row[column["column"]]
+            value = column["fill"] if _missing(value) else str(value)
+            if value in column["categories"]:
+                out[i, offset + column["categories"].index(value)] = 1.0
+            offset += len(column["categories"])
+    return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,110 @@
+"""The layout keeps its promises: every stage's dvc.yaml deps cover exactly the code it can run (so DVC never
+skips a stage whose code changed, and never re-runs one for code it does not use), every config field is written
+in params.yaml, and the service's build arguments are the `package` section."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+
+import pytest
+import yaml
+
+from tests.structure import REPO, closure
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+CODE_ROOTS = ("tasks", "flows", "bento", "cli")
+
+
+def _entry_module(stage: str) -> str:
+    program, flag, module, *_ = shlex.split(DVC[stage]["cmd"])
+    assert (program, flag) == ("python", "-m"), f"stage {stage}: expected `python -m <module>`, found {DVC[stage]['cmd']}"
+    return module
+
+
+def _code_deps(stage: str) -> list[str]:
+    return [dep for dep in DVC[stage]["deps"] if dep.split("/")[0] in CODE_ROOTS]
+
+
+def _covered(rel: str, deps: list[str]) -> bool:
+    return any(rel == dep or rel.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def _shipped(stage: str) -> set[str]:
+    """Files a stage reads as data rather than importing: the Bento's sources, for `package`."""
+    if stage != "package":
+        return set()
+    from tasks.package import shipped_files
+
+    return {*shipped_files(REPO / "bento"), "bento/bentofile.yaml"}
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_a_stages_deps_cover_every_module_its_command_can_import(stage):
+    files = {str(p.relative_to(REPO)) for p in closure(_entry_module(stage))}
+    missing = sorted(f for f in files if not _covered(f, DVC[stage]["deps"]))
+    assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them (or a folder above) in deps"
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_a_stage_depends_on_no_code_it_does_not_run(stage):
+    files = {str(p.relative_to(REPO)) for p in closure(_entry_module(stage))} | _shipped(stage)
+    unused = [dep for dep in _code_deps(stage) if not any(_covered(f, [dep]) for f in files)]
+    assert not unused, f"dvc.yaml stage {stage} depends on {unused}, which its command never imports"
+    assert not any(f.startswith(("cli/", "flows/")) for f in files), "a stage imports a command line or a flow"
+
+
+def test_the_closure_follows_imports_inside_functions(tmp_path):
+    """The check above is only as good as the import reader: a lazy import must count."""
+    (tmp_path / "tasks" / "demo").mkdir(parents=True)
+    (tmp_path / "tasks" / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "demo" / "__init__.py").write_text("def run():\n    from tasks.helper import x\n")
+    (tmp_path / "tasks" / "demo" / "__main__.py").write_text("from tasks.demo import run\n")
+    (tmp_path / "tasks" / "helper.py").write_text("import json\nfrom tasks import other\n")
+    (tmp_path / "tasks" / "other.py").write_text("")
+    found = {str(p.relative_to(tmp_path)) for p in closure("tasks.demo", tmp_path)}
+    assert found == {"tasks/__init__.py", "tasks/demo/__init__.py", "tasks/demo/__main__.py", "tasks/helper.py",
+                     "tasks/other.py"}
+
+
+def _fields(model, prefix: str = ""):
+    """Every leaf field of a params model, as dotted keys, descending into nested sections."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _fields(annotation, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_every_config_field_is_written_in_params_yaml():
+    """params.yaml holds every knob: a default that lives only in code is a knob nobody can find."""
+    from tasks.common.config import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    missing = []
+    for dotted in _fields(Params):
+        node = raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(dotted)
+                break
+            node = node[part]
+    assert not missing, f"config fields with no value in params.yaml: {missing}"
+
+
+def test_the_services_build_arguments_are_the_package_section():
+    """Same names, same defaults: bento/service/build.py's ServiceArgs (read from its source: importing it needs a model)
+    against PackageParams, so a knob added to one and not the other fails here."""
+    from tasks.common.config import PackageParams
+
+    tree = ast.parse((REPO / "bento/service/build.py").read_text())
+    service_args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServiceArgs")
+    declared = {node.target.id: ast.literal_eval(node.value) for node in service_args.body
+                if isinstance(node, ast.AnnAssign)}
+    declared.pop("model_tag")  # the package stage's, not a param
+    expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PackageParams().build_args().items()}
+    assert declared == expected
