@@ -71,14 +71,14 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
     return result
 
 
-def _training_expectations(prepared_dir: Path, choice: dict, lineage: dict) -> dict:
+def _training_expectations(prepared_dir: Path, choice: CompressChoice, lineage: dict) -> dict:
     """The training split's input statistics, in the units the service receives (tasks/shipped/skew.py)."""
     from tasks.common.dataset import load_split, served_inputs
     from tasks.shipped.skew import expectations
 
     train = load_split(prepared_dir / "train", mmap=True)
     version = lineage.get("dvc.data/prepared") or lineage.get("data.train.md5", "unknown")
-    return expectations(served_inputs(train.x, choice["pixel_max"]), choice.get("kind", "images"), version)
+    return expectations(served_inputs(train.x, choice.pixel_max), choice.kind, version)
 
 
 def build_bento(onnx_path: Path, metadata: dict, labels: dict, cfg: PackageParams, bento_dir: Path) -> PackageResult:
