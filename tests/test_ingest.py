@@ -116,6 +116,7 @@ def test_a_source_folder_that_is_missing_is_named(tmp_path):
 def test_the_stages_run_on_each_source(tmp_path, digits, source):
     """ingest → prepare → validate → train (and compress, for the table's MLP) through the command line dvc.yaml calls."""
     import json
+    from importlib import import_module
 
     import yaml
 
@@ -145,8 +146,8 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
     params["train"].update(epochs=12, patience=12)
     params["validate"]["min_rows_per_class"] = 5   # the image fixture is small: 100 images a class
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in stages:
-        assert main([stage, "--root", str(tmp_path)]) == 0, stage
+    for stage in stages:  # each stage's `python -m tasks.<stage>`, in this process
+        assert main(stage, import_module(f"tasks.{stage}").run, ["--root", str(tmp_path)]) == 0, stage
     assert json.loads((tmp_path / "artifacts" / "validate" / "report.json").read_text())["success"] is True
     assert json.loads((tmp_path / "artifacts" / "train" / "metrics.json").read_text())["val_accuracy"] > 0.5
     if source == "table":  # the MLP over encoded rows exports, quantizes and is measured like the image models
