@@ -21,13 +21,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rollout = commands.add_parser("rollout", help="replace the running Bento with another, without downtime")
     rollout.add_argument("bento", nargs="?", help="Bento tag, e.g. digits_classifier:abc123 (default: the Bento of "
                          "the registry's champion, e.g. after `mlops rollback`)")
-    rollout.add_argument("--root", type=Path, default=Path.cwd(), help="project root, to find the champion's Bento")
+    rollout.add_argument("--root", type=Path, default=Path.cwd(), help="project root: the champion's Bento, and "
+                         "the front's admin token in .serving/ (or FRONT_ADMIN_TOKEN)")
     rollout.add_argument("--admin", default="http://127.0.0.1:3001")
     rollout.add_argument("--ready-timeout", type=float, help="seconds the new Bento gets to become ready "
                          "(default: the front's, rollout.ready_timeout_seconds)")
     rollout.set_defaults(run=run_rollout)
     status = commands.add_parser("status", help="what the front serves, since when, and the roll-outs so far")
     status.add_argument("--admin", default="http://127.0.0.1:3001")
+    status.add_argument("--root", type=Path, default=Path.cwd(), help="project root: the front's admin token in "
+                        ".serving/ (or FRONT_ADMIN_TOKEN)")
     status.set_defaults(run=run_status)
 
 
@@ -59,7 +62,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    from bento.front.admin import request_rollout
+    from bento.front.admin import admin_token, request_rollout
     from bento.front.supervisor import BackendFailed
     from flows.rollout import champion_bento
     from tasks.common.config import load_params
@@ -68,7 +71,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     _logging()
     try:
         tag = args.bento or champion_bento(args.root.resolve(), load_params(args.root / "params.yaml"))
-        print(json.dumps(request_rollout(args.admin, tag, args.ready_timeout), indent=2))
+        token = admin_token(args.root.resolve() / ".serving")
+        print(json.dumps(request_rollout(args.admin, tag, token, args.ready_timeout), indent=2))
     except (BackendFailed, PipelineError) as err:
         print(f"roll-out failed: {err}", file=sys.stderr)
         return 1
@@ -76,11 +80,11 @@ def run_rollout(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from bento.front.admin import serving_status
+    from bento.front.admin import admin_token, serving_status
     from bento.front.supervisor import BackendFailed
 
     try:
-        print(json.dumps(serving_status(args.admin), indent=2))
+        print(json.dumps(serving_status(args.admin, admin_token(args.root.resolve() / ".serving")), indent=2))
     except BackendFailed as err:
         print(f"front: {err}", file=sys.stderr)
         return 1

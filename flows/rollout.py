@@ -16,7 +16,7 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
     Raises bento.front.supervisor.BackendFailed when the front cannot be reached or the new Bento did not become ready
     (the old one is then still serving).
     """
-    from bento.front.admin import request_rollout, serving_status
+    from bento.front.admin import admin_token, request_rollout, serving_status
     from tasks.common.outputs import BentoBuild, Promotion
 
     promotion = Promotion.read(root / "artifacts/promote/promotion.json")
@@ -25,9 +25,10 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
         return {"action": "none", "reason": "no serving front configured (rollout.admin_url is empty)"}
     if not promotion.promoted:
         return {"action": "kept", "reason": f"version {promotion.version} was not promoted"}
-    if serving_status(admin_url)["bento"] == bento:
+    token = admin_token(root / ".serving")  # the front's, when it runs from this project (else FRONT_ADMIN_TOKEN)
+    if serving_status(admin_url, token)["bento"] == bento:
         return {"action": "kept", "reason": f"the front already serves {bento}", "bento": bento}
-    record = request_rollout(admin_url, bento, ready_timeout_s)
+    record = request_rollout(admin_url, bento, token, ready_timeout_s)
     return {"action": "rolled out", "reason": f"version {promotion.version} promoted to champion", **record}
 
 

@@ -44,7 +44,7 @@ def render(summary: dict) -> str:
         "",
         "Next:",
         "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
-        f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']}",
+        f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']} --host 127.0.0.1",
         "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
     ])
 

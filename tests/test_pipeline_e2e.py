@@ -219,13 +219,17 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
                               str(admin_port)], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)  # no --bento: it starts the champion's Bento
     try:
-        wait_until_healthy(front, f"{admin}/status", "the serving front")
-        assert httpx.get(f"{admin}/status").json()["bento"] == served
+        wait_until_healthy(front, f"{admin}/healthz", "the serving front")
+        token_file = root / ".serving/admin-token"  # generated at start; the pipeline's roll-out step reads it
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {token_file.read_text()}"}
+        assert httpx.get(f"{admin}/status").status_code == 401
+        assert httpx.get(f"{admin}/status", headers=auth).json()["bento"] == served
         done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push", "--set", "compress.latency_repeats=20",
                     "--set", f"rollout.admin_url={admin}")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         rebuilt = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
-        status = httpx.get(f"{admin}/status").json()
+        status = httpx.get(f"{admin}/status", headers=auth).json()
         assert rebuilt != served and status["bento"] == rebuilt and status["history"][-1]["from"] == served
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"images": [[[0.0] * 8] * 8]}, timeout=30)
         assert answer.status_code == 200 and answer.headers["x-bento-tag"] == rebuilt

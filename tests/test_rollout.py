@@ -19,6 +19,8 @@ from tasks.common.outputs import BentoBuild, Promotion
 from tests.conftest import REPO, build_bentos, free_port, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
+ADMIN_TOKEN = "the-admin-token"  # FRONT_ADMIN_TOKEN for the front and its clients here
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0], [0, 4, 12, 0, 0, 8, 8, 0],
          [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0], [0, 2, 14, 5, 10, 12, 0, 0], [0, 0, 6, 13, 10, 0, 0, 0]]
@@ -39,19 +41,19 @@ class Front:
     def __init__(self, tag: str, env: dict, root: Path):
         self.port, self.admin_port = free_port(), free_port()
         self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
-        self.env, self.root = env, root
+        self.env, self.root = {**env, "FRONT_ADMIN_TOKEN": ADMIN_TOKEN}, root
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli", "serve", "--bento", tag, "--port", str(self.port),
              "--admin-port", str(self.admin_port), "--root", str(root)],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_until_healthy(self.process, f"{self.admin}/status", "the front")
+            cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_until_healthy(self.process, f"{self.admin}/healthz", "the front")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli", *args, "--admin", self.admin], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=300)
 
     def status(self) -> dict:
-        return httpx.get(f"{self.admin}/status", timeout=10).json()
+        return httpx.get(f"{self.admin}/status", timeout=10, headers=AUTH).json()
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +133,33 @@ def test_a_bento_that_cannot_start_is_refused_and_the_running_one_keeps_serving(
     with Load(front.url, clients=2) as load:
         refused = front.cli("rollout", "digits_classifier:doesnotexist")
     assert refused.returncode == 1
-    assert "exited with code" in refused.stderr and f"still serving {before}" in refused.stderr, refused.stderr
+    assert "no Bento 'digits_classifier:doesnotexist' in this machine's BentoML store" in refused.stderr
+    assert f"still serving {before}" in refused.stderr, refused.stderr
     assert front.status()["bento"] == before
     assert not load.errors and {status for _, status, _ in load.answers} == {200}
-    bad_body = httpx.post(f"{front.admin}/rollout", json={"tag": "x"}, timeout=10)
+    bad_body = httpx.post(f"{front.admin}/rollout", json={"tag": "x"}, timeout=10, headers=AUTH)
     assert bad_body.status_code == 400 and "bento" in bad_body.json()["error"]
+
+
+def test_the_admin_api_takes_only_its_token_json_and_a_bento_in_the_store(front, tmp_path):
+    before, rolled = front.status()["bento"], len(front.status()["history"])
+    rollout = f"{front.admin}/rollout"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
+        assert httpx.get(f"{front.admin}/status", headers=headers, timeout=10).status_code == 401
+        assert httpx.post(rollout, json={"bento": before}, headers=headers, timeout=10).status_code == 401
+    # a cross-site "simple" POST (text/plain or a form) is refused even with the token
+    as_text = httpx.post(rollout, content=json.dumps({"bento": before}), timeout=10,
+                         headers={**AUTH, "Content-Type": "text/plain"})
+    assert as_text.status_code == 415 and "JSON" in as_text.json()["error"]
+    planted = tmp_path / "planted.py"
+    planted.write_text("raise SystemExit('imported')\n")
+    for value in (str(planted), "../../etc/passwd", "--help", "http://127.0.0.1/x", "a:b:c", "", 7):
+        refused = httpx.post(rollout, json={"bento": value}, headers=AUTH, timeout=10)
+        assert refused.status_code == 400, (value, refused.text)
+    unknown = httpx.post(rollout, json={"bento": "digits_classifier:notbuilt"}, headers=AUTH, timeout=10)
+    assert unknown.status_code == 400 and "no Bento 'digits_classifier:notbuilt'" in unknown.json()["error"]
+    assert front.status()["bento"] == before and len(front.status()["history"]) == rolled  # nothing was started
+    assert not list((front.root / ".serving").glob("*planted*")) and not list((front.root / ".serving").glob("*passwd*"))
 
 
 def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, front):
@@ -150,7 +174,8 @@ def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, fron
     assert not leftovers.strip(), f"the Bento that was not ready is still running: {leftovers}"
 
 
-def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(bentos, front, tmp_path):
+def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(bentos, front, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRONT_ADMIN_TOKEN", ADMIN_TOKEN)  # as a worker configured for this front would have it
     from bento.front.supervisor import BackendFailed
     from flows.rollout import roll_out_champion
 

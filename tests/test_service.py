@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO, build_bentos, serve_bento, stop
 
 pytestmark = pytest.mark.slow
+WARM_UP_TOKEN = "the-fronts-own-token"  # as the serving front gives each Bento it starts
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(built):
     tag, _, env, base = built
-    server, url = serve_bento(tag, env, base)
+    server, url = serve_bento(tag, {**env, "BENTO_WARM_UP_TOKEN": WARM_UP_TOKEN}, base)
     with httpx.Client(base_url=url, timeout=30) as http:
         yield http
     stop(server)
@@ -223,10 +224,15 @@ def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift
     recent = service.get("/recent_inputs").json()
     assert recent["kind"] == "images" and recent["count"] >= 8
     np.testing.assert_array_equal(np.array(recent["inputs"][-8:]), np.concatenate([usual, blank]))
-    # the serving front's warm-up requests (bento/front.py) are answered, not counted, not kept
-    warm = service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": "1"})
+    # the serving front's warm-up requests (its token: bento/front/supervisor.py) are answered, not counted, not kept
+    warm = service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": WARM_UP_TOKEN})
     assert warm.status_code == 200 and _skew(service)[0] == after
     assert service.get("/recent_inputs").json() == recent
+    # a client calling itself a warm-up is counted and kept like any other: it cannot hide inputs from drift checks
+    for claimed in ("1", "true", WARM_UP_TOKEN[:-1]):
+        assert service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": claimed}).status_code == 200
+    assert _skew(service)[0].get("constant_image", 0) - after.get("constant_image", 0) == 9
+    np.testing.assert_array_equal(np.array(service.get("/recent_inputs").json()["inputs"][-9:]), np.zeros((9, 8, 8)))
 
 
 def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):

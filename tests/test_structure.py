@@ -108,3 +108,13 @@ def test_the_services_build_arguments_are_the_package_section():
     declared.pop("model_tag")  # the package stage's, not a param
     expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PackageParams().build_args().items()}
     assert declared == expected
+
+
+def test_the_front_and_the_service_name_the_same_warm_up_token_variable():
+    """Read from the source: the front sets it for each Bento it starts, the service's guard reads it."""
+    def constant(path: str) -> str:
+        tree = ast.parse((REPO / path).read_text())
+        return next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(getattr(t, "id", "") == "WARM_UP_TOKEN_ENV" for t in node.targets))
+
+    assert constant("bento/front/supervisor.py") == constant("bento/service/guard.py") == "BENTO_WARM_UP_TOKEN"

@@ -4,6 +4,10 @@ client calls a pipeline run or `mlops rollout | status` make to it."""
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
+import re
+import secrets
 import signal
 from pathlib import Path
 
@@ -11,30 +15,88 @@ from bento.front.proxy import Front
 from bento.front.supervisor import BackendFailed
 
 
-def _admin_app(front: Front):
+ADMIN_TOKEN_ENV = "FRONT_ADMIN_TOKEN"
+TOKEN_FILE = "admin-token"  # in the front's log folder (<root>/.serving), readable by its owner only
+# A Bento tag as BentoML writes one (name, optionally :version): never a path, an option or a URL.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(:[A-Za-z0-9_.-]{1,128})?")
+
+
+def admin_token(serving_dir: Path) -> str:
+    """The admin token a client sends: FRONT_ADMIN_TOKEN, else the one the running front wrote; "" if neither."""
+    if os.environ.get(ADMIN_TOKEN_ENV):
+        return os.environ[ADMIN_TOKEN_ENV]
+    path = serving_dir / TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def _new_admin_token(serving_dir: Path) -> str:
+    """FRONT_ADMIN_TOKEN, or a random token written (mode 600) where this project's clients find it."""
+    token = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(32)
+    serving_dir.mkdir(parents=True, exist_ok=True)
+    path = serving_dir / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token)
+    return token
+
+
+def _admin_app(front: Front, token: str):
+    """GET /status and POST /rollout, each needing `Authorization: Bearer <token>`; GET /healthz is open."""
     from aiohttp import web
+
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authorized(request, handler):
+        if request.path == "/healthz":
+            return await handler(request)
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            return web.json_response({"error": "missing or wrong admin token: send Authorization: Bearer <token> "
+                                               f"(${ADMIN_TOKEN_ENV}, or .serving/{TOKEN_FILE} of the front)"},
+                                     status=401)
+        return await handler(request)
+
+    async def healthz(_request):
+        return web.json_response({"ok": True})
 
     async def status(_request):
         return web.json_response(front.status())
 
     async def rollout(request):
+        if request.content_type != "application/json":  # no cross-site "simple" POST (text/plain, forms)
+            return web.json_response({"error": "the body must be JSON (Content-Type: application/json)"}, status=415)
         try:
             body = await request.json()
             tag, timeout = body["bento"], body.get("ready_timeout_seconds")
-            if not isinstance(tag, str) or not tag or not (timeout is None or float(timeout) > 0):
+            if not isinstance(tag, str) or not _TAG.fullmatch(tag) or not (timeout is None or float(timeout) > 0):
                 raise ValueError
         except Exception:  # noqa: BLE001 - any malformed body gets the same answer
             return web.json_response({"error": 'expected a JSON body {"bento": "<name:version>"} '
                                                '(and optionally "ready_timeout_seconds": a positive number)'}, status=400)
+        if not await asyncio.to_thread(_stored, tag):
+            return web.json_response({"error": f"no Bento {tag!r} in this machine's BentoML store",
+                                      "serving": front.backend.tag if front.backend else None}, status=400)
         try:
             return web.json_response(await front.rollout(tag, timeout and float(timeout)))
         except BackendFailed as err:
             return web.json_response({"error": str(err), "serving": front.backend.tag if front.backend else None},
                                      status=502)
 
-    app = web.Application()
-    app.add_routes([web.get("/status", status), web.post("/rollout", rollout)])
+    app = web.Application(middlewares=[authorized])
+    app.add_routes([web.get("/healthz", healthz), web.get("/status", status), web.post("/rollout", rollout)])
     return app
+
+
+def _stored(tag: str) -> bool:
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        bentoml.bentos.get(tag)
+    except BentoMLException:  # NotFound, or a tag BentoML cannot parse
+        return False
+    return True
 
 
 async def serve(tag: str, host: str, port: int, admin_port: int, log_dir: Path, ready_timeout_s: float,
@@ -42,6 +104,7 @@ async def serve(tag: str, host: str, port: int, admin_port: int, log_dir: Path, 
     """Start `tag`, then answer on `host:port` (traffic) and 127.0.0.1:`admin_port` until SIGTERM or SIGINT."""
     from aiohttp import web
 
+    token = _new_admin_token(log_dir)
     front = Front(log_dir, ready_timeout_s, drain_timeout_s)
     await front.open()
     runners = []
@@ -49,12 +112,13 @@ async def serve(tag: str, host: str, port: int, admin_port: int, log_dir: Path, 
         await front.rollout(tag)
         public = web.Application(client_max_size=0)
         public.router.add_route("*", "/{path:.*}", front.forward)
-        for app, bind_host, bind_port in ((public, host, port), (_admin_app(front), "127.0.0.1", admin_port)):
+        for app, bind_host, bind_port in ((public, host, port), (_admin_app(front, token), "127.0.0.1", admin_port)):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, bind_host, bind_port).start()
             runners.append(runner)
-        print(f"serving {tag} on http://{host}:{port} (admin on http://127.0.0.1:{admin_port})", flush=True)
+        print(f"serving {tag} on http://{host}:{port} (admin on http://127.0.0.1:{admin_port}, token {token}: "
+              f"send Authorization: Bearer <token>; also in {log_dir / TOKEN_FILE})", flush=True)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,13 +130,14 @@ async def serve(tag: str, host: str, port: int, admin_port: int, log_dir: Path, 
         await front.close()
 
 
-def request_rollout(admin_url: str, tag: str, ready_timeout_s: float | None = None) -> dict:
+def request_rollout(admin_url: str, tag: str, token: str, ready_timeout_s: float | None = None) -> dict:
     """Ask a running front to roll out `tag`; raises BackendFailed with the front's reason."""
     import httpx
 
     body = {"bento": tag} if ready_timeout_s is None else {"bento": tag, "ready_timeout_seconds": ready_timeout_s}
     try:
-        answer = httpx.post(f"{admin_url.rstrip('/')}/rollout", json=body, timeout=(ready_timeout_s or 600) + 120)
+        answer = httpx.post(f"{admin_url.rstrip('/')}/rollout", json=body, timeout=(ready_timeout_s or 600) + 120,
+                            headers=_bearer(token))
     except httpx.HTTPError as err:
         raise BackendFailed(f"the serving front at {admin_url} did not answer: {err!r}") from err
     body = answer.json()
@@ -82,13 +147,18 @@ def request_rollout(admin_url: str, tag: str, ready_timeout_s: float | None = No
     return body
 
 
-def serving_status(admin_url: str) -> dict:
+def serving_status(admin_url: str, token: str) -> dict:
     """The running front's status; raises BackendFailed when nothing answers there."""
     import httpx
 
     try:
-        answer = httpx.get(f"{admin_url.rstrip('/')}/status", timeout=10)
+        answer = httpx.get(f"{admin_url.rstrip('/')}/status", timeout=10, headers=_bearer(token))
         answer.raise_for_status()
         return answer.json()
     except (httpx.HTTPError, ValueError) as err:
         raise BackendFailed(f"no serving front answered at {admin_url}: {err!r}") from err
+
+
+def _bearer(token: str) -> dict:
+    """The admin request's credentials; none without a token (the front then answers 401, saying what to send)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}

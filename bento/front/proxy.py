@@ -15,6 +15,8 @@ log = logging.getLogger("front")
 # aiohttp recomputes.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade", "host", "content-length"}
+# Never taken from a client: the front's own warm-up marker (a client sending it is counted like any other).
+_FRONT_ONLY = {"x-warm-up"}
 
 
 class Front:
@@ -52,7 +54,8 @@ class Front:
             return web.json_response({"error": "no service is running behind this front yet"}, status=503)
         backend.inflight += 1
         try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP - {"content-length"}}
+            dropped = (_HOP_BY_HOP - {"content-length"}) | _FRONT_ONLY
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
             async with self.session.request(
                     request.method, backend.url + request.rel_url.path_qs, headers=headers,
                     data=request.content if request.body_exists else None, allow_redirects=False,

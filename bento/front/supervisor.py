@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("front")
+WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # what bento/service/guard.py reads (tests/test_structure.py: the same)
 
 
 class BackendFailed(Exception):
@@ -29,6 +31,7 @@ class Backend:
     port: int
     process: asyncio.subprocess.Process
     log_path: Path
+    warm_up_token: str = ""  # the value of X-Warm-Up this process treats as the front's own warm-up
     started_at: float = field(default_factory=time.time)
     inflight: int = 0
 
@@ -69,12 +72,14 @@ async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session
     """Start `bentoml serve TAG` on a free loopback port and wait until `/readyz` answers 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = log_dir / f"{tag.replace(':', '-')}-{port}.log"
+    log_path = log_dir / f"bento-{port}-{int(time.time())}.log"  # named by the port: no path from request data
+    token = secrets.token_urlsafe(24)  # marks this front's warm-up requests; the service trusts no other
     with open(log_path, "ab") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port),
+            env={**os.environ, WARM_UP_TOKEN_ENV: token},
             stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True)  # its own group: stopped whole
-    backend = Backend(tag, port, process, log_path)
+    backend = Backend(tag, port, process, log_path, warm_up_token=token)
     deadline = time.monotonic() + ready_timeout_s
     while True:
         if process.returncode is not None:
@@ -107,7 +112,7 @@ async def _warm_up(backend: Backend, session, requests: int = 16) -> None:
     zeros = [[0.0] * shape[-1]] if len(shape) == 1 else [[[0.0] * shape[1]] * shape[0]]
     for _ in range(requests):
         async with session.post(f"{backend.url}/predict", json={"images": zeros}, timeout=client_timeout(10),
-                                headers={"X-Warm-Up": "1"}) as answer:  # not counted as users' inputs
+                                headers={"X-Warm-Up": backend.warm_up_token}) as answer:  # not users' inputs
             if answer.status != 200:
                 await stop_backend(backend)
                 raise BackendFailed(f"{backend.tag} answered a warm-up /predict with {answer.status}: "

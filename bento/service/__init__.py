@@ -19,7 +19,8 @@ Train/serve skew (tasks/shipped/skew.py, shipped in this Bento): every input is 
 training inputs stored with the model; inputs outside them are still answered, and counted in the Prometheus
 counter `input_skew_violations_total{check=...}` and in /metadata. Requests refused for their shape, values
 or range are counted there too (check `shape`, `non_finite`, `value_range`). Requests with the header
-`X-Warm-Up: 1` (the serving front's warm-up) are answered but neither counted nor kept.
+`X-Warm-Up` carrying the token the serving front gave this process (BENTO_WARM_UP_TOKEN; the front's warm-up) are
+answered but neither counted nor kept; any other X-Warm-Up is a user's request like any other.
 
     build.py       build arguments and the stored model's metadata
     checks.py      request checks before batching

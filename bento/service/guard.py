@@ -11,6 +11,7 @@ from bento.service.build import args
 from bento.service.monitoring import WARM_UP
 
 API_KEY_ENV = "BENTO_API_KEY"
+WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # set by the serving front for the Bentos it starts (bento/front)
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
 
 
@@ -23,14 +24,17 @@ class Guard:
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.key = os.environ.get(API_KEY_ENV, "").encode()
+        self.warm_up_token = os.environ.get(WARM_UP_TOKEN_ENV, "").encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         send = _plain_errors(send)
         headers = dict(scope["headers"])
-        if headers.get(b"x-warm-up") == b"1":
-            WARM_UP.set(True)  # this request's context only: each ASGI request runs in a task of its own
+        if self.warm_up_token and hmac.compare_digest(headers.get(b"x-warm-up", b""), self.warm_up_token):
+            # Only the front that started this process knows the token: a client cannot hide its inputs from
+            # drift monitoring by calling itself a warm-up. This request's context only (a task per request).
+            WARM_UP.set(True)
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
                                             f"(the value of {API_KEY_ENV} where the service runs)")

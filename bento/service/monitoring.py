@@ -20,7 +20,8 @@ SKEW = bentoml.metrics.Counter(name="input_skew_violations", labelnames=["check"
 
 
 
-# Set for a request carrying `X-Warm-Up: 1` (the serving front's warm-up of a new Bento): its inputs are not
+# Set for a request carrying `X-Warm-Up: <the token in BENTO_WARM_UP_TOKEN>` (the serving front's warm-up of a new
+# Bento, guard.py): its inputs are not
 # users' inputs, so they are neither counted nor kept for drift checks.
 WARM_UP: contextvars.ContextVar[bool] = contextvars.ContextVar("warm_up", default=False)
 
