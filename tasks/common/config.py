@@ -146,7 +146,7 @@ class PackageParams(Section):
 
 
 class PromoteParams(Section):
-    """The serving check a candidate passes before `champion` moves to it (tasks/promote.py)."""
+    """The serving check a candidate passes before `champion` moves to it (tasks/promote/)."""
 
     readiness_samples: int = Field(256, ge=1)  # test-split inputs sent to the candidate Bento
     readiness_timeout_seconds: float = Field(120, gt=0)  # to start and answer /readyz

@@ -99,7 +99,7 @@ def move_champion(name: str, version: str, action: str, reason: str, source_run:
     before = champion_version(name)
     client.set_registered_model_alias(name, CHAMPION, version)
     compressed = client.get_model_version(name, version).tags.get("compressed.version")
-    if compressed:  # what is served: the variant packaged from this version (tasks/package.py)
+    if compressed:  # what is served: the variant packaged from this version (tasks/package/)
         client.set_registered_model_alias(compressed_name(name), CHAMPION, compressed)
     experiment = client.get_experiment_by_name(history_experiment(name))
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(history_experiment(name))

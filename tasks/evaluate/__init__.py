@@ -1,7 +1,7 @@
 """Stage `evaluate`: test-split metrics and plots, the model logged and registered, the gate against the champion.
 
 The gate's decision (artifacts/evaluate/gate.json) is not yet a promotion: the `promote` stage moves
-`champion` only after the candidate's Bento has answered correctly (tasks/promote.py)."""
+`champion` only after the candidate's Bento has answered correctly (tasks/promote/)."""
 
 from __future__ import annotations
 
