@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.prefect_server import is_healthy
 from tests.conftest import free_port, project_copy, project_env, run_in, stop
 from tests.test_deployments import PARAMS, wait_for_scheduled_run
 
@@ -70,18 +71,12 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
         serve.kill()  # no `finally` runs in serve now: its server must still not outlive it
         serve.wait(timeout=30)
         deadline = time.monotonic() + 60
-        while _answers(api):
+        while is_healthy(api):
             assert time.monotonic() < deadline, "the Prefect server outlived the serve process that started it"
             time.sleep(0.5)
     finally:
         stop(serve)
 
-
-def _answers(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_status_without_a_running_server_reads_the_project_database(tmp_path):
