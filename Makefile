@@ -19,8 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .   # the `mlops` command (cli/)
 	touch $(STAMP)
 
-run: install  ## the whole pipeline on the bundled data, as a Prefect flow
-	$(BIN)/python -m flows.pipeline $(ARGS)
+run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or DATA=path [LABEL=column] [NEW=1]
+	$(BIN)/python -m flows.pipeline $(if $(DATA),--data "$(DATA)") $(if $(LABEL),--label "$(LABEL)") $(if $(NEW),--new-dataset) $(ARGS)
 
 test: install  ## every test, offline, on CPU
 	$(BIN)/python -m pytest

@@ -170,7 +170,7 @@ def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
     from tasks.compress.variants import export_onnx
     from tasks.package import build_bento
 
-    n_classes = choice["n_classes"]
+    n_classes = len(choice["classes"])
 
     class NoOp(torch.nn.Module):
         def forward(self, images):
@@ -180,7 +180,7 @@ def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
     meta = {k: v for k, v in choice.items() if k != "reason"}
     labels = {"variant": meta["variant"], "model_version": "bench"}
     noop = home / "noop.onnx"
-    export_onnx(NoOp(), np.zeros((1, *meta["input_shape"][1:]), np.float32), noop)
+    export_onnx(NoOp(), np.zeros((1, *meta["served_shape"]), np.float32), noop)
     return {
         "bento": build_bento(model, meta, labels, cfg, ROOT / "bento").bento_tag,
         "bento, 2 workers": build_bento(model, meta, labels, cfg.model_copy(update={"workers": 2}), ROOT / "bento").bento_tag,

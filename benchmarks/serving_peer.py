@@ -2,7 +2,8 @@
 
     SERVING_PEER_MODEL=artifacts/compress/model.onnx uvicorn benchmarks.serving_peer:app --port 3100
 
-The same JSON in and out as the Bento's /predict, with no checks beyond what NumPy refuses and no batching.
+The same JSON in and out as the Bento's /predict (class names, probabilities keyed by them), with no checks beyond
+what NumPy refuses and no batching.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 session = ort.InferenceSession(os.environ["SERVING_PEER_MODEL"], options, providers=["CPUExecutionProvider"])
+classes = [str(k) for k in range(session.get_outputs()[0].shape[1])]  # the digits' names; others are in /metadata
 app = FastAPI()
 
 
@@ -27,4 +29,4 @@ class Request(BaseModel):
 @app.post("/predict")
 def predict(request: Request) -> list[dict]:
     probabilities = session.run(None, {"images": np.asarray(request.images, dtype=np.float32)})[0]
-    return [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]
+    return [{"label": classes[int(p.argmax())], "probabilities": dict(zip(classes, p.tolist()))} for p in probabilities]

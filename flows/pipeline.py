@@ -127,12 +127,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a params.yaml key for this run only (repeatable), e.g. --set train.epochs=20")
     parser.add_argument("--force-flow", action="store_true",
                         help="start a Prefect flow run even when DVC reports nothing to do")
+    parser.add_argument("--data", metavar="PATH",
+                        help="train on this data from now on (written to params.yaml): a CSV/TSV/Parquet table, a folder "
+                             "of class sub-folders of images, IDX files, or images.npy + labels.npy")
+    parser.add_argument("--label", metavar="COLUMN", help="with --data, a table's class column (default: the first "
+                                                          "column named label, target, class, y, ...)")
+    parser.add_argument("--new-dataset", action="store_true",
+                        help="accept a dataset with other classes, columns or image shape than the last accepted one "
+                             "(archives its data contract)")
     args = parser.parse_args(argv)
     try:
         overrides = dict(parse_assignment(item) for item in args.set)
     except ConfigError as err:
         parser.error(str(err))
+    if args.label and not args.data:
+        parser.error("--label goes with --data")
     root = Path(args.root).resolve()
+    try:
+        if args.data:
+            from flows.dataset import adopt
+
+            for key, value in adopt(root, args.data, args.label).items():
+                print(f"params.yaml: {key} = {value!r}")
+        if args.new_dataset:
+            from flows.dataset import forget_contract
+
+            archived = forget_contract(root)
+            print(f"data contract archived to {archived}" if archived else "no data contract yet: nothing to archive")
+    except ConfigError as err:
+        parser.error(str(err))
     if not overrides and not args.force_flow and _nothing_to_do(root, push=not args.no_push):
         # The same rule the flow applies stage by stage, checked once: Prefect's local server (seconds to start)
         # is not started just to skip every stage.

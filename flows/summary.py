@@ -14,11 +14,15 @@ def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> d
     artifacts = root / "artifacts"
     read = lambda rel: json.loads((artifacts / rel).read_text())  # noqa: E731
     variants = read("compress/variants.json")
-    chosen = CompressChoice.read(artifacts / "compress/choice.json").variant
+    choice = CompressChoice.read(artifacts / "compress/choice.json")
+    chosen = choice.variant
     return {
+        "data": {"kind": choice.kind, "classes": choice.classes, "served_shape": choice.served_shape,
+                 "pixel_max": choice.pixel_max, "contract": read("validate/report.json").get("contract", {})},
         "executed": [r.stage for r in runs if r.executed],
         "skipped": [r.stage for r in runs if not r.executed],
         "test_accuracy": read("evaluate/metrics.json")["accuracy"],
+        "leaderboard": read("evaluate/leaderboard.json"),
         "gate": GateResult.read(artifacts / "evaluate/gate.json").model_dump(),
         "promotion": Promotion.read(artifacts / "promote/promotion.json").model_dump(),
         "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
@@ -34,7 +38,9 @@ def render(summary: dict) -> str:
         "",
         "Pipeline finished",
         f"  stages run:      {', '.join(summary['executed']) or 'none (everything up to date)'}",
+        f"  data:            {_contract(summary['data'].get('contract', {}))}",
         f"  test accuracy:   {summary['test_accuracy']:.4f}",
+        f"  vs baselines:    {_board(summary['leaderboard'])}",
         f"  model version:   {promotion['version']} ({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})",
         f"  compressed:      {summary['compressed']['variant']}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
         f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
@@ -45,8 +51,21 @@ def render(summary: dict) -> str:
         "Next:",
         "  MLflow UI:   make ui            (mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000)",
         f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']} --host 127.0.0.1",
-        "  predict:     POST http://127.0.0.1:3000/predict with {\"images\": N×8×8 values in 0..16} (README: Serving)",
+        f"  predict:     {predict_hint(summary['data'])} (README: Serving)",
     ])
+
+
+def predict_hint(data: dict) -> str:
+    """How to ask the trained model, in its own terms: endpoint, input shape and range, the classes it answers."""
+    classes = data["classes"]
+    named = ", ".join(classes[:8]) + (f", … ({len(classes)} classes)" if len(classes) > 8 else "")
+    if data["kind"] == "table":
+        columns = list(data.get("contract", {}).get("columns", {}))
+        shown = ", ".join(f'"{c}": …' for c in columns[:4]) + (", …" if len(columns) > 4 else "")
+        return f"POST http://127.0.0.1:3000/predict_rows with {{\"rows\": [{{{shown}}}]}} → label in [{named}]"
+    shape = "×".join(map(str, data["served_shape"]))
+    return (f"POST http://127.0.0.1:3000/predict with {{\"images\": N×{shape} values in 0..{data['pixel_max']:g}}}, or a "
+            f"PNG/JPEG to /predict_image → label in [{named}]")
 
 
 def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
@@ -72,6 +91,7 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
         "",
         "## Data",
         f"- version (DVC hash of `data/raw`): `{_locked_md5(root, 'data/raw')}`",
+        f"- contract: {_contract(summary['data'].get('contract', {}))}",
         f"- validation: {'passed' if validation['success'] else 'FAILED'} "
         f"({len(validation['failures'])} failed expectations; Data Docs on MLflow run `{validation.get('mlflow_run_id', '-')}`)",
         "",
@@ -82,6 +102,12 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
         f"- test split: `{gate.get('test_split.md5', '?')}` (DVC hash of `data/prepared`: `{gate.get('test_split.dvc_md5', '?')}`)",
         f"- decision: **{'champion' if promotion['promoted'] else 'not promoted'}**, version "
         f"{promotion['version']}: {promotion['reason']}",
+        "",
+        "## Leaderboard (same train and test split)",
+        "",
+        "| model | test accuracy | macro F1 |",
+        "|---|---|---|",
+        *(f"| {name} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} |" for name, row in _ranked(summary["leaderboard"])),
         "",
         "## Compression",
         "",
@@ -95,6 +121,25 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
         f"## Serving\n{_served(summary['served'])}",
     ]
     return "\n".join(lines)
+
+
+def _board(board: dict) -> str:
+    """`network 0.9861, logistic_regression 0.9639, majority 0.1000`: best first."""
+    return ", ".join(f"{name} {row['accuracy']:.4f}" for name, row in _ranked(board))
+
+
+def _ranked(board: dict) -> list[tuple[str, dict]]:
+    return sorted(board.items(), key=lambda item: -item[1]["accuracy"])
+
+
+def _contract(contract: dict) -> str:
+    if not contract:
+        return "none"
+    classes = contract.get("classes", [])
+    shape = (f"{'×'.join(map(str, contract['image_shape']))}×{contract['channels']} images" if contract.get("kind") == "images"
+             else f"a table of {len(contract.get('columns', {}))} columns")
+    return (f"{contract.get('problem')} over {len(classes)} classes ({', '.join(classes[:12])}"
+            f"{', …' if len(classes) > 12 else ''}); {shape}")
 
 
 def _served(served: dict) -> str:

@@ -46,6 +46,10 @@ TABLE_ENCODING = {
 }
 
 
+TABLE_CLASSES = ["narrow", "square", "tall"]
+DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]  # names, not indices
+
+
 def build_table(out: Path) -> dict:
     """A Bento around an (untrained) MLP over the 5 encoded features of TABLE_ENCODING, 3 classes."""
     import torch
@@ -59,7 +63,8 @@ def build_table(out: Path) -> dict:
     model = MLP(5, (16,), 3, dropout=0.0).eval()
     onnx_path = out.with_suffix(".onnx")
     export_onnx(servable(model, pixel_max=1.0, image_input=False), np.zeros((1, 5), np.float32), onnx_path)
-    metadata = {"input_shape": [1, 5], "pixel_max": 1.0, "kind": "table", "n_classes": 3, "variant": "fp32-onnx",
+    metadata = {"input_shape": [5], "served_shape": [5], "pixel_max": 1.0, "kind": "table", "classes": TABLE_CLASSES,
+                "problem": "multiclass", "variant": "fp32-onnx",
                 "model_version": "1", "registered_model": "table-classifier", "encoding": TABLE_ENCODING}
     result = build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": "1"},
                          load_params(REPO / "params.yaml").package, REPO / "bento")
@@ -82,7 +87,8 @@ def build(out: Path, count: int, package: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(servable(model, pixel_max=16.0), np.zeros((1, 8, 8), np.float32), onnx_path)
-        metadata = {"input_shape": [1, 8, 8], "pixel_max": 16.0, "kind": "images", "n_classes": 10,
+        metadata = {"input_shape": [1, 8, 8], "served_shape": [8, 8], "pixel_max": 16.0, "kind": "images",
+                    "classes": DIGIT_CLASSES, "problem": "multiclass",
                     "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier",
                     "expectations": expectations(trained_on, "images", "digits[:1400]")}
         results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},

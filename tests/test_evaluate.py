@@ -30,10 +30,12 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_counts_e
     assert bins[0]["accuracy"] == 0.75 and bins[0]["confidence"] == pytest.approx(0.8)
 
 
-def test_confused_pairs_are_ranked_by_count():
-    pairs = confused_pairs(np.array([3, 3, 3, 5, 8, 8]), np.array([8, 8, 3, 6, 3, 3]))
-    assert pairs == [{"actual": 3, "predicted": 8, "count": 2}, {"actual": 8, "predicted": 3, "count": 2},
-                     {"actual": 5, "predicted": 6, "count": 1}]
+def test_confused_pairs_are_ranked_by_count_and_named_by_class():
+    classes = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"]
+    pairs = confused_pairs(np.array([3, 3, 3, 5, 8, 8]), np.array([8, 8, 3, 6, 3, 3]), classes)
+    assert pairs == [{"actual": "three", "predicted": "eight", "count": 2},
+                     {"actual": "eight", "predicted": "three", "count": 2},
+                     {"actual": "five", "predicted": "six", "count": 1}]
 
 
 def _project(root: Path, prepared: Path, params, **evaluate_overrides) -> Path:

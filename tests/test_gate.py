@@ -73,3 +73,15 @@ def test_the_gate_passes_only_a_significant_improvement_that_hurts_no_class(chal
 def test_the_gate_refuses_to_compare_different_examples():
     with pytest.raises(ValueError, match="same examples"):
         decide(GATE, "2", _scores(CLEAR[0]), Champion("1", _scores(CLEAR[1][:-1])))
+
+
+def test_a_network_significantly_worse_than_the_best_baseline_is_not_promoted():
+    network, baseline = CLEAR[1], CLEAR[0]  # the baseline gets 315/320 right, the network 301/320
+    refused = decide(GATE, "1", _scores(network), None, ("logistic_regression", baseline))
+    assert not refused.passed
+    assert refused.reason.startswith("test accuracy 0.9406 is significantly worse than the logistic regression "
+                                     "baseline's 0.9844 on the same test split (mcnemar p=")
+    allowed = GATE.model_copy(update={"must_beat_baseline": False})
+    assert decide(allowed, "1", _scores(network), None, ("logistic_regression", baseline)).passed
+    close = decide(GATE, "1", _scores(SMALL[1]), None, ("logistic_regression", SMALL[0]))  # worse, not significantly
+    assert close.passed

@@ -154,3 +154,68 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
         variants = json.loads((tmp_path / "artifacts" / "compress" / "variants.json").read_text())
         assert {"fp32-onnx", "int8-minmax-onnx", "int8-dynamic-onnx"} <= set(variants)
         assert variants["fp32-onnx"]["agreement"] >= 0.995 and variants["fp32-torch"]["accuracy"] > 0.8
+
+
+def test_class_names_are_kept_and_numeric_folders_ordered_as_numbers(tmp_path, digits):
+    import json
+
+    images, _ = digits
+    for name in ("10", "9", "100"):  # sorted as text these would be 10, 100, 9
+        (tmp_path / "codes" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(images[i]).save(tmp_path / "codes" / name / f"{i}.png")
+    _ingest(tmp_path, path="codes")  # source: auto, told from the folder
+    meta = json.loads((tmp_path / "raw" / "meta.json").read_text())
+    assert meta["source"] == "images" and meta["classes"] == ["9", "10", "100"] and meta["channels"] == 1
+    assert np.load(tmp_path / "raw" / "labels.npy").tolist() == [1, 1, 1, 2, 2, 2, 0, 0, 0]  # folders 10, 100, 9 in turn
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: (f / ".cache").mkdir(), r"\.cache: a hidden folder among the class folders"),
+    (lambda f: (f / "4" / ".DS_Store").write_bytes(b"\0"), r"\.DS_Store: a hidden file"),
+    (lambda f: (f / "empty").mkdir(), r"empty: the class folder 'empty' is empty"),
+    (lambda f: (f / "readme.md").write_text("hi"), r"readme.md: a file beside the class folders"),
+])
+def test_what_does_not_belong_in_an_image_folder_is_named(tmp_path, digits, make, message):
+    images, labels = digits
+    _image_folder(tmp_path / "folder", images, labels, per_class=3)
+    make(tmp_path / "folder")
+    with pytest.raises(DataError, match=message):
+        _ingest(tmp_path, source="images", path="folder")
+
+
+def test_an_empty_array_file_is_named_and_not_retryable(tmp_path):
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "images.npy", np.zeros((4, 8, 8)))
+    (folder / "labels.npy").write_bytes(b"")
+    with pytest.raises(DataError, match=r"labels.npy: the file is empty \(0 bytes\)") as info:
+        _ingest(tmp_path, path="arrays")
+    assert info.value.retryable is False
+
+
+def test_text_and_boolean_labels_become_one_vocabulary(tmp_path):
+    from tasks.ingest.labels import encode_labels
+
+    index, vocabulary = encode_labels(np.array(["cat", "dog", "cat", "emu"]), "x")
+    assert vocabulary.classes == ["cat", "dog", "emu"] and index.tolist() == [0, 1, 0, 2]
+    assert vocabulary.problem == "multiclass"
+    index, vocabulary = encode_labels([True, False, True], "x")
+    assert vocabulary.classes == ["False", "True"] and vocabulary.problem == "binary" and index.tolist() == [1, 0, 1]
+    _, vocabulary = encode_labels(["2", "10", "1"], "x")  # codes stored as text: ordered as numbers
+    assert vocabulary.classes == ["1", "2", "10"]
+    with pytest.raises(DataError, match="looks like an id or a quantity"):
+        encode_labels([str(i) for i in range(100)], "x")
+
+
+def test_the_source_kind_is_told_from_the_path(tmp_path):
+    from tasks.ingest.sources import detect_source
+
+    (tmp_path / "t.tsv").write_text("a\tlabel\n1\tx\n")
+    (tmp_path / "arr").mkdir()
+    np.save(tmp_path / "arr" / "images.npy", np.zeros((2, 2, 2)))
+    (tmp_path / "notes.txt").write_text("?")
+    assert detect_source(None) == "digits" and detect_source(tmp_path / "t.tsv") == "table"
+    assert detect_source(tmp_path / "arr") == "arrays"
+    with pytest.raises(DataError, match="cannot tell what this file holds"):
+        detect_source(tmp_path / "notes.txt")

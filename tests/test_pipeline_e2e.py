@@ -179,8 +179,9 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
             answers = [http.post("/predict", json={"images": images[i : i + 50].tolist()}) for i in range(0, len(images), 50)]
             assert all(a.status_code == 200 for a in answers)
             answered = sum((a.json() for a in answers), [])
-            assert [a["label"] for a in answered] == expected.argmax(1).tolist()
-            np.testing.assert_allclose(np.array([a["probabilities"] for a in answered]), expected, atol=1e-5)
+            assert [a["label"] for a in answered] == [str(k) for k in expected.argmax(1)]  # the digits' class names
+            probabilities = [[a["probabilities"][str(k)] for k in range(10)] for a in answered]
+            np.testing.assert_allclose(np.array(probabilities), expected, atol=1e-5)
             about = http.get("/metadata").json()  # which model this is, as the registry knows it
             assert about["model_version"] == "1" and about["metrics"]["accuracy"] >= 0.99
             assert about["lineage"]["git.commit"] and about["variant"] == json.loads(

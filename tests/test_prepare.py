@@ -37,7 +37,7 @@ def test_split_is_stratified():
 
 def test_a_class_too_small_to_split_is_named():
     y = np.array([0] * 50 + [1] * 50 + [7])
-    with pytest.raises(DataError, match=r"\[7\]"):
+    with pytest.raises(DataError, match=r"\{'7': 1\} \(rows per class\)"):
         split_stratified(np.zeros((101, 1, 2, 2), np.float32), y, 0.2, 0.2, seed=0)
 
 
@@ -59,7 +59,9 @@ def test_arrays_source_round_trips(tmp_path, params):
     [
         (np.zeros((10, 64)), np.zeros(10, int), "N×H×W"),
         (np.zeros((10, 8, 8)), np.zeros(9, int), "one per image"),
-        (np.zeros((10, 8, 8)), np.zeros(10, float), "integers"),
+        (np.zeros((10, 8, 8)), np.arange(10) / 4, "fractional number: this looks like a regression target"),
+        (np.zeros((10, 8, 8)), np.zeros(10, int), "a classifier needs at least 2 classes"),
+        (np.zeros((0, 8, 8)), np.zeros(0, int), "holds no images"),
     ],
 )
 def test_malformed_arrays_are_named(tmp_path, params, images, labels, message):

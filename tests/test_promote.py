@@ -19,6 +19,7 @@ from tasks.common import registry
 from tasks.common.errors import PromotionError
 from tasks.common.outputs import BentoBuild, CompressChoice, GateResult, TrainRun
 from tasks.promote import promote
+from tests.bento_builder import DIGIT_CLASSES
 from tests.conftest import REPO, build_bentos
 
 NAME = "digits-classifier"
@@ -55,7 +56,7 @@ def project(tmp_path, prepared, params, bentos, monkeypatch):
         (root / "artifacts" / stage).mkdir(parents=True)
     shutil.copyfile(info["onnx"], root / "artifacts/compress/model.onnx")
     CompressChoice(variant="fp32-onnx", reason="the test's", pixel_max=16.0, kind="images", input_shape=[1, 8, 8],
-                   n_classes=10).write(root / "artifacts/compress/choice.json")
+                   served_shape=[8, 8], classes=DIGIT_CLASSES).write(root / "artifacts/compress/choice.json")
     from tasks.common import tracking
 
     tracking.configure(root, params.base.experiment)

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.bento_builder import DIGIT_CLASSES
 from tests.conftest import REPO, build_bentos, serve_bento, stop
 
 pytestmark = pytest.mark.slow
@@ -67,9 +68,16 @@ def test_predictions_over_http_equal_the_in_process_model_on_the_test_split(serv
         answer = service.post("/predict", json={"images": images[start:start + 64].tolist()})
         assert answer.status_code == 200, answer.text
         answered += answer.json()
-    assert [a["label"] for a in answered] == expected.argmax(1).tolist()
-    np.testing.assert_allclose([a["probabilities"] for a in answered], expected, atol=1e-6)
+    assert [a["label"] for a in answered] == [DIGIT_CLASSES[k] for k in expected.argmax(1)]  # names, not indices
+    np.testing.assert_allclose(_in_class_order(answered, DIGIT_CLASSES), expected, atol=1e-6)
     assert (expected.argmax(1) == labels).mean() > 0.9  # a model worth serving, not a constant
+
+
+def _in_class_order(answers: list[dict], classes: list[str]) -> list[list[float]]:
+    """Each answer's probabilities (keyed by class name) as a row in the model's output order."""
+    for answer in answers:
+        assert list(answer["probabilities"]) == classes  # every class, in output order
+    return [[a["probabilities"][c] for c in classes] for a in answers]
 
 
 def _npy(array: np.ndarray, **kwargs) -> bytes:
@@ -117,8 +125,8 @@ def test_an_uploaded_image_is_preprocessed_as_training_preprocesses_image_folder
     expected = onnx_predictor(built[1])(pixels[None].astype(np.float32))[0]
     answer = service.post("/predict_image", files={"image": (f"digit.{fmt.lower()}", upload, f"image/{fmt.lower()}")})
     assert answer.status_code == 200, answer.text
-    assert answer.json()["label"] == int(expected.argmax())
-    np.testing.assert_allclose(answer.json()["probabilities"], expected, atol=1e-6)
+    assert answer.json()["label"] == DIGIT_CLASSES[int(expected.argmax())]
+    np.testing.assert_allclose(_in_class_order([answer.json()], DIGIT_CLASSES)[0], expected, atol=1e-6)
 
 
 def _gif() -> bytes:
@@ -165,8 +173,8 @@ def test_metadata_names_the_model_and_health_and_prometheus_metrics_are_on(servi
     dynamic = {"metrics": {}, "lineage": {}, "compressed_model": {}, "expectations": {}, "skew": {}}
     assert about.json() | dynamic == {
         "registered_model": "digits-classifier", "model_version": "1", "variant": "fp32-onnx",
-        "bento_model": about.json()["bento_model"], "kind": "images", "input_shape": [8, 8], "pixel_max": 16.0,
-        **dynamic}
+        "bento_model": about.json()["bento_model"], "kind": "images", "problem": "multiclass",
+        "classes": DIGIT_CLASSES, "input_shape": [8, 8], "pixel_max": 16.0, **dynamic}
     assert about.json()["expectations"]["data_version"] == "digits[:1400]"
     assert service.get("/livez").status_code == 200 and service.get("/readyz").status_code == 200
     metrics = service.get("/metrics").text
@@ -269,7 +277,7 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_schema(service, tmp_p
 def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(tmp_path):
     from tasks.nn.latency import onnx_predictor
     from tasks.shipped.rows import encode_rows
-    from tests.bento_builder import TABLE_ENCODING
+    from tests.bento_builder import TABLE_CLASSES, TABLE_ENCODING
 
     info, env = build_bentos(tmp_path, "--table", name="table")
     server, url = serve_bento(info["bentos"][0], env, tmp_path)
@@ -279,8 +287,10 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
         expected = onnx_predictor(Path(info["onnx"]))(encode_rows(rows, TABLE_ENCODING))
         answer = httpx.post(f"{url}/predict_rows", json={"rows": rows}, timeout=30)
         assert answer.status_code == 200, answer.text
-        assert [a["label"] for a in answer.json()] == expected.argmax(1).tolist()
-        np.testing.assert_allclose([a["probabilities"] for a in answer.json()], expected, atol=1e-6)
+        assert [a["label"] for a in answer.json()] == [TABLE_CLASSES[k] for k in expected.argmax(1)]
+        np.testing.assert_allclose(_in_class_order(answer.json(), TABLE_CLASSES), expected, atol=1e-6)
+        about = httpx.get(f"{url}/metadata", timeout=30).json()
+        assert about["classes"] == TABLE_CLASSES and about["input_shape"] == [5] and about["kind"] == "table"
         for bad, message in (({"rows": [{"width": "wide", "height": 1, "stroke": "thin"}]}, "column 'width': expected a number"),
                              ({"rows": [{"width": 1, "stroke": "thin"}]}, "missing columns ['height']"),
                              ({"rows": []}, "rows"), ({"rows": "all of them"}, "rows")):
@@ -302,7 +312,7 @@ def test_with_inline_inference_off_predict_and_predict_npy_answer_as_the_in_proc
         expected = onnx_predictor(Path(info["onnx"]))(images)
         answer = httpx.post(f"{url}/predict", json={"images": images.tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text
-        np.testing.assert_allclose([a["probabilities"] for a in answer.json()], expected, atol=1e-6)
+        np.testing.assert_allclose(_in_class_order(answer.json(), DIGIT_CLASSES), expected, atol=1e-6)
         body = io.BytesIO()
         np.save(body, images)
         binary = httpx.post(f"{url}/predict_npy", content=body.getvalue(), headers={"content-type": "application/x-npy"})

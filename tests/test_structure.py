@@ -99,14 +99,14 @@ def test_every_config_field_is_written_in_params_yaml():
 def test_the_services_build_arguments_are_the_package_section():
     """Same names, same defaults: bento/service/build.py's ServiceArgs (read from its source: importing it needs a model)
     against PackageParams, so a knob added to one and not the other fails here."""
-    from tasks.common.config import PackageParams
+    from tasks.common.config import Params
 
     tree = ast.parse((REPO / "bento/service/build.py").read_text())
     service_args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServiceArgs")
     declared = {node.target.id: ast.literal_eval(node.value) for node in service_args.body
                 if isinstance(node, ast.AnnAssign)}
     declared.pop("model_tag")  # the package stage's, not a param
-    expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PackageParams().build_args().items()}
+    expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in Params().package.build_args().items()}
     assert declared == expected
 
 

@@ -65,9 +65,13 @@ def test_a_table_without_its_label_column_or_rows_is_named(tmp_path, table_files
     (tmp_path / "header.csv").write_text("ink_00,digit\n")
     with pytest.raises(DataError, match=r"header.csv: has a header but no rows"):
         _ingest(tmp_path, tmp_path / "header.csv")
-    digits_table().assign(digit=lambda f: f["digit"].map(str) + "x").to_csv(tmp_path / "names.csv", index=False)
-    with pytest.raises(DataError, match=r"names.csv: labels in 'digit' must be integer class ids"):
-        _ingest(tmp_path, tmp_path / "names.csv")
+    digits_table().assign(digit=lambda f: f["digit"] + 0.5).to_csv(tmp_path / "amounts.csv", index=False)
+    with pytest.raises(DataError, match=r"amounts.csv: labels: the label 0.5 is a fractional number: this looks like "
+                                        r"a regression target"):
+        _ingest(tmp_path, tmp_path / "amounts.csv")
+    digits_table().assign(digit=lambda f: None).to_csv(tmp_path / "blank.csv", index=False)
+    with pytest.raises(DataError, match=r"blank.csv: \d+ row\(s\) have no label in 'digit'"):
+        _ingest(tmp_path, tmp_path / "blank.csv")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match=r"bad.parquet: not a readable parquet table"):
         _ingest(tmp_path, tmp_path / "bad.parquet")
@@ -184,3 +188,14 @@ def test_a_shifted_label_distribution_is_named(accepted, tmp_path):
     message = _failures(accepted, tmp_path / "out")
     assert "train: expect_column_values_to_be_between(share_shift)" in message
     assert "share_of_largest" not in message
+
+
+def test_the_label_column_is_found_by_name_or_the_columns_are_listed(tmp_path):
+    from tasks.common.config import IngestParams
+
+    pd.DataFrame({"height": [1.0, 2.0], "Species": ["a", "b"]}).to_csv(tmp_path / "found.tsv", sep="\t", index=False)
+    ingest(IngestParams(path=str(tmp_path / "found.tsv")), tmp_path, tmp_path / "raw")  # auto: a TSV, column Species
+    assert json.loads((tmp_path / "raw" / "meta.json").read_text())["classes"] == ["a", "b"]
+    pd.DataFrame({"height": [1.0, 2.0], "kind": ["a", "b"]}).to_csv(tmp_path / "unknown.csv", index=False)
+    with pytest.raises(DataError, match=r"cannot tell which column holds the labels .* columns are \['height', 'kind'\]"):
+        ingest(IngestParams(path=str(tmp_path / "unknown.csv")), tmp_path, tmp_path / "raw")

@@ -61,7 +61,8 @@ def test_a_missing_class_is_named(corrupted, params, tmp_path):
     keep = y != 4
     np.save(corrupted / "val" / "x.npy", x[keep])
     np.save(corrupted / "val" / "y.npy", y[keep])
-    with pytest.raises(ValidationFailed, match=r"val: expect_column_distinct_values_to_contain_set\(label\)"):
+    with pytest.raises(ValidationFailed, match=r"val: expect_column_distinct_values_to_contain_set\(class\) observed "
+                                               r"missing \['4'\]"):
         validate(params.validate_, corrupted, tmp_path / "out")
 
 
@@ -146,8 +147,38 @@ def test_the_outcome_and_data_docs_are_logged_to_mlflow_pass_or_fail(corrupted, 
     assert failed.info.status == "FAILED" and failed.data.tags["validation.success"] == "false"
     assert failed.data.metrics["failed_expectations"] == len(report["failures"]) >= 1
     assert {"split": "train", "expectation": "expect_column_values_to_be_in_set", "column": "label",
-            "observed": "1 unexpected value(s), e.g. [42]"} in report["failures"]
+            "observed": "1 unexpected value(s), e.g. [42]", "limit": "value_set=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+            } in report["failures"]
     docs = [a.path for a in client.list_artifacts(failed.info.run_id, "data_docs")]
     assert "data_docs/index.html" in docs
     runs = client.search_runs([failed.info.experiment_id], "tags.stage = 'validate'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
+def test_test_rows_identical_to_training_rows_are_named_as_leakage(corrupted, params, tmp_path):
+    train_x = np.load(corrupted / "train" / "x.npy")
+    x = np.load(corrupted / "test" / "x.npy")
+    x[[4, 9]] = train_x[[17, 3]]  # two test images copied from the training split
+    np.save(corrupted / "test" / "x.npy", x)
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, tmp_path / "out")
+    assert "test: no_leakage_from_train(rows) observed 2 of 360 test rows are identical to train rows (test row 4 = " \
+           "train row 17, test row 9 = train row 3); limit: max_leaked_fraction=0" in str(info.value)
+    tolerant = params.validate_.model_copy(update={"max_leaked_fraction": 0.01})
+    assert validate(tolerant, corrupted, tmp_path / "tolerant").success  # 2 of 360 is within 1 %
+
+
+def test_a_later_version_that_breaks_the_data_contract_is_refused_naming_each_difference(corrupted, params, tmp_path):
+    out = tmp_path / "out"
+    validate(params.validate_, corrupted, out)  # accepted: the contract is frozen
+    assert json.loads((out / "reference.json").read_text())["contract"]["classes"] == [str(k) for k in range(10)]
+    meta = json.loads((corrupted / "meta.json").read_text())
+    meta["classes"] = [*meta["classes"][:9], "nine?", "ten"]  # a renamed class and a new one
+    meta["channels"] = 3
+    (corrupted / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValidationFailed) as info:
+        validate(params.validate_, corrupted, out)
+    message = str(info.value)
+    assert "data contract, channels: the contract says 1, this version has 3" in message
+    assert "data contract, classes: missing ['9']; new ['nine?', 'ten']" in message and "--new-dataset" in message
+    assert json.loads((out / "reference.json").read_text())["contract"]["channels"] == 1  # the contract stays

@@ -101,6 +101,11 @@ async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session
         await asyncio.sleep(0.2)
 
 
+def _zeros(shape: list[int]):
+    """Nested lists of zeros of `shape` (no NumPy in the front)."""
+    return [_zeros(shape[1:]) for _ in range(shape[0])] if shape else 0.0
+
+
 async def _warm_up(backend: Backend, session, requests: int = 16) -> None:
     """Send /predict a few inputs of zeros, one at a time, before any user request reaches the backend.
 
@@ -109,7 +114,7 @@ async def _warm_up(backend: Backend, session, requests: int = 16) -> None:
     """
     async with session.get(f"{backend.url}/metadata", timeout=client_timeout(10)) as answer:
         shape = (await answer.json())["input_shape"]
-    zeros = [[0.0] * shape[-1]] if len(shape) == 1 else [[[0.0] * shape[1]] * shape[0]]
+    zeros = [_zeros(shape)]  # one example of the served shape: H×W, H×W×C or F
     for _ in range(requests):
         async with session.post(f"{backend.url}/predict", json={"images": zeros}, timeout=client_timeout(10),
                                 headers={"X-Warm-Up": backend.warm_up_token}) as answer:  # not users' inputs

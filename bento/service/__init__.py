@@ -1,10 +1,13 @@
 """The Bento service (the endpoints; the rest of this package by job): the model the pipeline chose, behind validated, adaptively batched HTTP endpoints.
 
-    POST /predict        {"images": N×H×W raw intensities}   → per image, its class and class probabilities
+    POST /predict        {"images": N×H×W (N×H×W×C for colour) raw intensities} → per image, its class name (`label`)
+                         and the probability of each class, keyed by class name
     POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
     POST /predict_rows   {"rows": [{column: value}, ...]} for a model trained on a table → the same per row
-    POST /predict_npy    a .npy file (N×H×W float32, or N×F) as the body → a .npy of N×C probabilities (bulk clients)
-    GET  /metadata       model name, registry version, variant, metrics, lineage, skew counts
+    POST /predict_npy    a .npy file (N×H×W[×C] float32, or N×F) as the body → a .npy of N×K probabilities, column k
+                         the class `classes[k]` of /metadata (bulk clients)
+    GET  /metadata       model name, registry version, variant, class names in output order, input shape, metrics,
+                         lineage, skew counts
     GET  /recent_inputs  the last `recent_inputs` inputs served (for `mlops drift`)
     and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
 
@@ -42,7 +45,7 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
-from bento.service.build import EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
+from bento.service.build import CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
 from bento.service.checks import Images, checked_images
 from bento.service.guard import Guard
 from bento.service.monitoring import SEEN
@@ -53,8 +56,14 @@ NPY = "application/x-npy"
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="the most probable class")
-    probabilities: list[float] = Field(description="the probability of each class, in class order")
+    label: str = Field(description="the most probable class's name")
+    probabilities: dict[str, float] = Field(description="each class's probability, keyed by class name")
+
+
+def _answers(probabilities: np.ndarray) -> list[Prediction]:
+    """Each row of N×K probabilities as its class name and the probabilities keyed by class name."""
+    return [Prediction(label=CLASSES[int(p.argmax())], probabilities=dict(zip(CLASSES, p.tolist())))
+            for p in probabilities]
 
 
 # Return types with their media type stated: without it, BentoML works the media type out from the output's JSON
@@ -69,7 +78,10 @@ class Metadata(BaseModel):
     variant: str
     bento_model: str
     kind: str
-    input_shape: list[int]
+    problem: str = Field(description="binary or multiclass")
+    classes: list[str] = Field(description="the class names, in the order of the model's outputs (the columns of "
+                                           "/predict_npy's answer)")
+    input_shape: list[int] = Field(description="one example: H, W (grayscale), H, W, C (colour) or F (encoded row)")
     pixel_max: float
     metrics: dict
     lineage: dict
@@ -108,7 +120,7 @@ class DigitsClassifier:
         self.about = Metadata(
             registered_model=META.get("registered_model", ""), model_version=str(META.get("model_version", "")),
             variant=META.get("variant", ""), bento_model=str(self.model_ref.tag), kind=KIND,
-            input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
+            problem=META.get("problem", ""), classes=CLASSES, input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
             lineage=META.get("lineage", {}), compressed_model=META.get("compressed_model", {}),
             expectations=EXPECTED or {})
         for name in ("predict", "predict_rows", "predict_image"):
@@ -129,11 +141,11 @@ class DigitsClassifier:
 
     @bentoml.api(batchable=args.batching, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
     async def predict(self, images: Images) -> Predictions:
-        """Classify a batch of images: N×H×W raw intensities in [0, pixel_max] (8×8 and 0–16 for the digits).
+        """Classify a batch of images: N×H×W (N×H×W×C for a colour model) raw intensities in [0, pixel_max], the
+        shape and scale /metadata gives (8×8 and 0–16 for the bundled digits).
 
         Concurrent requests are batched together (adaptive batching); each gets its own images' answers."""
-        probabilities = await self._infer(images)
-        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probabilities]
+        return _answers(await self._infer(images))
 
     @bentoml.api
     def predict_rows(self, rows: Annotated[list[dict], Field(min_length=1)]) -> Predictions:
@@ -148,21 +160,20 @@ class DigitsClassifier:
         except BadRow as err:
             raise InvalidArgument(str(err)) from err
         SEEN.observe(features)
-        return [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in self._probabilities(features)]
+        return _answers(self._probabilities(features))
 
     @bentoml.api
     def predict_image(self, image: Annotated[Path, ContentType("image/*")]) -> OnePrediction:
-        """Classify one uploaded PNG or JPEG: converted to grayscale and resized to the model's H×W with the same
-        code as training's image folders, its 0–255 intensities scaled to [0, pixel_max]."""
+        """Classify one uploaded PNG or JPEG: converted to the model's channels (grayscale or RGB) and resized to its
+        H×W with the same code as training's image folders, its 0–255 intensities scaled to [0, pixel_max]."""
         if KIND != "images":
             raise InvalidArgument("this model takes table rows, not images")
         try:
-            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE) * (PIXEL_MAX / 255.0)
+            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE[:2], CHANNELS) * (PIXEL_MAX / 255.0)
         except NotAnImage as err:
             raise InvalidArgument(f"image: {err}") from err
         SEEN.observe(pixels[None])
-        probabilities = self._probabilities(pixels[None])[0]
-        return Prediction(label=int(probabilities.argmax()), probabilities=probabilities.tolist())
+        return _answers(self._probabilities(pixels[None]))[0]
 
     @routes.get("/metadata")
     def metadata(self) -> Metadata:
@@ -172,8 +183,8 @@ class DigitsClassifier:
 
     @routes.post("/predict_npy", response_class=Response, responses={200: {"content": {NPY: {}}}})
     async def predict_npy(self, request: Request) -> Response:
-        """Classify a batch sent as a .npy file (the body; N×H×W raw intensities, or N×F encoded rows, any real
-        dtype): answered with a .npy file of N×C float32 probabilities. The same checks and model as /predict,
+        """Classify a batch sent as a .npy file (the body; N×H×W[×C] raw intensities, or N×F encoded rows, any real
+        dtype): answered with a .npy file of N×K float32 probabilities, column k the class /metadata lists k-th. The same checks and model as /predict,
         without JSON: for clients that send many images at a time. No pickled object arrays are read."""
         from fastapi.responses import JSONResponse
 

@@ -31,9 +31,11 @@ class ServiceArgs(BaseModel):
 args = bentoml.use_arguments(ServiceArgs)
 MODEL = bentoml.models.BentoModel(args.model_tag)
 META = MODEL.stored.info.metadata  # resolved at import: the request checks below need the input shape
-IMAGE_SHAPE = tuple(int(d) for d in META["input_shape"][1:])
+IMAGE_SHAPE = tuple(int(d) for d in META["served_shape"])  # one example: H, W (grayscale), H, W, C (colour) or F
 PIXEL_MAX = float(META["pixel_max"])
 KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /predict, rows already encoded
+CHANNELS = IMAGE_SHAPE[2] if KIND == "images" and len(IMAGE_SHAPE) == 3 else 1
+CLASSES = [str(c) for c in META["classes"]]  # the model's output i is the class CLASSES[i]
 EXPECTED = META.get("expectations")  # the training inputs' statistics (package stage); None: not checked
 
 

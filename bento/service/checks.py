@@ -49,6 +49,3 @@ def _nested_numbers(value) -> np.ndarray:
 
 
 Images = Annotated[np.ndarray, BeforeValidator(_nested_numbers), DType("float32"), AfterValidator(checked_images)]
-
-
-Images = Annotated[np.ndarray, BeforeValidator(_nested_numbers), DType("float32"), AfterValidator(checked_images)]

@@ -17,26 +17,29 @@ class Section(BaseModel):
 
 class BaseParams(Section):
     seed: int = 42
-    experiment: str = "digits-pipeline"
+    name: str = Field("", pattern=r"^$|^[a-z0-9][a-z0-9-]*$")  # the dataset's name; empty: from ingest.path ("digits" without one)
+    experiment: str = ""  # the MLflow experiment; empty: <name>-pipeline
 
 
 class IngestParams(Section):
-    source: Literal["digits", "arrays", "idx", "images", "table"] = "digits"
-    path: str = ""  # a folder (or, for `table`, a file) under data/sources: see data/sources/README.md
-    image_size: tuple[int, int] = (28, 28)  # `images` only: every image is resized to this (H, W)
-    label_column: str = "label"  # `table` only: the column holding the integer class id
+    source: Literal["auto", "digits", "arrays", "idx", "images", "table"] = "auto"  # auto: told from `path`
+    path: str = ""  # a file or folder (see data/sources/README.md); empty: the bundled digits
+    image_size: tuple[int, int] | tuple[()] = ()  # image folders: (H, W) every image is resized to; empty: the most common size
+    max_image_side: int = Field(64, ge=1)  # image folders with image_size empty: the longer side is scaled down to this
+    channels: Literal["auto", 1, 3] = "auto"  # image folders: 1 grayscale, 3 RGB; auto: 3 if any image holds colour
+    label_column: str = ""  # tables: the column holding the class; empty: the first named label, target, class, y, ...
 
     @model_validator(mode="after")
     def _sources_need_a_path(self) -> IngestParams:
-        if self.source != "digits" and not self.path:
-            raise ValueError(f"source '{self.source}' needs ingest.path (under data/sources)")
+        if self.source not in ("auto", "digits") and not self.path:
+            raise ValueError(f"source '{self.source}' needs ingest.path (a file or folder, e.g. under data/sources)")
         return self
 
 
 class PrepareParams(Section):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    pixel_max: float = Field(16.0, gt=0)
+    pixel_max: float | Literal["auto"] = "auto"  # raw intensities are divided by this; auto: ingest's reading of the data
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PrepareParams:
@@ -49,13 +52,14 @@ class ValidateParams(Section):
     min_rows_per_class: int = Field(20, ge=1)
     max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
+    max_leaked_fraction: float = Field(0.0, ge=0, le=1)  # share of val/test examples identical to a training example
     drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
     max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
     max_null_fraction: float = Field(0.05, ge=0, le=1)  # tables: share of missing values allowed per column
     table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
     max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
     image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
-    labels: tuple[int, ...] = tuple(range(10))
+    labels: tuple[str, ...] = ()  # the class names every version must have; empty: the data contract's (the first accepted version's)
     value_min: float = 0.0
     value_max: float = 1.0
 
@@ -69,7 +73,7 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["cnn", "mlp", "vit"] = "cnn"
+    model: Literal["auto", "cnn", "mlp", "vit"] = "auto"  # auto: cnn for images, mlp for a table
     cnn_channels: tuple[int, int, int] = (32, 64, 128)
     mlp_hidden: tuple[int, ...] = (256, 128)
     vit_patch: int = Field(2, ge=1)  # must divide the image side
@@ -102,12 +106,13 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    registered_model: str = "digits-classifier"
+    registered_model: str = ""  # empty: <base.name>-classifier
     min_accuracy: float = Field(0.97, ge=0, le=1)
     min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
     max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
     significance: float = Field(0.05, gt=0, lt=1)  # the paired test's level: a gain this likely by chance is not one
     paired_test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # tasks/evaluate/gate.py
+    must_beat_baseline: bool = True  # a network significantly worse than the best baseline (same paired test) stays out
 
 
 class CompressParams(Section):
@@ -125,8 +130,8 @@ class CompressParams(Section):
 class PackageParams(Section):
     """The Bento's build arguments: how the service batches, scales and limits requests."""
 
-    bento_model: str = "digits-classifier"
-    service_name: str = "digits_classifier"
+    bento_model: str = ""  # the BentoML model's name; empty: <base.name>-classifier
+    service_name: str = ""  # the Bento's name; empty: <base.name>_classifier
     batching: bool = True  # adaptive batching of concurrent /predict requests
     max_batch_size: int = Field(256, ge=1)  # images per batch, at most
     max_latency_ms: int = Field(1000, ge=1)  # a request queued longer than this is answered 503 (overload shedding)
@@ -192,9 +197,38 @@ class Params(Section):
     pipeline: PipelineParams = PipelineParams()
     rollout: RolloutParams = RolloutParams()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_the_dataset(cls, raw):
+        """Every name left empty follows base.name, itself from the data's file or folder name: two datasets never
+        share an experiment, a registered model (and its champion) or a Bento."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        sections = {key: raw.setdefault(key, {}) for key in ("base", "ingest", "evaluate", "package")}
+        if not all(isinstance(v, dict) for v in sections.values()):
+            return raw  # a section that is not a mapping: the field validation names it
+        base, ingest, evaluate, package = sections.values()
+        name = base.get("name") or dataset_name(str(ingest.get("path") or ""))
+        base["name"] = name
+        base["experiment"] = base.get("experiment") or f"{name}-pipeline"
+        evaluate["registered_model"] = evaluate.get("registered_model") or f"{name}-classifier"
+        package["bento_model"] = package.get("bento_model") or f"{name}-classifier"
+        package["service_name"] = package.get("service_name") or f"{name.replace('-', '_')}_classifier"
+        return raw
+
     def as_dict(self) -> dict:
         """The resolved config, with the section names of params.yaml."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def dataset_name(path: str) -> str:
+    """A dataset's name from its path (`data/sources/Loans 2024.csv` → `loans-2024`); `digits` without one."""
+    import re
+
+    stem = Path(path.rstrip("/")).stem if path else "digits"
+    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
+    return name or "data"
 
 
 def load_params(path: Path) -> Params:

@@ -1,4 +1,4 @@
-"""The on-disk form of a data split: `x.npy` (float32, N×1×H×W) and `y.npy` (int64), memory-mappable."""
+"""The on-disk form of a data split: `x.npy` (float32, N×C×H×W or N×F) and `y.npy` (int64), memory-mappable."""
 
 from __future__ import annotations
 
@@ -59,15 +59,16 @@ def directory_md5(directory: Path) -> str:
 
 
 def served_inputs(x: np.ndarray, pixel_max: float) -> np.ndarray:
-    """Prepared N×1×H×W images back to the raw N×H×W intensities the service receives (encoded table rows,
-    N×F, stay as they are)."""
+    """Prepared N×C×H×W images back to the raw intensities the service receives: N×H×W for one channel, N×H×W×C
+    for colour (encoded table rows, N×F, stay as they are)."""
     x = np.asarray(x)
-    return np.ascontiguousarray((x[:, 0] if x.ndim == 4 else x) * np.float32(pixel_max), dtype=np.float32)
+    if x.ndim == 4:
+        x = x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x * np.float32(pixel_max), dtype=np.float32)
 
 
-def prepared_meta(prepared_dir: Path) -> dict:
-    """What `prepare` wrote about the data: its kind, the intensity scale, the table encoding."""
-    import json
+def prepared_meta(prepared_dir: Path):
+    """What ingest found and prepare did (tasks/common/outputs.py DataDescription): kind, classes, scale, encoding."""
+    from tasks.common.outputs import DataDescription
 
-    path = Path(prepared_dir) / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {"kind": "images"}
+    return DataDescription.read(Path(prepared_dir) / "meta.json")

@@ -41,6 +41,32 @@ class StageOutcome(Output):
     retryable: bool = False
 
 
+class DataDescription(Output):
+    """data/raw/meta.json, then data/prepared/meta.json: what ingest found in the data (ingest → prepare → every later
+    stage and the served model). `classes` is the vocabulary: the model's output i is the class `classes[i]`."""
+
+    kind: str  # images | table
+    source: str  # the source kind ingest read: digits | arrays | idx | images | table
+    classes: list[str]
+    problem: str  # binary | multiclass
+    problem_reason: str
+    pixel_max: float = 1.0  # images: the intensity of full white in the data's own scale (8-bit: 255)
+    pixel_max_reason: str = ""
+    image_shape: list[int] = []  # images: H, W as stored
+    channels: int = 1  # images: 1 grayscale, 3 RGB
+    channels_reason: str = ""  # the colour policy: how the channel count was chosen
+    columns: dict[str, str] = {}  # tables: each feature column's kind, numeric | categorical
+    features: int = 0  # tables, after prepare: the encoded feature count
+    encoding: dict[str, Any] = {}  # tables, after prepare: the fitted transform (tasks/common/tables.py describe)
+
+    @property
+    def served_shape(self) -> list[int]:
+        """One example as the service takes it: H×W (grayscale), H×W×C (colour) or F (an encoded table row)."""
+        if self.kind == "table":
+            return [self.features]
+        return [*self.image_shape, self.channels] if self.channels > 1 else list(self.image_shape)
+
+
 class TrainRun(Output):
     """artifacts/train/run.json: the MLflow run `train` opened; later stages log into the same run."""
 
@@ -82,8 +108,9 @@ class CompressChoice(Output):
     reason: str
     pixel_max: float
     kind: str  # images | table
-    input_shape: list[int]  # with the batch axis first, as the ONNX model takes it
-    n_classes: int
+    input_shape: list[int]  # one example as the network takes it: C, H, W or F
+    served_shape: list[int]  # one example as the ONNX model (and the service) takes it: H, W[, C] or F
+    classes: list[str]  # the class of each output, in order
 
 
 class BentoBuild(Output):

@@ -15,7 +15,8 @@ import pandas as pd
 
 from tasks.common.errors import DataError
 
-TABLE_SUFFIXES = {".csv", ".parquet", ".pq"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq"}
+LABEL_NAMES = ("label", "labels", "target", "class", "y", "species", "category", "outcome")  # tried in this order
 LABEL = "label"  # the raw data version names the label column this, whatever the source called it
 
 
@@ -25,21 +26,26 @@ def find_table(path: Path) -> Path:
         return path
     found = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES) if path.is_dir() else []
     if len(found) != 1:
-        raise DataError(f"{path}: expected one .csv or .parquet file, found {[p.name for p in found] or 'none'}")
+        raise DataError(f"{path}: expected one .csv, .tsv or .parquet file, found {[p.name for p in found] or 'none'}")
     return found[0]
 
 
 def read_table(path: Path, label_column: str) -> pd.DataFrame:
-    """The table at `path` with its label column renamed `label` (integer class ids) and placed last."""
+    """The table at `path` with its label column (given, or found by a common name) renamed `label` and placed
+    last; the labels as the file holds them (text, numbers, booleans)."""
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise DataError(f"{path}: not a table (expected .csv or .parquet, found '{suffix}')")
+        raise DataError(f"{path}: not a table (expected .csv, .tsv or .parquet, found '{suffix}')")
     try:
-        frame = pd.read_parquet(path) if suffix in (".parquet", ".pq") else pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from err
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: not a readable {suffix[1:]} table ({err})") from err
+    label_column = label_column or _label_column(path, frame)
     if label_column not in frame.columns:
         raise DataError(f"{path}: no label column '{label_column}' (ingest.label_column); columns are {list(frame.columns)}")
     if label_column != LABEL and LABEL in frame.columns:
@@ -49,13 +55,20 @@ def read_table(path: Path, label_column: str) -> pd.DataFrame:
     labels = frame.pop(label_column)
     if labels.isna().any():
         raise DataError(f"{path}: {int(labels.isna().sum())} row(s) have no label in '{label_column}'")
-    if not pd.api.types.is_integer_dtype(labels) and not (pd.api.types.is_float_dtype(labels) and (labels % 1 == 0).all()):
-        raise DataError(f"{path}: labels in '{label_column}' must be integer class ids, found dtype {labels.dtype} "
-                        f"(e.g. {labels.iloc[0]!r})")
-    frame[LABEL] = labels.astype(np.int64)
+    frame[LABEL] = labels
     if frame.shape[1] < 2:
         raise DataError(f"{path}: has no feature columns besides the label")
     return frame
+
+
+def _label_column(path: Path, frame: pd.DataFrame) -> str:
+    """The label column when none is given: the first column named like one (case ignored)."""
+    by_lower = {str(c).lower(): c for c in frame.columns}
+    for name in LABEL_NAMES:
+        if name in by_lower:
+            return by_lower[name]
+    raise DataError(f"{path}: cannot tell which column holds the labels (none is named {', '.join(LABEL_NAMES)}); "
+                    f"columns are {list(frame.columns)}: name one with --label COLUMN (ingest.label_column)")
 
 
 def feature_kinds(frame: pd.DataFrame) -> tuple[list[str], list[str]]:

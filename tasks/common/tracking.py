@@ -67,6 +67,9 @@ def record_run(run_file: Path, run_id: str, experiment_id: str) -> None:
     TrainRun(run_id=run_id, experiment_id=experiment_id).write(run_file)
 
 
+MAX_TAG = 4000  # characters; MLflow's tag value limit is larger, but a tag is meant to be read at a glance
+
+
 def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[str, str]:
     """Tags that tie a run to its code, data, params and libraries."""
     params_blob = json.dumps(params, sort_keys=True).encode()
@@ -88,6 +91,19 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
     if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # the run's --set / deployment overrides, as JSON
         tags["pipeline.overrides"] = os.environ["PIPELINE_OVERRIDES"]
     return tags
+
+
+def data_tags(data) -> dict[str, str]:
+    """What the data is, as run tags (tasks/common/outputs.py DataDescription): the class vocabulary in output
+    order, the problem type and why, and the input's kind and shape."""
+    classes = json.dumps(data.classes)
+    return {
+        "data.classes": classes if len(classes) <= MAX_TAG else classes[: MAX_TAG - 20] + " … (data/description.json)",
+        "data.n_classes": str(len(data.classes)),
+        "data.problem": f"{data.problem}: {data.problem_reason}",
+        "data.kind": data.kind,
+        "data.served_shape": "x".join(map(str, data.served_shape)),
+    }
 
 
 def dvc_hashes(root: Path) -> dict[str, str]:

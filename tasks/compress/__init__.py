@@ -46,7 +46,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
 
     meta = prepared_meta(prepared_dir)
-    cfg, pixel_max, data_kind = params.compress, float(meta.get("pixel_max", params.prepare.pixel_max)), meta["kind"]
+    cfg, pixel_max, data_kind = params.compress, meta.pixel_max, meta.kind
     image_input = data_kind == "images"
     wrap = lambda net: servable(net, pixel_max, image_input=image_input)  # noqa: E731
     model, payload = load_checkpoint(train_dir / "model.pt")
@@ -88,7 +88,8 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     write_json(out_dir / "variants.json", {r["variant"]: {k: v for k, v in r.items() if k != "variant"} for r in table})
     write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
     CompressChoice(variant=chosen["variant"], reason=reason, pixel_max=pixel_max, kind=data_kind,
-                   input_shape=payload["input_shape"], n_classes=payload["n_classes"]).write(out_dir / "choice.json")
+                   input_shape=payload["input_shape"], served_shape=meta.served_shape,
+                   classes=meta.classes).write(out_dir / "choice.json")
     write_with(out_dir / "accuracy_vs_latency.png", lambda tmp: _plot(tmp, table, chosen["variant"]))
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json"):
         mlflow.log_table({k: [r[k] for r in table] for k in table[0]}, artifact_file="compression/variants.json")

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def servable(model, pixel_max: float, image_input: bool = True):
-    """Wrap `model` so it takes raw N×H×W intensities (or N×F encoded table rows) and returns class probabilities."""
+    """Wrap `model` so it takes raw N×H×W intensities (N×H×W×C for colour, channels last as images are stored;
+    or N×F encoded table rows) and returns class probabilities."""
     import torch
     from torch import nn
 
@@ -25,7 +26,9 @@ def servable(model, pixel_max: float, image_input: bool = True):
             self.register_buffer("scale", torch.tensor(1.0 / pixel_max))
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model((images.unsqueeze(1) if image_input else images) * self.scale), dim=1)
+            if image_input:  # to the network's N×C×H×W (fixed when exported: the ONNX input has the served shape)
+                images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+            return torch.softmax(self.model(images * self.scale), dim=1)
 
     return Servable().eval()
 

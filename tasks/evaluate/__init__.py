@@ -36,6 +36,7 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     from tasks.common import registry, tracking
     from tasks.common.dataset import prepared_meta
+    from tasks.evaluate.baselines import fit_baselines, leaderboard
     from tasks.evaluate.champion import champion_scores
     from tasks.evaluate.plots import plot_confusion, plot_misclassified, plot_reliability
     from tasks.nn.checkpoint import load_checkpoint
@@ -44,26 +45,36 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     test = load_split(prepared_dir / "test")
     probabilities = predict_proba(model, np.asarray(test.x))
     predicted = probabilities.argmax(1)
-    metrics, per_class = classification_metrics(test.y, predicted)
+    data = prepared_meta(prepared_dir)
+    classes = data.classes
+    metrics, per_class = classification_metrics(test.y, predicted, classes)
     ece, bins = calibration(test.y, probabilities)
     metrics["expected_calibration_error"] = ece
-    pairs = confused_pairs(test.y, predicted)
+    pairs = confused_pairs(test.y, predicted, classes)
+    train = load_split(prepared_dir / "train", mmap=True)
+    baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed)
+    board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
+    best = max(baselines, key=lambda b: b.accuracy)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "per_class.json", per_class)
     write_json(out_dir / "confused_pairs.json", {"pairs": pairs})
-    write_with(out_dir / "predictions.csv", lambda tmp: _write_csv(tmp, {"actual": test.y, "predicted": predicted}))
+    write_json(out_dir / "leaderboard.json", {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in board})
+    names = np.asarray(classes, dtype=object)
+    write_with(out_dir / "predictions.csv", lambda tmp: _write_csv(tmp, {"actual": names[test.y], "predicted": names[predicted]}))
     write_with(out_dir / "calibration.csv", lambda tmp: _write_csv(tmp, {k: [b[k] for b in bins] for k in bins[0]}))
-    images = np.asarray(test.x) if prepared_meta(prepared_dir)["kind"] == "images" else None  # tables: no pictures
-    plots = {"confusion_matrix.png": lambda tmp: plot_confusion(tmp, test.y, predicted),
+    images = np.asarray(test.x) if data.kind == "images" else None  # tables: no pictures
+    plots = {"confusion_matrix.png": lambda tmp: plot_confusion(tmp, test.y, predicted, classes),
              "reliability.png": lambda tmp: plot_reliability(tmp, bins, ece),
-             "misclassified.png": lambda tmp: plot_misclassified(tmp, images, test.y, probabilities)}
+             "misclassified.png": lambda tmp: plot_misclassified(tmp, images, test.y, probabilities, classes)}
     for name, draw in plots.items():
         write_with(out_dir / name, draw)
 
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json") as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({f"test_recall_class_{k}": v["recall"] for k, v in per_class.items()})
+        mlflow.log_metrics({f"test_recall_class_{metric_safe(k)}": v["recall"] for k, v in per_class.items()})
+        mlflow.log_metrics({f"baseline_{b.name}_accuracy": b.accuracy for b in baselines})
+        mlflow.log_table({k: [row.get(k) for row in board] for k in board[0]}, artifact_file="evaluation/leaderboard.json")
         for name in ("per_class.json", "confused_pairs.json", "predictions.csv", "calibration.csv", *plots):
             mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
         challenger = Scores(predicted == test.y, _recalls(per_class))
@@ -73,8 +84,8 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         with registry.promotion_lock():  # register and decide against one champion, not one moving meanwhile
             version = registry.log_and_register(model, test.x[:4], probabilities[:4], name, run,
                                                 file_md5(train_dir / "model.pt"))
-            champion = champion_scores(name, lambda predict: _scores(predict, test))
-            decision = decide(params.evaluate, version, challenger, champion)
+            champion = champion_scores(name, lambda predict: _scores(predict, test, classes))
+            decision = decide(params.evaluate, version, challenger, champion, (best.name, best.correct))
             if decision.previous_champion != version:  # the champion itself, re-evaluated, stays champion only
                 mlflow.MlflowClient().set_registered_model_alias(name, registry.CHALLENGER, version)
         gate_tags = {"gate.passed": str(decision.passed).lower(), "gate.reason": decision.reason,
@@ -82,7 +93,8 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
                      "gate.test": decision.test or "none"}
         # The run trained exactly this version (one version per run and weights), so its tags are this version's.
         mlflow.set_tags({**pinned, **gate_tags})
-        for key, value in {**pinned, **gate_tags}.items():
+        # the vocabulary travels with the version: output i is data.classes[i]
+        for key, value in {**pinned, **gate_tags, **tracking.data_tags(data)}.items():
             mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
         numbers = {"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement,
                    "gate_statistic": decision.statistic, "gate_p_value": decision.p_value,
@@ -111,22 +123,30 @@ def calibration(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 15)
     return float(ece), bins
 
 
-def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, top: int = 5) -> list[dict]:
-    """The most frequent (actual, predicted) mistakes, most frequent first."""
+def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], top: int = 5) -> list[dict]:
+    """The most frequent (actual, predicted) mistakes, by class name, most frequent first."""
     from collections import Counter
 
     counts = Counter((int(a), int(p)) for a, p in zip(y_true, y_pred) if a != p)
-    return [{"actual": a, "predicted": p, "count": n} for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [{"actual": classes[a], "predicted": classes[p], "count": n} for (a, p), n in ranked]
+
+
+def metric_safe(name: str) -> str:
+    """A class name as part of an MLflow metric name (letters, digits, _ - . space / only)."""
+    import re
+
+    return re.sub(r"[^\w\-. /]", "_", name)
 
 
 def _recalls(per_class: dict) -> dict[str, float]:
     return {str(k): float(v["recall"]) for k, v in per_class.items()}
 
 
-def _scores(predict, test):
+def _scores(predict, test, classes: list[str]):
     """A registered model's results on this test split, example by example (for the paired comparison)."""
     predicted = predict(np.ascontiguousarray(test.x)).argmax(1)
-    _, per_class = classification_metrics(test.y, predicted)
+    _, per_class = classification_metrics(test.y, predicted, classes)
     return Scores(predicted == test.y, _recalls(per_class))
 
 
@@ -140,8 +160,8 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict, dict]:
-    """Accuracy and macro precision/recall/F1, plus the per-class report."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
+    """Accuracy and macro precision/recall/F1, plus the per-class report keyed by class name."""
     from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
 
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
@@ -151,7 +171,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict
         "recall_macro": float(recall),
         "f1_macro": float(f1),
     }
-    report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    report = classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=classes,
+                                   output_dict=True, zero_division=0)
     per_class = {k: v for k, v in report.items() if k not in ("accuracy", "macro avg", "weighted avg")}
     return metrics, per_class
 

@@ -86,14 +86,34 @@ def paired_bootstrap(challenger: np.ndarray, champion: np.ndarray, significance:
     return Comparison("bootstrap", b, c, observed, p_value, float(np.quantile(means, significance)))
 
 
-def decide(params: EvaluateParams, version: str, challenger: Scores, champion: Champion | None) -> GateDecision:
-    """Let `version` through only if it clears `min_accuracy` and, against a champion scored on the same
+def worse_than_baseline(params: EvaluateParams, challenger: Scores, baseline: tuple[str, np.ndarray] | None) -> str:
+    """Why the challenger loses to the best baseline (significantly worse by the gate's paired test on the same
+    examples), or "" when it does not."""
+    if baseline is None or not params.must_beat_baseline:
+        return ""
+    name, correct = baseline
+    test = mcnemar if params.paired_test == "mcnemar" else paired_bootstrap
+    compared = test(correct, challenger.correct, params.significance)  # H1: the baseline is more accurate
+    if not compared.significant(params.significance):
+        return ""
+    return (f"test accuracy {challenger.accuracy:.4f} is significantly worse than the {name.replace('_', ' ')} "
+            f"baseline's {float(np.mean(correct)):.4f} on the same test split ({compared.test} p={compared.p_value:.4g}; "
+            "evaluate.must_beat_baseline)")
+
+
+def decide(params: EvaluateParams, version: str, challenger: Scores, champion: Champion | None,
+           baseline: tuple[str, np.ndarray] | None = None) -> GateDecision:
+    """Let `version` through only if it clears `min_accuracy`, is not significantly worse than the best baseline
+    (`baseline`: its name and which test examples it got right) and, against a champion scored on the same
     test split, its gain is at least `min_improvement`, significant at `significance` by the paired test,
     and no class's recall drops by more than `max_class_regression`."""
     previous = champion.version if champion else None
     accuracy = challenger.accuracy
     if accuracy < params.min_accuracy:
         return Decision(version, False, f"test accuracy {accuracy:.4f} below min_accuracy {params.min_accuracy}", previous)
+    losing = worse_than_baseline(params, challenger, baseline)
+    if losing:
+        return Decision(version, False, losing, previous)
     if champion is not None and champion.version == version:
         return Decision(version, True, f"v{version} is the champion already: the same run and weights, re-evaluated "
                                        "(nothing new was registered)", previous)

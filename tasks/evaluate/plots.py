@@ -16,12 +16,15 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+def plot_confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> None:
+    """Counts of (actual, predicted) class pairs, every class named, the diagonal right."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, ax=ax, colorbar=False)
+    side = min(max(6, 0.45 * len(classes)), 30)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(classes))), display_labels=classes,
+                                            ax=ax, colorbar=False, xticks_rotation="vertical" if len(classes) > 6 else "horizontal")
     ax.set_title("Test-split confusion matrix")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
@@ -47,7 +50,7 @@ def plot_reliability(path: Path, bins: list[dict], ece: float) -> None:
 
 
 def plot_misclassified(path: Path, x: np.ndarray | None, y_true: np.ndarray, probabilities: np.ndarray,
-                       limit: int = 25) -> None:
+                       classes: list[str], limit: int = 25) -> None:
     """Up to `limit` misclassified images, most confident mistakes first, titled `true → predicted (p)`.
 
     For a table (`x` None) the same mistakes are listed by test-row number instead.
@@ -59,7 +62,8 @@ def plot_misclassified(path: Path, x: np.ndarray | None, y_true: np.ndarray, pro
     if x is None:
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.3 * max(len(wrong), 1)))
         ax.axis("off")
-        lines = [f"test row {i}: {y_true[i]} → {predicted[i]} ({probabilities[i, predicted[i]]:.2f})" for i in wrong]
+        lines = [f"test row {i}: {classes[y_true[i]]} → {classes[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})"
+                 for i in wrong]
         ax.text(0, 1, "\n".join(lines) or "no misclassified test rows", va="top", family="monospace")
         ax.set_title("Most confident mistakes (predictions.csv has every row)")
         fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
@@ -73,8 +77,12 @@ def plot_misclassified(path: Path, x: np.ndarray | None, y_true: np.ndarray, pro
     if len(wrong) == 0:
         axes[0, 0].text(0, 0.5, "no misclassified test images", fontsize=12)
     for ax, i in zip(axes.ravel(), wrong):
-        ax.imshow(np.asarray(x[i]).reshape(x.shape[-2], x.shape[-1]), cmap="gray_r")
-        ax.set_title(f"{y_true[i]} → {predicted[i]} ({probabilities[i, predicted[i]]:.2f})", fontsize=10)
+        image = np.asarray(x[i])
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray_r")
+        else:  # colour, N×C×H×W in [0, 1]
+            ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+        ax.set_title(f"{classes[y_true[i]]} → {classes[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})", fontsize=10)
     fig.suptitle(f"Misclassified test images ({int((predicted != y_true).sum())} in all): true → predicted (probability)")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)

@@ -1,12 +1,13 @@
 """Readers for the data sources `ingest` takes in: numpy arrays, MNIST-format IDX files, a folder of images.
 
-Each returns (images N×H×W float32 in the source's own intensity scale, labels int64), or raises DataError
-naming the file and what is wrong with it.
+Each returns (images N×H×W, or N×H×W×3 for colour, in the source's own dtype and intensity scale; labels as the
+source holds them: integers, text, booleans), or raises DataError naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,40 @@ from tasks.common.errors import DataError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+GRAY_TOLERANCE = 8  # intensity levels: JPEG's colour subsampling parts a gray pixel's channels by a few
+
+
+def detect_source(path: Path | None) -> str:
+    """The source kind `path` holds: no path, the bundled digits; a table file (or a folder of exactly one); a folder
+    with images.npy; a folder of IDX files; a folder of class sub-folders. Anything else is named."""
+    from tasks.common.tables import TABLE_SUFFIXES
+
+    if path is None:
+        return "digits"
+    if path.is_file():
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            return "table"
+        raise DataError(f"{path}: cannot tell what this file holds: give a .csv, .tsv or .parquet table, or a folder "
+                        "(images.npy + labels.npy, IDX files, or one sub-folder of images per class)")
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    names = {p.name for p in entries}
+    if "images.npy" in names or "labels.npy" in names:
+        return "arrays"
+    if any("-images-idx3-ubyte" in n for n in names):
+        return "idx"
+    if any(p.is_dir() for p in entries):
+        return "images"
+    if sum(p.suffix.lower() in TABLE_SUFFIXES for p in entries) == 1:
+        return "table"
+    raise DataError(f"{path}: cannot tell what this folder holds (found {sorted(names)[:10] or 'nothing'}): expected "
+                    "images.npy + labels.npy, '*-images-idx3-ubyte' files, one sub-folder of images per class, or one "
+                    ".csv/.tsv/.parquet table")
 
 
 def read_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """`images.npy` (N×H×W) and `labels.npy` (N integers)."""
+    """`images.npy` (N×H×W or N×H×W×3) and `labels.npy` (N labels: integers, text or booleans)."""
     return _checked(folder / "images.npy", _load_npy(folder / "images.npy"), folder / "labels.npy", _load_npy(folder / "labels.npy"))
 
 
@@ -57,44 +88,117 @@ def read_idx_file(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One sub-folder per class (its name the label: digits, or any names, numbered in sorted order).
+def read_image_folder(folder: Path, size: tuple[int, ...], channels: int | str,
+                      max_side: int) -> tuple[np.ndarray, list[str], str]:
+    """One sub-folder per class, named by the class (any name; numeric names are ordered as numbers later).
 
-    PNG or JPEG, grayscale or RGB (converted to grayscale), resized to `size` (H, W); intensities 0–255.
-    """
+    PNG or JPEG, grayscale or colour. `size` (H, W) and `channels` (1 or 3) as given, or from the data: the most
+    common image size (its longer side capped at `max_side`, aspect kept), and 3 channels when any image holds
+    colour (colour files whose pixels are all gray count as gray). Returns N×H×W (or N×H×W×3) intensities 0–255,
+    each image's folder name, and how the channel count was chosen."""
+    from PIL import Image, UnidentifiedImageError
+
+    from tasks.shipped.imaging import COLOUR_MODES
+
+    files = _class_files(folder)
+    sizes, colour_files = Counter(), 0
+    for path, _ in files:  # headers only: Pillow reads the size and mode without decoding the pixels
+        try:
+            with Image.open(path) as image:
+                sizes[(image.height, image.width)] += 1
+                colour_files += image.mode in COLOUR_MODES
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"{path}: not a readable PNG or JPEG image ({err})") from err
+    size = tuple(size) or _capped(sizes.most_common(1)[0][0], max_side)
+    if channels != "auto":
+        return _decode_all(files, size, int(channels)), [n for _, n in files], f"ingest.channels: {channels}"
+    if not colour_files:
+        return _decode_all(files, size, 1), [n for _, n in files], "every file is grayscale"
+    images = _decode_all(files, size, 3)
+    spread = np.abs(np.diff(images, axis=-1)).max(axis=(1, 2, 3))  # per image: how far its channels part
+    coloured = int((spread > GRAY_TOLERANCE).sum())
+    if coloured:
+        return images, [n for _, n in files], f"{coloured} of {len(files)} images hold colour: RGB kept"
+    reason = f"{colour_files} colour file(s), but every pixel is gray: 1 channel"
+    return _decode_all(files, size, 1), [n for _, n in files], reason
+
+
+def _decode_all(files: list[tuple[Path, str]], size: tuple[int, int], channels: int) -> np.ndarray:
     from tasks.shipped.imaging import NotAnImage, decode_image
 
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+    images = []
+    for path, _ in _progress(files, "decoding images"):
+        try:
+            images.append(decode_image(path, size, channels))
+        except NotAnImage as err:
+            raise DataError(f"{path}: {err}") from err
+    return np.stack(images)
+
+
+def _class_files(folder: Path) -> list[tuple[Path, str]]:
+    """Every image with its class folder's name; anything else in the tree stops ingest, naming it."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: is not a folder")
+    files, classes = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            raise DataError(f"{entry}: a hidden {'folder' if entry.is_dir() else 'file'} among the class folders; "
+                            "remove it (every sub-folder is a class)")
+        if not entry.is_dir():
+            raise DataError(f"{entry}: a file beside the class folders; images go in one sub-folder per class")
+        classes.append(entry.name)
+        inside = sorted(entry.iterdir())
+        if not inside:
+            raise DataError(f"{entry}: the class folder '{entry.name}' is empty")
+        for path in inside:
+            if path.name.startswith(".") or path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                what = "a hidden file" if path.name.startswith(".") else "a folder" if path.is_dir() else \
+                    f"not a PNG or JPEG file (found suffix '{path.suffix}')"
+                raise DataError(f"{path}: {what}; a class folder holds only PNG or JPEG images")
+            files.append((path, entry.name))
     if len(classes) < 2:
         raise DataError(f"{folder}: expected one sub-folder per class (at least 2), found {classes}")
-    numeric = all(c.isdigit() for c in classes)
-    images, labels = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{path}: not a PNG or JPEG file (found suffix '{path.suffix}')")
-            try:
-                images.append(decode_image(path, size))
-            except NotAnImage as err:
-                raise DataError(f"{path}: {err}") from err
-            labels.append(int(name) if numeric else index)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return files
+
+
+def _capped(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`size` scaled down so that its longer side is at most `max_side`, aspect kept."""
+    h, w = size
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _progress(items, description: str):
+    """A progress bar on a terminal for long loops; plain iteration otherwise (logs, tests)."""
+    import sys
+
+    if len(items) < 2000 or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="file")
 
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty (0 bytes)")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError as err:
         raise DataError(f"{path} not found") from err
-    except ValueError as err:  # truncated or not an .npy file (pickles are refused too)
+    except (ValueError, EOFError, OSError) as err:  # truncated or not an .npy file (pickles are refused too)
         raise DataError(f"{path} is not a readable .npy array: {err}") from err
 
 
 def _checked(images_path: Path, images: np.ndarray, labels_path: Path, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if images.ndim != 3:
-        raise DataError(f"{images_path}: expected N×H×W images, found shape {images.shape}")
+    if images.size == 0:
+        raise DataError(f"{images_path}: holds no images (shape {images.shape})")
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
+        raise DataError(f"{images_path}: expected N×H×W (grayscale) or N×H×W×3 (RGB) images, found shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise DataError(f"{images_path}: images must be real numbers, found dtype {images.dtype}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{labels_path}: expected {len(images)} labels (one per image), found shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{labels_path}: labels must be integers, found dtype {labels.dtype}")
-    return images.astype(np.float32), labels.astype(np.int64)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    return images, labels

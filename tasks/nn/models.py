@@ -11,11 +11,11 @@ from tasks.common.config import TrainParams
 class CNN(nn.Module):
     """Three 3×3 conv blocks, one 2× pooling, global average pooling, a linear head."""
 
-    def __init__(self, channels: tuple[int, int, int], n_classes: int, dropout: float) -> None:
+    def __init__(self, channels: tuple[int, int, int], n_classes: int, dropout: float, in_channels: int = 1) -> None:
         super().__init__()
         c1, c2, c3 = channels
         self.features = nn.Sequential(
-            _conv_block(1, c1),
+            _conv_block(in_channels, c1),
             _conv_block(c1, c2),
             nn.MaxPool2d(2),
             _conv_block(c2, c3),
@@ -74,14 +74,14 @@ class ViT(nn.Module):
 def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The model `params.model` names, sized for `input_shape` (C, H, W for images; F for a table) and `n_classes`."""
     if len(input_shape) == 1:  # encoded table features
-        if params.model != "mlp":
+        if params.model not in ("mlp", "auto"):
             from tasks.common.errors import ConfigError
 
             raise ConfigError(f"train.model={params.model} needs images; a table trains with train.model: mlp")
         return MLP(input_shape[0], params.mlp_hidden, n_classes, params.dropout)
     c, h, w = input_shape
-    if params.model == "cnn":
-        return CNN(params.cnn_channels, n_classes, params.dropout)
+    if params.model in ("cnn", "auto"):
+        return CNN(params.cnn_channels, n_classes, params.dropout, in_channels=c)
     if params.model == "vit":
         if h % params.vit_patch or w % params.vit_patch:
             from tasks.common.errors import ConfigError

@@ -33,6 +33,7 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
     import mlflow
 
     from tasks.common import registry, tracking
+    from tasks.common.dataset import prepared_meta
 
     choice = CompressChoice.read(compress_dir / "choice.json")
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
@@ -48,14 +49,19 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
             "pixel_max": choice.pixel_max,
             "kind": choice.kind,
             "input_shape": choice.input_shape,
-            "n_classes": choice.n_classes,
+            "served_shape": choice.served_shape,  # one example as /predict and /predict_npy take it
+            "classes": choice.classes,  # output i is classes[i]: every endpoint answers these names
             "metrics": metrics,
             "lineage": lineage,
             "params": params.as_dict(),
         }
         prepared_dir = prepared_dir or root / "data/prepared"
-        if metadata["kind"] == "table":  # the Bento's /predict_rows encodes raw rows with it (tasks/shipped/rows.py)
-            metadata["encoding"] = json.loads((prepared_dir / "meta.json").read_text())["encoding"]
+        data = prepared_meta(prepared_dir)
+        metadata["problem"] = data.problem
+        if data.kind == "images":  # the colour policy, and /predict_image converts uploads to these channels
+            metadata["channels"] = {"count": data.channels, "policy": data.channels_reason}
+        if data.kind == "table":  # the Bento's /predict_rows encodes raw rows with it (tasks/shipped/rows.py)
+            metadata["encoding"] = data.encoding
         metadata["expectations"] = _training_expectations(prepared_dir, choice, lineage)
         labels = {"variant": choice.variant, "model_version": version}
         table = [{"variant": k, **v} for k, v in json.loads((compress_dir / "variants.json").read_text()).items()]

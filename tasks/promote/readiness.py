@@ -26,13 +26,15 @@ class Readiness:
     seconds: float = 0.0  # start to stop
 
 
-def check_bento(bento_tag: str, inputs: np.ndarray, expected: np.ndarray, max_probability_diff: float,
+def check_bento(bento_tag: str, inputs, expected: np.ndarray, classes: list[str], max_probability_diff: float,
                 ready_timeout_s: float, log_dir: Path, batch: int = 64) -> Readiness:
-    """Serve `bento_tag`, POST `inputs` to its /predict `batch` at a time, compare with `expected` probabilities."""
-    return asyncio.run(_check(bento_tag, inputs, expected, max_probability_diff, ready_timeout_s, log_dir, batch))
+    """Serve `bento_tag`, POST `inputs` `batch` at a time, compare with `expected` probabilities (columns in the
+    order of `classes`). An array of images goes to /predict; a list of raw table rows ({column: value}) to
+    /predict_rows, so that the service's own encoding of rows is checked too."""
+    return asyncio.run(_check(bento_tag, inputs, expected, classes, max_probability_diff, ready_timeout_s, log_dir, batch))
 
 
-async def _check(tag, inputs, expected, tolerance, ready_timeout_s, log_dir, batch) -> Readiness:
+async def _check(tag, inputs, expected, classes, tolerance, ready_timeout_s, log_dir, batch) -> Readiness:
     import aiohttp
 
     from bento.front.supervisor import BackendFailed, start_backend, stop_backend
@@ -44,20 +46,29 @@ async def _check(tag, inputs, expected, tolerance, ready_timeout_s, log_dir, bat
             backend = await start_backend(tag, log_dir, ready_timeout_s, session)
         except BackendFailed as err:
             return Readiness(False, f"did not start: {err}", tag, seconds=elapsed())
+        endpoint, key = ("/predict_rows", "rows") if isinstance(inputs, list) else ("/predict", "images")
         served: list[list[float]] = []
+        labels: list[str] = []
         try:
             for i in range(0, len(inputs), batch):
-                body = {"images": inputs[i : i + batch].tolist()}
-                async with session.post(f"{backend.url}/predict", json=body,
+                chunk = inputs[i : i + batch]
+                body = {key: chunk if isinstance(chunk, list) else chunk.tolist()}
+                async with session.post(f"{backend.url}{endpoint}", json=body,
                                         timeout=aiohttp.ClientTimeout(total=60)) as answer:
                     if answer.status != 200:
-                        return Readiness(False, f"/predict answered {answer.status}: {(await answer.text())[:300]}",
+                        return Readiness(False, f"{endpoint} answered {answer.status}: {(await answer.text())[:300]}",
                                          tag, len(served), seconds=elapsed())
-                    served.extend(p["probabilities"] for p in await answer.json())
+                    for prediction in await answer.json():
+                        served.append([prediction["probabilities"][c] for c in classes])
+                        labels.append(prediction["label"])
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError) as err:
-            return Readiness(False, f"/predict failed: {err!r}", tag, len(served), seconds=elapsed())
+            return Readiness(False, f"{endpoint} failed: {err!r}", tag, len(served), seconds=elapsed())
         finally:
             await stop_backend(backend)
+    wrong_names = sum(label != classes[k] for label, k in zip(labels, np.asarray(served).argmax(1)))
+    if wrong_names:
+        return Readiness(False, f"{wrong_names} answer(s) named another class than their highest probability's", tag,
+                         len(served), seconds=elapsed())
     return compare(tag, np.asarray(served, dtype=np.float64), expected, tolerance, elapsed())
 
 

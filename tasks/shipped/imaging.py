@@ -17,9 +17,13 @@ class NotAnImage(ValueError):
     """The bytes are not a PNG or JPEG image Pillow can read."""
 
 
-def decode_image(source, size: tuple[int, int]) -> np.ndarray:
-    """A PNG or JPEG file (path, file object or bytes), grayscale or RGB (converted to grayscale), resized to
-    `size` (H, W) with bilinear resampling: an H×W float32 array of intensities 0–255."""
+COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}  # Pillow modes that can hold colour
+
+
+def decode_image(source, size: tuple[int, int], channels: int = 1) -> np.ndarray:
+    """A PNG or JPEG file (path, file object or bytes), grayscale or colour, converted to `channels` (1: grayscale,
+    3: RGB) and resized to `size` (H, W) with bilinear resampling: an H×W (or H×W×3) float32 array of
+    intensities 0–255."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, (bytes, bytearray)):
@@ -28,8 +32,8 @@ def decode_image(source, size: tuple[int, int]) -> np.ndarray:
         with Image.open(source) as image:
             if image.format not in IMAGE_FORMATS:
                 raise NotAnImage(f"a {image.format} image; only PNG and JPEG are accepted")
-            gray = image.convert("L").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.float32)
+            converted = image.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(converted, dtype=np.float32)
     except UnidentifiedImageError as err:
         raise NotAnImage("not a readable PNG or JPEG image (Pillow cannot identify it)") from err
     except (OSError, Image.DecompressionBombError) as err:

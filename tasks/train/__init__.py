@@ -55,6 +55,7 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
     import torch
 
     from tasks.common import tracking
+    from tasks.common.dataset import prepared_meta
     from tasks.nn.checkpoint import load_training_state, save_training_state
     from tasks.nn.device import device_tags, resolve_device, seed_everything, set_threads
     from tasks.nn.distributed import barrier, epoch_order, mean_over_ranks
@@ -67,7 +68,8 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
     set_threads(cfg.threads, device)
     seed_everything(seed)
     (x_train, y_train), (x_val, y_val), streamed = _load_data(prepared_dir, device, cfg.preload_max_mb)
-    input_shape, n_classes = tuple(x_train.shape[1:]), int(max(y_train.max(), y_val.max()).item()) + 1
+    data = prepared_meta(prepared_dir)
+    input_shape, n_classes = tuple(x_train.shape[1:]), len(data.classes)  # every class, even one a split lacks
     model = build_model(cfg, input_shape, n_classes).to(device)
     if device.type == "cuda" and cfg.channels_last and x_train.ndim == 4:
         model = model.to(memory_format=torch.channels_last)
@@ -105,7 +107,9 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
             run_id = run.info.run_id
             tracking.record_run(out_dir / "run.json", run_id, experiment_id)
             mlflow.log_params(_flatten(params.as_dict()))
-            mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()), **device_tags(device, world)})
+            mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()), **device_tags(device, world),
+                             **tracking.data_tags(data)})
+            mlflow.log_dict(data.model_dump(exclude={"encoding"}), "data/description.json")
         progress = epoch_progress(cfg.epochs, disable=not world.is_main, initial=start_epoch)
         epochs_run = start_epoch
         for epoch in range(start_epoch, cfg.epochs):

@@ -15,7 +15,7 @@ from tasks.common.config import Params, ValidateParams
 from tasks.common.dataset import SPLITS, load_split
 from tasks.common.errors import ValidationFailed
 from tasks.common.layout import Layout
-from tasks.validate import suites
+from tasks.validate import contract, leakage, suites
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class Failure:
     expectation: str
     column: str | None
     observed: str
+    limit: str = ""  # what the expectation demands, e.g. "min_value=20"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
 
     from tasks.common.dataset import prepared_meta
 
-    kind = prepared_meta(prepared_dir)["kind"]
+    data = prepared_meta(prepared_dir)
+    kind = data.kind
     context = gx.get_context(mode="file", project_root_dir=out_dir)
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -54,37 +56,62 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     source = context.data_sources.add_or_update_pandas("prepared")
     reference_path = Path(out_dir) / "reference.json"
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
-    if reference is not None and reference.get("kind", "images") != kind:
-        log.info("the reference is a %s data version and this one a %s: drift is not checked", reference.get("kind", "images"), kind)
+    if reference is not None and "contract" not in reference:
+        log.info("the reference predates data contracts: drift is not checked, and this version sets the contract")
         reference = None
-    if reference is None:
-        log.info("no reference data version yet: drift is not checked, and this version becomes the reference")
-    failures: list[Failure] = []
+    found = contract.contract_of(data)
+    broken = contract.differences(reference["contract"], found) if reference is not None else []
+    failures = [Failure("contract", "data_contract", p.split(":")[0], p.split(": ", 1)[1], "the frozen contract")
+                for p in broken]
+    if broken:  # another dataset: its drift against this one means nothing
+        reference = None
+    elif reference is None:
+        log.info("no reference data version yet: drift is not checked, and this version sets the data contract: %s",
+                 json.dumps(found)[:500])
     for split_name in SPLITS:
-        for asset_name, frame, suite in _tables(split_name, prepared_dir / split_name, kind, params, reference):
+        for asset_name, frame, suite in _tables(split_name, prepared_dir / split_name, kind, params, reference, data.classes):
             failures += _run_checkpoint(gx, context, source, asset_name, frame, suite, split_name)
+    everything = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
+    frame, suite = suites.version_class_checks(everything, params, data.classes)  # rows per class: over the version
+    failures += _run_checkpoint(gx, context, source, "all_class_counts", frame, suite, "all splits")
+    failures += _leakage(prepared_dir, kind, params.max_leaked_fraction)
     docs = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     result = ValidateResult(success=not failures, failures=failures, data_docs=docs)
-    report = _report(result)
+    report = {**_report(result), "contract": found}
     if root is not None and experiment is not None:
         report["mlflow_run_id"] = _log_to_mlflow(root, experiment, prepared_dir, result, report)
     write_json(Path(out_dir) / "report.json", report)
     if failures:
-        lines = "\n".join(f"  - {f.split}: {f.expectation}({f.column or ''}) observed {f.observed}" for f in failures)
-        raise ValidationFailed(f"{len(failures)} expectation(s) failed; Data Docs: {docs}\n{lines}")
-    write_json(reference_path, _reference(prepared_dir, kind))  # the last accepted version
+        lines = "\n".join(_line(f) for f in failures)
+        hint = f"\n{contract.NEW_DATASET_HINT}" if broken else ""
+        raise ValidationFailed(f"{len(failures)} expectation(s) failed; Data Docs: {docs}\n{lines}{hint}")
+    # the last accepted version, and the contract (frozen: kept from the first accepted version)
+    write_json(reference_path, {**_reference(prepared_dir, kind, data.classes), "contract": found})
     log.info("all splits passed validation; Data Docs: %s", docs)
     return result
 
 
-def _reference(prepared_dir: Path, kind: str) -> dict:
+def _leakage(prepared_dir: Path, kind: str, max_fraction: float) -> list[Failure]:
+    """Val and test examples identical to training examples, beyond `max_fraction` of the split: named by row."""
+    train = leakage.example_hashes(prepared_dir / "train", kind)
+    failures = []
+    for split in ("val", "test"):
+        held_out = leakage.example_hashes(prepared_dir / split, kind)
+        pairs = leakage.leaked(train, held_out)
+        if len(pairs) > max_fraction * len(held_out):
+            failures.append(Failure(split, "no_leakage_from_train", "rows", leakage.describe(split, pairs, len(held_out)),
+                                    f"max_leaked_fraction={max_fraction:g}"))
+    return failures
+
+
+def _reference(prepared_dir: Path, kind: str, names: list[str]) -> dict:
     """What later versions are compared with, over all splits of this one: statistics, label shares, the schema."""
     from tasks.common.tables import LABEL, feature_kinds
 
     splits = [load_split(prepared_dir / s) for s in SPLITS]
     y = np.concatenate([s.y for s in splits])
     labels, counts = np.unique(y, return_counts=True)
-    classes = {str(k): float(c / counts.sum()) for k, c in zip(labels.tolist(), counts)}
+    classes = {names[k]: float(c / counts.sum()) for k, c in zip(labels.tolist(), counts)}
     if kind == "images":
         rows = suites.image_stats(np.concatenate([s.x for s in splits]), y)
         return {"kind": kind, "image_shape": rows["image_shape"].iloc[0], "classes": classes,
@@ -99,14 +126,15 @@ def _reference(prepared_dir: Path, kind: str) -> dict:
     }
 
 
-def _tables(split_name: str, split_dir: Path, kind: str, params: ValidateParams, reference: dict | None):
+def _tables(split_name: str, split_dir: Path, kind: str, params: ValidateParams, reference: dict | None,
+            classes: list[str]):
     """The two tables checked per split: one row per example, one row per class."""
     split = load_split(split_dir)
     if kind == "images":
-        yield f"{split_name}_rows", *suites.image_checks(suites.image_stats(split.x, split.y), params, reference)
+        yield f"{split_name}_rows", *suites.image_checks(suites.image_stats(split.x, split.y), params, reference, classes)
     else:
-        yield f"{split_name}_rows", *suites.table_checks(suites.table_rows(split_dir), params, reference)
-    yield f"{split_name}_class_counts", *suites.class_checks(split.y, params, reference)
+        yield f"{split_name}_rows", *suites.table_checks(suites.table_rows(split_dir), params, reference, classes)
+    yield f"{split_name}_class_counts", *suites.class_checks(split.y, params, reference, classes)
 
 
 def _log_to_mlflow(root: Path, experiment: str, prepared_dir: Path, result: ValidateResult, report: dict) -> str:
@@ -146,7 +174,9 @@ def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_
             name=asset_name,
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "SUMMARY"},
+            # per-class tables name the classes behind each unexpected value
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["class"]}
+            if "class" in frame.columns else {"result_format": "SUMMARY"},
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
@@ -160,15 +190,52 @@ def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_
                         split=split_name,
                         expectation=cfg.type,
                         column=cfg.kwargs.get("column"),
-                        observed=_observed(res.result),
+                        observed=_missing(frame, cfg) or _observed(res.result),
+                        limit=_limit(cfg.kwargs),
                     )
                 )
     return failures
 
 
+def _line(failure: Failure) -> str:
+    if failure.split == "contract":
+        return f"  - data contract, {failure.column}: {failure.observed}"
+    return (f"  - {failure.split}: {failure.expectation}({failure.column or ''}) observed {failure.observed}; "
+            f"limit: {failure.limit}")
+
+
+def _limit(kwargs: dict) -> str:
+    """An expectation's demand in words: its bounds or set, as configured."""
+    shown = {k: v for k, v in kwargs.items() if k not in ("column", "batch_id", "result_format", "catch_exceptions")
+             and v is not None}
+    parts = []
+    for key, value in shown.items():
+        if isinstance(value, (list, tuple)) and len(value) > 12:
+            value = f"[{', '.join(map(str, value[:12]))}, … ({len(value)} in all)]"
+        elif isinstance(value, float):
+            value = f"{value:.6g}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def _missing(frame, cfg) -> str:
+    """For a set a column's distinct values must contain: which members are missing (GX reports no observed value
+    for it with the per-class result format)."""
+    column, wanted = cfg.kwargs.get("column"), cfg.kwargs.get("value_set")
+    if "distinct_values_to" not in cfg.type or column not in frame.columns or not isinstance(wanted, (list, tuple)):
+        return ""
+    present = set(frame[column].tolist())
+    missing = [v for v in wanted if v not in present]
+    return f"missing {missing}" if missing else ""
+
+
 def _observed(result: dict) -> str:
     if "observed_value" in result:
         return str(result["observed_value"])
+    if result.get("unexpected_index_list") and isinstance(result["unexpected_index_list"][0], dict):
+        named = [f"class {row.get('class')!r}: {value}" for row, value in
+                 zip(result["unexpected_index_list"], result.get("unexpected_list", []))][:10]
+        return f"{result.get('unexpected_count')} unexpected value(s): {', '.join(named)}"
     if "partial_unexpected_list" in result:
         sample = result["partial_unexpected_list"][:5]
         return f"{result.get('unexpected_count')} unexpected value(s), e.g. {sample}"

@@ -1,0 +1,40 @@
+"""Leakage: examples of the val or test split identical to a training example. A model scored on examples it
+trained on looks better than it is, and the gate's comparison means nothing.
+
+Images are compared by their pixels, table rows by their feature values (the label left out: the same features
+with another label leak just as much).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+def example_hashes(split_dir: Path, kind: str) -> list[str]:
+    """One hash per example of a prepared split: its pixels, or its raw feature values."""
+    if kind == "table":
+        import pandas as pd
+
+        from tasks.common.tables import LABEL
+
+        rows = pd.read_parquet(split_dir / "rows.parquet").drop(columns=[LABEL])
+        return [f"{h:016x}" for h in pd.util.hash_pandas_object(rows, index=False)]
+    x = np.load(split_dir / "x.npy", mmap_mode="r")
+    return [hashlib.md5(np.ascontiguousarray(row).tobytes()).hexdigest() for row in x]
+
+
+def leaked(train: list[str], held_out: list[str]) -> list[tuple[int, int]]:
+    """(held-out row, train row) for every held-out example identical to a training one, in row order."""
+    first = {}
+    for i, h in enumerate(train):
+        first.setdefault(h, i)
+    return [(i, first[h]) for i, h in enumerate(held_out) if h in first]
+
+
+def describe(split: str, pairs: list[tuple[int, int]], rows: int) -> str:
+    """`3 of 360 test rows are identical to train rows (test row 5 = train row 17, ...)`."""
+    shown = ", ".join(f"{split} row {i} = train row {j}" for i, j in pairs[:5])
+    return f"{len(pairs)} of {rows} {split} rows are identical to train rows ({shown}{', …' if len(pairs) > 5 else ''})"

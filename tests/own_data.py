@@ -1,0 +1,107 @@
+"""Small real datasets a team might bring, in each format ingest takes, none of them the digits: text class names,
+categorical columns with missing values, colour that carries the class, odd image sizes.
+
+Each writer makes files on disk exactly as a user would have them and returns what a test needs to know.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+# Three colours of (almost) one luminance (0.299 R + 0.587 G + 0.114 B ≈ 0.45): converted to grayscale, the classes
+# look alike; in colour they are told apart at a glance.
+COLOURS = {"ember": (0.95, 0.25, 0.35), "moss": (0.25, 0.58, 0.15), "sky": (0.20, 0.40, 1.00)}
+
+
+def loans_csv(path: Path, rows: int = 360, seed: int = 0) -> dict:
+    """A loans table: numeric and categorical columns, a few missing values, the class in `decision` as text
+    (approved / declined / review). The class follows the numbers (income, debt) and the region."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    decision = rng.choice(["approved", "declined", "review"], size=rows)
+    centre = {"approved": (80.0, 10.0), "declined": (30.0, 40.0), "review": (55.0, 25.0)}
+    income = np.array([centre[d][0] for d in decision]) + rng.normal(0, 4, rows)
+    debt = np.array([centre[d][1] for d in decision]) + rng.normal(0, 3, rows)
+    region = np.where(decision == "review", rng.choice(["north", "east"], rows), rng.choice(["south", "west"], rows))
+    frame = pd.DataFrame({"income_k": income.round(1), "debt_k": debt.round(1), "region": region,
+                          "age": rng.integers(21, 70, rows), "decision": decision})
+    frame.loc[rng.choice(rows, rows // 50, replace=False), "income_k"] = np.nan  # a few missing values
+    frame.loc[rng.choice(rows, rows // 50, replace=False), "region"] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return {"label": "decision", "classes": ["approved", "declined", "review"], "frame": frame}
+
+
+def colour_folder(root: Path, per_class: int = 40, size: tuple[int, int] = (18, 14), seed: int = 0) -> dict:
+    """One folder per colour name (ember, moss, sky) of RGB JPEGs of random texture and brightness: only the colour
+    tells the classes apart. Images are H×W = `size` (not square, not a power of two)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            texture = rng.uniform(0.3, 1.0, size) * rng.uniform(0.6, 1.0)  # brightness varies more than the hues differ
+            pixels = (texture[..., None] * np.array(colour) * 255).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / name / f"{name}-{i:03d}.jpg", quality=95)
+    return {"classes": sorted(COLOURS), "size": size}
+
+
+def colour_image(name: str, size: tuple[int, int] = (18, 14), seed: int = 99) -> bytes:
+    """One JPEG of the class `name`, drawn like colour_folder's, as the bytes a client uploads."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = (rng.uniform(0.3, 1.0, size)[..., None] * 0.8 * np.array(COLOURS[name]) * 255).clip(0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def shapes(n_per_class: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grayscale 8-bit images of three shapes (a bar, a cross, a ring) at random offsets, with their shape names."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    images, labels = [], []
+    for name in ("bar", "cross", "ring"):
+        for _ in range(n_per_class):
+            cy, cx = rng.integers(side // 3, side - side // 3, 2)
+            if name == "bar":
+                mask = np.abs(yy - cy) <= 1
+            elif name == "cross":
+                mask = (np.abs(yy - cy) <= 1) | (np.abs(xx - cx) <= 1)
+            else:
+                radius = np.hypot(yy - cy, xx - cx)
+                mask = (radius > side / 5) & (radius < side / 5 + 2)
+            image = np.where(mask, rng.uniform(180, 255), rng.uniform(0, 40, (side, side)))
+            images.append(image.astype(np.uint8))
+            labels.append(name)
+    return np.stack(images), np.asarray(labels)
+
+
+def shapes_arrays(folder: Path, n_per_class: int = 40, side: int = 12, seed: int = 1) -> dict:
+    """images.npy (N×H×W uint8) and labels.npy of text class names (a NumPy unicode array, no pickle)."""
+    images, labels = shapes(n_per_class, side, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "labels.npy", labels)
+    return {"classes": ["bar", "cross", "ring"], "images": images, "labels": labels}
+
+
+def shapes_idx(folder: Path, n_per_class: int = 40, side: int = 12, seed: int = 2) -> dict:
+    """MNIST-format IDX files of the shapes; IDX labels are numbers, so classes are the codes 3, 7, 12 (ordered as
+    numbers: '12' after '7')."""
+    images, names = shapes(n_per_class, side, seed)
+    codes = {"bar": 3, "cross": 7, "ring": 12}
+    labels = np.asarray([codes[n] for n in names], dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        (folder / f"train-{kind}-ubyte").write_bytes(header + array.tobytes())
+    return {"classes": ["3", "7", "12"], "images": images, "labels": labels}

@@ -1,0 +1,157 @@
+"""A team's own data, end to end, as a new user brings it: `python -m flows.pipeline --data PATH [--label COL]` on a
+CSV with text classes, an RGB JPEG folder whose folders are words, .npy arrays with text labels and IDX files, each to a
+promoted champion whose Bento, served over HTTP, answers class names. One project is shared, in file order: each
+dataset after the first is a switch, refused by the data contract without --new-dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import own_data
+from tests.conftest import project_copy, project_env, run_in, serve_bento, stop
+
+pytestmark = pytest.mark.slow
+QUICK = ["--set", "train.epochs=30", "--set", "compress.finetune_epochs=5", "--set", "compress.calibrations=[minmax]",
+         "--set", "compress.latency_repeats=5", "--no-push"]  # smaller budgets: these datasets are learnt in seconds
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    base = tmp_path_factory.mktemp("own-data")
+    root = project_copy(base / "project")
+    sources = root / "data" / "sources"
+    made = {"loans": own_data.loans_csv(sources / "loans.csv"), "colours": own_data.colour_folder(sources / "colours"),
+            "shapes": own_data.shapes_arrays(sources / "shapes"), "codes": own_data.shapes_idx(sources / "codes")}
+    return root, project_env(base), made
+
+
+def _pipeline(project, *args: str):
+    root, env, _ = project
+    return run_in(root, env, sys.executable, "-m", "flows.pipeline", *args, *QUICK, timeout=1200)
+
+
+def _champion(root: Path, name: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return client, client.get_model_version_by_alias(name, "champion")
+
+
+def _serving(project):
+    root, env, _ = project
+    tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
+    return serve_bento(tag, env, root)
+
+
+def test_a_csv_with_text_classes_categories_and_gaps_is_served_by_class_name(project):
+    root, _, made = project
+    done = _pipeline(project, "--data", "data/sources/loans.csv", "--label", "decision")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "params.yaml: ingest.path = 'data/sources/loans.csv'" in done.stdout
+    assert "/predict_rows" in done.stdout and "approved, declined, review" in done.stdout  # the summary's hint
+    client, champion = _champion(root, "loans-classifier")  # named from the data, not digits-classifier
+    assert json.loads(champion.tags["data.classes"]) == made["loans"]["classes"]
+    assert client.get_experiment_by_name("loans-pipeline") is not None
+    server, url = _serving(project)
+    try:
+        rows = [{"income_k": 85.0, "debt_k": 8.0, "region": "west", "age": 40},
+                {"income_k": None, "debt_k": 42.0, "region": None, "age": 33},  # gaps, as the CSV had them
+                {"income_k": 55.0, "debt_k": 25.0, "region": "north", "age": 51}]
+        answer = httpx.post(f"{url}/predict_rows", json={"rows": rows}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [a["label"] for a in answer.json()] == ["approved", "declined", "review"]
+        assert set(answer.json()[0]["probabilities"]) == {"approved", "declined", "review"}
+        about = httpx.get(f"{url}/metadata", timeout=30).json()
+        assert about["classes"] == ["approved", "declined", "review"] and about["problem"] == "multiclass"
+    finally:
+        stop(server)
+
+
+def test_another_dataset_is_refused_by_the_contract_until_asked_for(project):
+    root, _, _ = project
+    refused = _pipeline(project, "--data", "data/sources/colours")
+    assert refused.returncode == 1
+    message = refused.stdout + refused.stderr
+    assert "data contract, kind: the contract says 'table', this version has 'images'" in message
+    assert "missing ['approved', 'declined', 'review']; new ['ember', 'moss', 'sky']" in message
+    assert "--new-dataset" in message
+    import mlflow
+
+    names = [m.name for m in mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").search_registered_models()]
+    assert "colours-classifier" not in names  # nothing trained, nothing registered
+
+
+def test_colour_is_kept_and_a_colour_only_task_is_learnt_and_served(project):
+    root, env, _ = project
+    done = _pipeline(project, "--data", "data/sources/colours", "--new-dataset")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "data contract archived to" in done.stdout
+    assert json.loads((root / "artifacts/evaluate/metrics.json").read_text())["accuracy"] >= 0.95
+    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    assert meta["channels"] == 3 and meta["image_shape"] == [18, 14] and meta["pixel_max"] == 255.0
+    _, champion = _champion(root, "colours-classifier")
+    _, loans = _champion(root, "loans-classifier")  # the other dataset's champion is untouched
+    assert str(champion.version) == "1" and str(loans.version) == "1"
+    server, url = _serving(project)
+    try:
+        for name in ("ember", "moss", "sky"):
+            upload = own_data.colour_image(name)
+            answer = httpx.post(f"{url}/predict_image", files={"image": (f"{name}.jpg", upload, "image/jpeg")}, timeout=30)
+            assert answer.status_code == 200 and answer.json()["label"] == name, answer.text
+        about = httpx.get(f"{url}/metadata", timeout=30).json()
+        assert about["input_shape"] == [18, 14, 3] and about["classes"] == ["ember", "moss", "sky"]
+    finally:
+        stop(server)
+
+
+def test_npy_arrays_with_text_labels_are_served_by_class_name(project):
+    root, _, made = project
+    done = _pipeline(project, "--data", "data/sources/shapes", "--new-dataset")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    server, url = _serving(project)
+    try:
+        images, labels = made["shapes"]["images"], made["shapes"]["labels"]
+        picks = [int(np.flatnonzero(labels == name)[0]) for name in ("bar", "cross", "ring")]
+        answer = httpx.post(f"{url}/predict", json={"images": images[picks].astype(float).tolist()}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [a["label"] for a in answer.json()] == ["bar", "cross", "ring"]
+    finally:
+        stop(server)
+
+
+def test_idx_class_codes_are_ordered_as_numbers_and_served_as_names(project):
+    root, _, made = project
+    done = _pipeline(project, "--data", "data/sources/codes", "--new-dataset")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((root / "data/prepared/meta.json").read_text())["classes"] == ["3", "7", "12"]
+    server, url = _serving(project)
+    try:
+        images, labels = made["codes"]["images"], made["codes"]["labels"]
+        ring = int(np.flatnonzero(labels == 12)[0])
+        answer = httpx.post(f"{url}/predict", json={"images": images[ring : ring + 1].astype(float).tolist()}, timeout=30)
+        assert answer.status_code == 200 and answer.json()[0]["label"] == "12", answer.text
+        assert list(answer.json()[0]["probabilities"]) == ["3", "7", "12"]
+    finally:
+        stop(server)
+
+
+def test_a_grayscale_model_cannot_learn_the_colour_task(tmp_path):
+    """What makes the colour fixture worth having: with colour dropped, the classes cannot be told apart."""
+    from tasks.common.config import IngestParams, Params
+    from tasks.ingest import ingest
+    from tasks.prepare import prepare
+    from tasks.train import train
+
+    own_data.colour_folder(tmp_path / "colours")
+    ingest(IngestParams(path="colours", channels=1), tmp_path, tmp_path / "raw")
+    params = Params.model_validate({"train": {"epochs": 25, "patience": 25}})
+    prepare(params.prepare, 42, tmp_path / "raw", tmp_path / "prepared")
+    result = train(params, tmp_path, tmp_path / "prepared", tmp_path / "train")
+    assert result.val_accuracy < 0.8  # three classes: chance is 0.33; colour gets ≥ 0.95 above
