@@ -73,6 +73,22 @@ def test_predictions_over_http_equal_the_in_process_model_on_the_test_split(serv
     assert (expected.argmax(1) == labels).mean() > 0.9  # a model worth serving, not a constant
 
 
+def _npz() -> bytes:
+    out = io.BytesIO()
+    np.savez(out, images=np.zeros((1, 8, 8), np.float32))
+    return out.getvalue()
+
+
+def _declaring(array: np.ndarray, shape: str) -> bytes:
+    """A .npy file whose header declares `shape` (e.g. far more than its bytes), the rest as written."""
+    from numpy.lib import format as npy
+
+    header = {"descr": npy.dtype_to_descr(array.dtype), "fortran_order": False, "shape": eval(shape)}  # noqa: S307
+    out = io.BytesIO()
+    npy.write_array_header_1_0(out, header)
+    return out.getvalue() + array.tobytes()
+
+
 def _in_class_order(answers: list[dict], classes: list[str]) -> list[list[float]]:
     """Each answer's probabilities (keyed by class name) as a row in the model's output order."""
     for answer in answers:
@@ -102,7 +118,12 @@ def test_a_npy_body_is_answered_with_npy_probabilities_equal_to_the_in_process_m
 
 @pytest.mark.parametrize("body,message", [
     (b"not a npy file", "body: "),
-    (_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "body: Object arrays cannot be loaded"),
+    (_npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "images must be real numbers; got dtype object"),
+    (_npz(), "an .npz archive"),
+    (_npy(np.zeros((1, 8, 8), np.float32)).replace(b"(1, 8, 8)", b"(1, 8, 8 "), "not a readable .npy file"),
+    (_npy(np.zeros((1, 8, 8), np.float32)).replace(b"(1, 8, 8)", b"(10**9, 8, 8)".ljust(9)[:9]), "not a readable"),
+    (_declaring(np.zeros((1, 8, 8), np.float32), "(100000000000, 8, 8)"), "the header declares shape (100000000000, 8, 8)"),
+    (_npy(np.zeros((4, 8, 8), np.float32))[:-10], "but 1014 bytes follow it"),
     (_npy(np.array([["a"] * 8] * 8)[None]), "images must be real numbers; got dtype <U1"),
     (_npy(np.zeros((2, 7, 8), np.float32)), "images must have shape (N, 8, 8); got (2, 7, 8)"),
     (_npy(np.full((1, 8, 8), 99.0)), "pixel values must lie in [0, 16]"),
@@ -164,7 +185,106 @@ def test_each_bad_upload_gets_a_4xx_naming_the_problem(service, upload, status, 
     name, content, kind = upload
     answer = service.post("/predict_image", files={"image": (name, content if content is not None else _gif(), kind)})
     assert answer.status_code == status and message in answer.json()["error"], (answer.status_code, answer.text[:500])
-    assert service.post("/predict_image").status_code == 400  # no upload at all
+    assert service.post("/predict_image").status_code == 415  # no upload at all
+
+
+def _blank_png(side: int) -> bytes:
+    """A side×side black PNG: a few kilobytes that decode to side² pixels (a decompression bomb in small)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (side, side)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _broken_png() -> bytes:
+    """A PNG whose first chunk's length field is garbage: Pillow raises SyntaxError, not OSError, on it."""
+    good = _png(np.zeros((8, 8)))
+    return good[:8] + b"\xff\xff\xff\xff" + good[12:]
+
+
+@pytest.mark.parametrize("request_kwargs,status,message", [
+    ({"content": b"--x\r\nbad header line\r\n\r\nabc\r\n--x--\r\n",
+      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "malformed multipart/form-data body"),
+    ({"content": b"--x\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--x--\r\n",
+      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, '"name" must be provided'),
+    ({"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"other": ("x.txt", b"x", "text/plain")}}, 400,
+     "must be a file upload, not text (URLs are not fetched)"),
+    ({"data": {"image": "file:///etc/passwd"}, "files": {"other": ("x.txt", b"x", "text/plain")}}, 400,
+     "must be a file upload"),
+    ({"files": {"picture": ("d.png", _png(np.zeros((8, 8))), "image/png")}}, 400,
+     "expected the image file in the form field 'image'; found fields ['picture']"),
+    ({"content": b"http://127.0.0.1:1/x.png", "headers": {"content-type": "text/plain"}}, 415, "multipart/form-data"),
+    ({"json": {"image": "http://127.0.0.1:1/x.png"}}, 415, "multipart/form-data"),
+    ({"files": {"image": ("b.png", _broken_png(), "image/png")}}, 400, "not a readable PNG or JPEG image"),
+    ({"files": {"image": ("big.png", _blank_png(4100), "image/png")}}, 400,
+     "4100×4100 pixels; the limit is 16,000,000 pixels"),
+])
+def test_hostile_uploads_get_a_4xx_and_the_connection_stays_usable(service, request_kwargs, status, message):
+    answer = service.post("/predict_image", **request_kwargs)
+    assert answer.status_code == status and message in answer.json()["error"], (answer.status_code, answer.text[:500])
+    assert service.get("/metadata").status_code == 200  # the same keep-alive connection answers the next request
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_rows", "/predict_npy"])
+def test_a_malformed_multipart_body_is_a_400_on_every_endpoint(service, path):
+    answer = service.post(path, content=b"--x\r\nbad header line\r\n\r\nabc\r\n--x--\r\n",
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 400 and "malformed multipart/form-data body" in answer.json()["error"], answer.text
+
+
+def test_an_integer_beyond_float_range_is_a_400(service):
+    huge = "1" + "0" * 400
+    body = b'{"images": [[[' + huge.encode() + b', 0, 0, 0, 0, 0, 0, 0]' + b', [0, 0, 0, 0, 0, 0, 0, 0]' * 7 + b']]}'
+    answer = service.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text[:300]
+
+
+def _mutants(body: bytes, count: int, seed: int) -> list[bytes]:
+    """`body` with a few random bytes flipped, cut short or stretched: what a broken client or a fuzzer sends."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        mutant = bytearray(body)
+        for _ in range(int(rng.integers(1, 6))):
+            where = int(rng.integers(0, len(mutant)))
+            action = rng.integers(0, 3)
+            if action == 0:
+                mutant[where] = int(rng.integers(0, 256))
+            elif action == 1:
+                del mutant[where:where + int(rng.integers(1, 16))]
+            else:
+                mutant[where:where] = bytes(rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8))
+        out.append(bytes(mutant))
+    return out
+
+
+def test_mutated_npy_and_image_bodies_never_get_a_5xx(service, test_split):
+    """400 mutants of a valid .npy body and 400 of a valid PNG and JPEG upload (bytes flipped, cut, inserted)."""
+    npy_body = _npy(test_split[0][:4])
+    header_heavy = _mutants(npy_body[:160], 200, seed=1)  # mostly the header: where parsing can go wrong
+    statuses = [service.post("/predict_npy", content=m + npy_body[160:]).status_code for m in header_heavy]
+    statuses += [service.post("/predict_npy", content=m).status_code for m in _mutants(npy_body, 200, seed=2)]
+    picture = np.kron(test_split[0][0] * 255 / 16, np.ones((4, 4)))
+    for fmt, seed in (("PNG", 3), ("JPEG", 4)):
+        for mutant in _mutants(_png(picture, "L", fmt), 200, seed):
+            statuses.append(service.post("/predict_image", files={"image": ("m", mutant, "image/png")}).status_code)
+    assert len(statuses) == 800 and max(statuses) < 500, sorted(set(statuses))
+    assert service.get("/metadata").status_code == 200
+
+
+def test_paths_the_service_does_not_serve_share_one_metrics_label(service):
+    """A client inventing paths must not grow /metrics (and the worker's memory) by one series per path."""
+    for i in range(300):
+        assert service.get(f"/no-such-page-{i}").status_code == 404
+        assert service.post(f"/predict/{i}", json={}).status_code in (404, 405)
+    assert service.get("/metadata").status_code == 200
+    metrics = service.get("/metrics").text
+    assert "no-such-page" not in metrics and 'endpoint="/predict/' not in metrics
+    unmatched = [line for line in metrics.splitlines()
+                 if line.startswith("bentoml_service_request_total{") and 'endpoint="unmatched"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in unmatched) >= 600, unmatched
+    assert 'endpoint="/metadata"' in metrics  # the paths it serves keep their own label
 
 
 def test_metadata_names_the_model_and_health_and_prometheus_metrics_are_on(service):

@@ -28,7 +28,8 @@ answered but neither counted nor kept; any other X-Warm-Up is a user's request l
     build.py       build arguments and the stored model's metadata
     checks.py      request checks before batching
     monitoring.py  train/serve skew counts and the latest inputs
-    guard.py       API key, size limit, one JSON shape for every 4xx
+    guard.py       API key, size limit, malformed multipart and non-file uploads, one JSON shape for every 4xx
+    metric_labels.py  one Prometheus label for every path the service does not serve
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ from typing import Annotated
 
 import bentoml
 import numpy as np
+import PIL.Image  # noqa: F401 - at start-up: imported by the first upload, it raced BentoML's batch path inspecting PIL
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
 from bento.service.build import CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
-from bento.service.checks import Images, checked_images
+from bento.service.checks import Images, checked_images, read_npy
+from bento.service import metric_labels
 from bento.service.guard import Guard
 from bento.service.monitoring import SEEN
 from tasks.shipped.imaging import NotAnImage, decode_image
@@ -98,6 +101,7 @@ class RecentInputs(BaseModel):
 
 
 routes = FastAPI()  # the GET endpoints (BentoML's own are POST)
+metric_labels.install(lambda: metric_labels.paths_of(routes))  # one Prometheus label for unknown paths
 
 
 @bentoml.service(name=args.service_name, workers=args.workers, threads=args.threads,
@@ -169,7 +173,7 @@ class DigitsClassifier:
         if KIND != "images":
             raise InvalidArgument("this model takes table rows, not images")
         try:
-            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE[:2], CHANNELS) * (PIXEL_MAX / 255.0)
+            pixels = decode_image(image.read_bytes(), IMAGE_SHAPE[:2], CHANNELS, args.max_image_pixels) * (PIXEL_MAX / 255.0)
         except NotAnImage as err:
             raise InvalidArgument(f"image: {err}") from err
         SEEN.observe(pixels[None])
@@ -189,11 +193,8 @@ class DigitsClassifier:
         from fastapi.responses import JSONResponse
 
         try:
-            images = np.load(io.BytesIO(await request.body()), allow_pickle=False)
-            if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
-                raise ValueError(f"images must be real numbers; got dtype {images.dtype}")
-            images = checked_images(np.ascontiguousarray(images, dtype=np.float32))
-        except (ValueError, OSError, EOFError) as err:
+            images = checked_images(np.ascontiguousarray(read_npy(await request.body()), dtype=np.float32))
+        except ValueError as err:
             return JSONResponse({"error": f"body: {err}"}, status_code=400)
         probabilities = await self._infer(images)
         out = io.BytesIO()

@@ -22,6 +22,7 @@ class ServiceArgs(BaseModel):
     threads: int = 1
     max_images_per_request: int = 1024
     max_request_mb: float = 8.0
+    max_image_pixels: int = 16_000_000
     access_log: bool = False
     tracing: bool = False
     inline_inference: bool = True

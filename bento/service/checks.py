@@ -32,6 +32,35 @@ def checked_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def read_npy(body: bytes) -> np.ndarray:
+    """A .npy body as an array, or a ValueError naming what is wrong. The header is checked before anything is
+    allocated: the declared shape and dtype must account for exactly the bytes sent, so a client cannot make the
+    service allocate more than its request size limit; no pickle, no .npz archive, real numbers only."""
+    import io
+
+    from numpy.lib import format as npy
+
+    if body[:2] == b"PK":
+        raise ValueError("an .npz archive: send one array as a .npy file (numpy.save)")
+    stream = io.BytesIO(body)
+    try:
+        version = npy.read_magic(stream)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)
+    except Exception as err:  # noqa: BLE001 - a mangled header raises ValueError, SyntaxError, TokenError, ...
+        raise ValueError(f"not a readable .npy file ({type(err).__name__}: {str(err)[:200]})") from None
+    if dtype.hasobject or dtype.fields is not None or not np.issubdtype(dtype, np.number) \
+            or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"images must be real numbers; got dtype {dtype}")
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    payload = len(body) - stream.tell()
+    if count * dtype.itemsize != payload:
+        raise ValueError(f"the header declares shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} bytes), but "
+                         f"{payload} bytes follow it")
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
 def _refused(check: str, message: str) -> ValueError:
     """A request refused for what training never saw: counted as skew, then answered 400."""
     SEEN.refuse(check)
@@ -44,7 +73,7 @@ def _nested_numbers(value) -> np.ndarray:
         raise ValueError(f"images must be a nested list of numbers (N×H×W); got a JSON {type(value).__name__}")
     try:
         return np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:  # OverflowError: an integer beyond any float
         raise ValueError(f"images must be a nested list of numbers (N×H×W) of one shape: {err}") from None
 
 

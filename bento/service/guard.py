@@ -1,5 +1,5 @@
 """The error guard in front of every endpoint (ASGI middleware): the API key, the request size limit, malformed
-multipart bodies, and one JSON shape for every 4xx answer."""
+multipart bodies and uploads that are not files, and one JSON shape for every 4xx answer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from bento.service.monitoring import WARM_UP
 API_KEY_ENV = "BENTO_API_KEY"
 WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # set by the serving front for the Bentos it starts (bento/front)
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
+UPLOADS = {"/predict_image": "image"}  # endpoint → its file field: only multipart uploads, never a URL to fetch
 
 
 class Guard:
@@ -39,12 +40,27 @@ class Guard:
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
                                             f"(the value of {API_KEY_ENV} where the service runs)")
         kind = headers.get(b"content-type", b"").lower()
+        upload_field = UPLOADS.get(scope["path"])
+        if upload_field and scope["method"] == "POST" and not kind.startswith(b"multipart/form-data"):
+            # BentoML would fetch a URL sent as the body: the service never downloads what a client points at
+            return await _reply(send, 415, f"{scope['path']} takes multipart/form-data with the image file in the form "
+                                            f"field '{upload_field}'")
         if kind.startswith(b"multipart/") and b"boundary=" not in kind:
             return await _reply(send, 400, "a multipart/form-data request needs a boundary in its Content-Type")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _reply(send, 413, f"request body of {int(declared)} bytes; the limit is {self.max_bytes} "
                                             f"({args.max_request_mb:g} MB): send fewer images per request")
+        if kind.startswith(b"multipart/"):
+            # Parsed here first, bounded by the size limit: BentoML answers a malformed body with 500, and fetches a
+            # URL sent as text where a file was expected.
+            body = await _body(receive, self.max_bytes)
+            if body is None:
+                return await _reply(send, 413, f"request body above the limit of {self.max_bytes} bytes")
+            problem = await _multipart_problem(scope, body, upload_field)
+            if problem:
+                return await _reply(send, 400, problem)
+            return await self.app(scope, _replay(body), send)
         if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # A chunked body has no declared length: read it up to the limit, then hand it on.
             messages, size = [], 0
@@ -63,6 +79,57 @@ class Guard:
 
             return await self.app(scope, receive_replayed, send)
         return await self.app(scope, receive, send)
+
+
+async def _body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None past `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _multipart_problem(scope, body: bytes, upload_field: str | None) -> str:
+    """What is wrong with a multipart body (unparseable; for an upload endpoint, no file in its field), or ""."""
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request
+
+    try:
+        form = await Request(scope, _replay(body)).form(max_files=4, max_fields=16)
+    except Exception as err:  # noqa: BLE001 - python-multipart and Starlette raise several kinds for a broken body
+        return f"malformed multipart/form-data body: {str(err) or type(err).__name__}"
+    try:
+        if upload_field is None:
+            return ""
+        values = form.getlist(upload_field)
+        if not values:
+            return f"expected the image file in the form field '{upload_field}'; found fields {sorted(form.keys())}"
+        if not all(isinstance(v, UploadFile) for v in values):
+            return f"the form field '{upload_field}' must be a file upload, not text (URLs are not fetched)"
+        return ""
+    finally:
+        await form.close()
 
 
 def _plain_errors(send):

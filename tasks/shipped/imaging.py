@@ -20,10 +20,10 @@ class NotAnImage(ValueError):
 COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}  # Pillow modes that can hold colour
 
 
-def decode_image(source, size: tuple[int, int], channels: int = 1) -> np.ndarray:
+def decode_image(source, size: tuple[int, int], channels: int = 1, max_pixels: int | None = None) -> np.ndarray:
     """A PNG or JPEG file (path, file object or bytes), grayscale or colour, converted to `channels` (1: grayscale,
     3: RGB) and resized to `size` (H, W) with bilinear resampling: an H×W (or H×W×3) float32 array of
-    intensities 0–255."""
+    intensities 0–255. With `max_pixels`, a larger image is refused from its header, before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, (bytes, bytearray)):
@@ -32,9 +32,14 @@ def decode_image(source, size: tuple[int, int], channels: int = 1) -> np.ndarray
         with Image.open(source) as image:
             if image.format not in IMAGE_FORMATS:
                 raise NotAnImage(f"a {image.format} image; only PNG and JPEG are accepted")
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise NotAnImage(f"{image.width}×{image.height} pixels; the limit is {max_pixels:,} pixels "
+                                 "(scale it down before sending)")
             converted = image.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(converted, dtype=np.float32)
+    except NotAnImage:
+        raise
     except UnidentifiedImageError as err:
         raise NotAnImage("not a readable PNG or JPEG image (Pillow cannot identify it)") from err
-    except (OSError, Image.DecompressionBombError) as err:
-        raise NotAnImage(f"not a readable PNG or JPEG image ({err})") from err
+    except Exception as err:  # noqa: BLE001 - a broken file makes Pillow raise OSError, SyntaxError, ValueError, ...
+        raise NotAnImage(f"not a readable PNG or JPEG image ({type(err).__name__}: {str(err)[:200]})") from err
