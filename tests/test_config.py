@@ -50,3 +50,21 @@ def test_arrays_source_needs_a_path(tmp_path):
     path.write_text("ingest:\n  source: arrays\n")
     with pytest.raises(ConfigError, match="ingest.path"):
         load_params(path)
+
+
+def test_expected_class_names_are_read_as_ingest_names_classes():
+    from tasks.common.config import ValidateParams
+
+    assert ValidateParams(labels=[0, 1.0, True, "cat"]).labels == ("0", "1", "True", "cat")
+
+
+def test_names_follow_the_dataset_unless_set():
+    from tasks.common.config import Params
+
+    derived = Params.model_validate({"ingest": {"path": "data/sources/Loans 2024.csv"}})
+    assert (derived.base.name, derived.base.experiment, derived.evaluate.registered_model, derived.package.bento_model,
+            derived.package.service_name) == ("loans-2024", "loans-2024-pipeline", "loans-2024-classifier",
+                                              "loans-2024-classifier", "loans_2024_classifier")
+    assert Params().evaluate.registered_model == "digits-classifier"
+    chosen = Params.model_validate({"base": {"name": "fraud"}, "evaluate": {"registered_model": "fraud-v2"}})
+    assert chosen.evaluate.registered_model == "fraud-v2" and chosen.package.bento_model == "fraud-classifier"

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.common.errors import ConfigError
+
+
+def _class_name(value):
+    """A class name as params.yaml may write it (0, 1.0, true, "cat") in the form ingest names classes."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else str(value)
+
+
+ClassName = Annotated[str, BeforeValidator(_class_name)]
 
 
 class Section(BaseModel):
@@ -59,7 +71,7 @@ class ValidateParams(Section):
     table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
     max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
     image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
-    labels: tuple[str, ...] = ()  # the class names every version must have; empty: the data contract's (the first accepted version's)
+    labels: tuple[ClassName, ...] = ()  # the class names every version must have; empty: whatever classes the data holds
     value_min: float = 0.0
     value_max: float = 1.0
 
