@@ -35,6 +35,8 @@ CASES = [  # (scale, label, train.preload_max_mb)
 
 def write_prepared(base: dict, scale: int, folder: Path) -> None:
     """The prepared layout `train` reads, each split repeated `scale` times, written through a memory map."""
+    from tasks.common.outputs import DataDescription
+
     for name, split in base.items():
         out = folder / name
         out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,10 @@ def write_prepared(base: dict, scale: int, folder: Path) -> None:
         x.flush()
         del x
         np.save(out / "y.npy", np.tile(split.y, reps))
-    (folder / "meta.json").write_text('{"kind": "images", "pixel_max": 1.0}\n')
+    classes = [str(k) for k in range(int(max(split.y.max() for split in base.values())) + 1)]
+    DataDescription(kind="images", source="arrays", classes=classes, problem="multiclass",
+                    problem_reason="the benchmark's digits", image_shape=list(base["train"].x.shape[2:]),
+                    channels=int(base["train"].x.shape[1])).write(folder / "meta.json")
 
 
 def run_train(root: Path, preload_max_mb: float) -> dict:

@@ -41,3 +41,7 @@ def test_the_memory_benchmark_writes_a_scaled_prepared_layout_train_can_read(tmp
     assert train.x.shape == (120, 1, 28, 28) and len(load_split(tmp_path / "test").y) == 10
     np.testing.assert_array_equal(train.x[80:], base["train"].x)
     np.testing.assert_array_equal(train.y, np.tile(base["train"].y, 3))
+    from tasks.common.dataset import prepared_meta
+
+    meta = prepared_meta(tmp_path)  # what train reads for the class count
+    assert meta.classes == [str(k) for k in range(10)] and meta.served_shape == [28, 28]
