@@ -59,6 +59,16 @@ def test_evaluate_logs_metrics_and_plots_and_gates_a_weaker_model_against_the_ch
     strong = _params(root)
     train(strong, root, prepared, root / "artifacts/train")
     first = evaluate(strong, root, prepared, root / "artifacts/train", root / "artifacts/evaluate")
+    board = json.loads((root / "artifacts/evaluate/leaderboard.json").read_text())
+    assert set(board) == {"network", "majority", "logistic_regression"} and board["majority"]["accuracy"] < 0.2
+    # three epochs of the CNN fall significantly behind logistic regression on pixels: the baseline gate stops it
+    assert board["logistic_regression"]["accuracy"] > board["network"]["accuracy"]
+    assert not first.passed and "significantly worse than the logistic regression baseline" in first.reason
+    # the champion comparison below, with the baseline gate off
+    root = _project(tmp_path / "no-baseline", prepared, params, min_accuracy=0.05, must_beat_baseline=False)
+    strong = _params(root)
+    train(strong, root, prepared, root / "artifacts/train")
+    first = evaluate(strong, root, prepared, root / "artifacts/train", root / "artifacts/evaluate")
     assert first.passed and first.model_version == "1"
     client = mlflow.MlflowClient()
     assert client.get_registered_model(strong.evaluate.registered_model).aliases.get("champion") is None  # promote's job
