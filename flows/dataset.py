@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tasks.common.atomic import write_with
 from tasks.common.errors import ConfigError
+from tasks.common.layout import Layout
 
 log = logging.getLogger(__name__)
-REFERENCE = Path("artifacts/validate/reference.json")
 
 
 def adopt(root: Path, data: str, label: str | None) -> dict:
@@ -44,7 +44,7 @@ def adopt(root: Path, data: str, label: str | None) -> dict:
 def forget_contract(root: Path) -> Path | None:
     """Move the validation reference (drift statistics and data contract) aside; the next accepted version sets
     both anew. Returns where the old one went, or None when there was none."""
-    reference = root / REFERENCE
+    reference = Layout(root).validation / "reference.json"  # where validate keeps it
     if not reference.is_file():
         return None
     archived = reference.with_name(f"reference.{time.strftime('%Y%m%d-%H%M%S')}.json")

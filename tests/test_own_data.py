@@ -111,19 +111,25 @@ def test_colour_is_kept_and_a_colour_only_task_is_learnt_and_served(project):
         stop(server)
 
 
-def test_npy_arrays_with_text_labels_are_served_by_class_name(project):
-    root, _, made = project
-    done = _pipeline(project, "--data", "data/sources/shapes", "--new-dataset")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def _served_answers(project, made: dict, wanted: list) -> list[dict]:
+    """The served Bento's /predict answers for one image of each label in `wanted`, drawn from the dataset `made`."""
+    images, labels = made["images"], made["labels"]
+    picks = [int(np.flatnonzero(labels == label)[0]) for label in wanted]
     server, url = _serving(project)
     try:
-        images, labels = made["shapes"]["images"], made["shapes"]["labels"]
-        picks = [int(np.flatnonzero(labels == name)[0]) for name in ("bar", "cross", "ring")]
         answer = httpx.post(f"{url}/predict", json={"images": images[picks].astype(float).tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text
-        assert [a["label"] for a in answer.json()] == ["bar", "cross", "ring"]
+        return answer.json()
     finally:
         stop(server)
+
+
+def test_npy_arrays_with_text_labels_are_served_by_class_name(project):
+    _, _, made = project
+    done = _pipeline(project, "--data", "data/sources/shapes", "--new-dataset")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    answers = _served_answers(project, made["shapes"], ["bar", "cross", "ring"])
+    assert [a["label"] for a in answers] == ["bar", "cross", "ring"]
 
 
 def test_idx_class_codes_are_ordered_as_numbers_and_served_as_names(project):
@@ -131,15 +137,8 @@ def test_idx_class_codes_are_ordered_as_numbers_and_served_as_names(project):
     done = _pipeline(project, "--data", "data/sources/codes", "--new-dataset")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((root / "data/prepared/meta.json").read_text())["classes"] == ["3", "7", "12"]
-    server, url = _serving(project)
-    try:
-        images, labels = made["codes"]["images"], made["codes"]["labels"]
-        ring = int(np.flatnonzero(labels == 12)[0])
-        answer = httpx.post(f"{url}/predict", json={"images": images[ring : ring + 1].astype(float).tolist()}, timeout=30)
-        assert answer.status_code == 200 and answer.json()[0]["label"] == "12", answer.text
-        assert list(answer.json()[0]["probabilities"]) == ["3", "7", "12"]
-    finally:
-        stop(server)
+    answers = _served_answers(project, made["codes"], [12])
+    assert answers[0]["label"] == "12" and list(answers[0]["probabilities"]) == ["3", "7", "12"]
 
 
 def test_a_grayscale_model_cannot_learn_the_colour_task(tmp_path):

@@ -11,16 +11,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from tasks.common.errors import ConfigError
 
 
-def _class_name(value):
-    """A class name as params.yaml may write it (0, 1.0, true, "cat") in the form ingest names classes."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, float)) and float(value).is_integer():
+def class_name(value) -> str:
+    """A label as its class name, the one spelling ingest and params.yaml share: integral numbers without a
+    trailing '.0' (1, 1.0 and np.int64(1) are "1"), booleans "True"/"False", text stripped."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
-ClassName = Annotated[str, BeforeValidator(_class_name)]
+ClassName = Annotated[str, BeforeValidator(class_name)]
 
 
 class Section(BaseModel):

@@ -24,7 +24,6 @@ from tasks.ingest.labels import encode_labels
 
 log = logging.getLogger(__name__)
 TABLE_FILE = "table.parquet"
-RAW_FILES = ("images.npy", "labels.npy", TABLE_FILE)
 
 
 @dataclass(frozen=True)

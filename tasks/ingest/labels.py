@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.common.config import class_name
 from tasks.common.errors import DataError
 
 MAX_CLASSES = 1000  # more distinct labels than this is an id or a quantity column, not a class
@@ -33,30 +34,16 @@ def encode_labels(values, where: str) -> tuple[np.ndarray, Vocabulary]:
     labels = pd.Series(np.asarray(values, dtype=object) if not isinstance(values, pd.Series) else values)
     if labels.isna().any():
         raise DataError(f"{where}: {int(labels.isna().sum())} row(s) have no label")
-    keys = _sort_keys(labels, where)
-    names = labels.map(_name)
-    ordered = sorted(set(zip(keys, names)))
-    if len({name for _, name in ordered}) != len(ordered):
-        raise DataError(f"{where}: labels that read alike as text are different values (e.g. 1 and '1'); "
-                        "give every class one spelling")
+    codes, distinct = pd.factorize(labels)  # names and order are worked out once per distinct value, not per row
+    names = [class_name(v) for v in distinct]
+    ordered = sorted(set(zip(_sort_keys(distinct, where), names)))  # 1, 1.0 and "1" are one class, "1"
     classes = [name for _, name in ordered]
     _check_is_classification(classes, len(labels), where)
     index = {name: i for i, name in enumerate(classes)}
     problem = "binary" if len(classes) == 2 else "multiclass"
     kind = "numbers" if all(isinstance(k[1], float) for k, _ in ordered) else "text"
     reason = f"{len(classes)} distinct labels ({kind}) in {len(labels)} rows"
-    return names.map(index).to_numpy(np.int64), Vocabulary(classes, problem, reason)
-
-
-def _name(value) -> str:
-    """A label as its class name: integral numbers without a trailing '.0', text stripped."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
+    return np.asarray([index[n] for n in names], dtype=np.int64)[codes], Vocabulary(classes, problem, reason)
 
 
 def _sort_keys(labels, where: str) -> list[tuple[int, float | str]]:

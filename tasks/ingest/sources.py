@@ -110,17 +110,17 @@ def read_image_folder(folder: Path, size: tuple[int, ...], channels: int | str,
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{path}: not a readable PNG or JPEG image ({err})") from err
     size = tuple(size) or _capped(sizes.most_common(1)[0][0], max_side)
+    names = [name for _, name in files]
     if channels != "auto":
-        return _decode_all(files, size, int(channels)), [n for _, n in files], f"ingest.channels: {channels}"
+        return _decode_all(files, size, int(channels)), names, f"ingest.channels: {channels}"
     if not colour_files:
-        return _decode_all(files, size, 1), [n for _, n in files], "every file is grayscale"
+        return _decode_all(files, size, 1), names, "every file is grayscale"
     images = _decode_all(files, size, 3)
     spread = np.abs(np.diff(images, axis=-1)).max(axis=(1, 2, 3))  # per image: how far its channels part
     coloured = int((spread > GRAY_TOLERANCE).sum())
     if coloured:
-        return images, [n for _, n in files], f"{coloured} of {len(files)} images hold colour: RGB kept"
-    reason = f"{colour_files} colour file(s), but every pixel is gray: 1 channel"
-    return _decode_all(files, size, 1), [n for _, n in files], reason
+        return images, names, f"{coloured} of {len(files)} images hold colour: RGB kept"
+    return _decode_all(files, size, 1), names, f"{colour_files} colour file(s), but every pixel is gray: 1 channel"
 
 
 def _decode_all(files: list[tuple[Path, str]], size: tuple[int, int], channels: int) -> np.ndarray:
