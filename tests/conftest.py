@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bento.front import own_metrics
 from bento.front.supervisor import free_port  # noqa: F401 - the tests' and benchmarks' free loopback port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, what: str, timeout_s: f
 
     deadline = time.monotonic() + timeout_s
     while True:
-        assert proc.poll() is None, f"{what} exited: {proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, f"{what} exited: {_output(proc)[-3000:]}"
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -84,6 +85,12 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, what: str, timeout_s: f
             pass
         assert time.monotonic() < deadline, f"{what} did not answer {url} within {timeout_s:.0f} s"
         time.sleep(0.5)
+
+
+def _output(proc: subprocess.Popen) -> str:
+    if getattr(proc, "log_path", None):
+        return Path(proc.log_path).read_text(errors="replace")
+    return proc.stderr.read() if proc.stderr else ""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -136,10 +143,14 @@ def build_bentos(base: Path, *options: str, name: str = "bentos") -> tuple[dict,
 
 
 def serve_bento(tag: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
-    """`bentoml serve TAG` on a free loopback port, once it answers /readyz: the process and its URL."""
+    """TAG served as the project serves a Bento (bento/front/own_metrics.py: `bentoml serve` with its own Prometheus
+    folder) on a free loopback port, once it answers /readyz: the process (its log in `.log_path`) and its URL."""
     port = free_port()
-    server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = cwd / f"bento-{port}.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(own_metrics.command(tag, "127.0.0.1", port), cwd=cwd, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    server.log_path = log_path
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, f"{url}/readyz", f"bentoml serve {tag}")
     return server, url

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tasks.common.outputs import BentoBuild, Promotion
-from tests.conftest import REPO, build_bentos, free_port, stop, wait_until_healthy
+from tests.conftest import REPO, build_bentos, free_port, serve_bento, stop, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "the-admin-token"  # FRONT_ADMIN_TOKEN for the front and its clients here
@@ -128,6 +128,39 @@ def test_a_rollout_under_load_switches_bentos_without_a_failed_request(bentos, f
     assert not _alive(old_pid)
 
 
+def _served_predictions(url: str) -> float:
+    """The Bento behind `url`'s count of /predict answered 200, from its /metrics."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("bentoml_service_request_total{") and 'endpoint="/predict"' in line
+               and 'http_response_code="200"' in line)
+
+
+def test_starting_another_bento_leaves_the_live_ones_counters_alone(bentos, front):
+    """BentoML empties one shared Prometheus folder whenever a server starts: a roll-out's new back-end or promote's
+    serving check wiped the live Bento's counters. Each Bento the project starts has its own folder now."""
+    tags, env, root = bentos
+    live = front.status()["bento"]
+    for _ in range(5):
+        assert httpx.post(f"{front.url}/predict", json={"images": [DIGIT]}, timeout=30).status_code == 200
+    before = _served_predictions(front.url)
+    assert before >= 5
+    other = tags[0] if live == tags[1] else tags[1]
+    beside, beside_url = serve_bento(other, env, root)  # as promote's serving check starts a candidate
+    try:
+        assert httpx.post(f"{beside_url}/predict", json={"images": [DIGIT]}, timeout=30).status_code == 200
+        assert _served_predictions(front.url) == before  # the live one's counters, untouched
+        assert _served_predictions(beside_url) == 1  # the other counts its own
+    finally:
+        stop(beside)
+    assert _served_predictions(front.url) == before
+    # a roll-out starts the new back-end beside the live one: counters from the switch on are the new one's own
+    rolled = front.cli("rollout", other)
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert httpx.post(f"{front.url}/predict", json={"images": [DIGIT]}, timeout=30).status_code == 200
+    assert _served_predictions(front.url) >= 1
+
+
 def test_a_bento_that_cannot_start_is_refused_and_the_running_one_keeps_serving(front):
     before = front.status()["bento"]
     with Load(front.url, clients=2) as load:
@@ -170,7 +203,7 @@ def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, fron
     assert refused.returncode == 1 and "was not ready within 0.3 s" in refused.stderr, refused.stderr
     assert front.status()["bento"] == before
     assert httpx.post(f"{front.url}/predict", json={"images": [DIGIT]}, timeout=30).status_code == 200
-    leftovers = subprocess.run(["pgrep", "-f", f"bentoml serve {other}"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-f", f"bento.front.own_metrics {other}"], capture_output=True, text=True).stdout
     assert not leftovers.strip(), f"the Bento that was not ready is still running: {leftovers}"
 
 

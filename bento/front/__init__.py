@@ -10,6 +10,7 @@ A Bento that fails to start or to become ready is stopped and the old one keeps 
 The admin endpoints (`GET /status`, `POST /rollout`) listen on their own port, on loopback.
 
     supervisor.py  start, warm up and stop `bentoml serve` processes (also the promote stage's serving check)
+    own_metrics.py `bentoml serve` with a Prometheus folder of its own (every Bento the project starts)
     proxy.py       the public port: forward each request to the current back-end; roll-outs replace it
     admin.py       the admin port, the server running both ports, and the client calls to it
 """

@@ -10,10 +10,11 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bento.front import own_metrics
 
 log = logging.getLogger("front")
 WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # what bento/service/guard.py reads (tests/test_structure.py: the same)
@@ -76,7 +77,7 @@ async def start_backend(tag: str, log_dir: Path, ready_timeout_s: float, session
     token = secrets.token_urlsafe(24)  # marks this front's warm-up requests; the service trusts no other
     with open(log_path, "ab") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port),
+            *own_metrics.command(tag, "127.0.0.1", port),  # its own Prometheus folder: no other Bento's counters wiped
             env={**os.environ, WARM_UP_TOKEN_ENV: token},
             stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True)  # its own group: stopped whole
     backend = Backend(tag, port, process, log_path, warm_up_token=token)
