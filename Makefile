@@ -35,6 +35,7 @@ bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minut
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.orchestration
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.serving --overload
 	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone

@@ -158,7 +158,7 @@ def _in_process(predict, images: np.ndarray, seconds: float) -> dict[str, dict[i
     return {"sustained": sustained, "peak": peak}
 
 
-def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
+def _build_bentos(model: Path, choice: dict, home: Path, only_served: bool = False) -> dict[str, str]:
     """The served Bento, the same with batching off, and the same service around a no-op model.
 
     In this process, which has not imported BentoML before: BentoML reads BENTOML_HOME once, at import.
@@ -179,6 +179,8 @@ def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
     cfg = load_params(ROOT / "params.yaml").package
     meta = {k: v for k, v in choice.items() if k != "reason"}
     labels = {"variant": meta["variant"], "model_version": "bench"}
+    if only_served:
+        return {"bento": build_bento(model, meta, labels, cfg, ROOT / "bento").bento_tag}
     noop = home / "noop.onnx"
     export_onnx(NoOp(), np.zeros((1, *meta["served_shape"]), np.float32), noop)
     return {
@@ -189,11 +191,150 @@ def _build_bentos(model: Path, choice: dict, home: Path) -> dict[str, str]:
     }
 
 
+async def _goodput(url: str, body: bytes, images: int, clients: int, seconds: float) -> dict:
+    """Closed loop of `clients`, each honouring Retry-After on a 503 (as a well-behaved client does): images answered
+    per second (goodput), and how many requests were turned away at arrival."""
+    import aiohttp
+
+    answered = refused = errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def client(deadline: float) -> None:
+            nonlocal answered, refused, errors
+            while time.perf_counter() < deadline:
+                try:
+                    async with session.post(url, data=body, headers={"content-type": JSON},
+                                            timeout=aiohttp.ClientTimeout(total=60)) as answer:
+                        await answer.read()
+                        if answer.status == 200:
+                            answered += 1
+                        elif answer.status == 503:
+                            refused += 1
+                            await asyncio.sleep(float(answer.headers.get("Retry-After", "1")))
+                        else:
+                            errors += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(started + seconds) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"clients": clients, "images_per_s": answered * images / elapsed, "answered": answered,
+            "refused_503": refused, "errors": errors}
+
+
+def _heavy_clients(url: str, heavy: bytes, clients: int, stop, statuses) -> None:
+    """In a process of its own (so that its work does not delay the measuring client's loop): `clients` sending
+    `heavy` back to back until `stop` is set; the answers' statuses counted into `statuses`."""
+    import aiohttp
+
+    async def run() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def client() -> None:
+                while not stop.is_set():
+                    try:
+                        async with session.post(url, data=heavy, headers={"content-type": JSON}) as answer:
+                            await answer.read()
+                            statuses[answer.status] = statuses.get(answer.status, 0) + 1
+                    except aiohttp.ClientError:
+                        statuses[0] = statuses.get(0, 0) + 1
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+
+    asyncio.run(run())
+
+
+def _latency_beside(url: str, one: bytes, heavy: bytes, rate: float, seconds: float) -> dict:
+    """Single-image requests at `rate`/s (open loop) while two clients, in another process, send `heavy` bodies."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        stop, statuses = manager.Event(), manager.dict()
+        heavies = context.Process(target=_heavy_clients, args=(url, heavy, 2, stop, statuses))
+        heavies.start()
+        time.sleep(2.0)
+        measured = asyncio.run(_open_loop(url, one, rate, seconds))
+        stop.set()
+        heavies.join(timeout=60)
+        answered = dict(statuses)
+    return {**measured, "heavy_bytes": len(heavy), "heavy_statuses": {str(k): v for k, v in answered.items()}}
+
+
+def overload(seconds: float) -> None:
+    """Issue 19's overload figures on the pipeline's Bento: goodput of 1024-image requests at 4 and 64 clients, and
+    single-image latency at 50 requests/s beside two clients sending 8 MB bodies (and the largest valid ones)."""
+    from benchmarks.record import save, table
+    from bento.front import own_metrics
+    from tests.conftest import free_port, stop, wait_until_healthy
+
+    model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"
+    if not model.is_file():
+        raise SystemExit(f"{model} not found: run the pipeline first (make run)")
+    choice = json.loads(choice.read_text())
+    test = (np.load(ROOT / "data/prepared/test/x.npy") * choice["pixel_max"]).astype(np.float32)
+    test = np.moveaxis(test, 1, -1) if test.shape[1] > 1 else test[:, 0]  # N×C×H×W → N×H×W[×C], as served
+    batch = np.resize(test, (1024, *test.shape[1:]))
+    big = json.dumps({"images": batch.tolist()}).encode()
+    one = json.dumps({"images": test[:1].tolist()}).encode()
+    per_image = len(json.dumps(test[:1].tolist()))
+    eight_mb = json.dumps({"images": np.resize(test, (8_000_000 // per_image, *test.shape[1:])).tolist()}).encode()
+    home = Path(tempfile.mkdtemp(prefix="bench-overload-"))
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("BENTO_API_KEY", None)
+    try:
+        tag = _build_bentos(model, choice, home, only_served=True)["bento"]
+        port = free_port()
+        process = subprocess.Popen(own_metrics.command(tag, "127.0.0.1", port), cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/predict"
+        try:
+            wait_until_healthy(process, f"http://127.0.0.1:{port}/readyz", tag)
+            goodput = {}
+            for clients in (4, 64):
+                goodput[clients] = asyncio.run(_goodput(url, big, len(batch), clients, seconds))
+                print(f"  1024-image requests, {clients} clients: {goodput[clients]}", flush=True)
+            alone = asyncio.run(_open_loop(url, one, 50, seconds))
+            beside = {name: _latency_beside(url, one, body, 50, seconds)
+                      for name, body in (("8 MB", eight_mb), ("largest valid", big))}
+            print(f"  single images at 50/s alone: {alone}; beside heavy bodies: {beside}", flush=True)
+        finally:
+            stop(process)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    kept = goodput[64]["images_per_s"] / goodput[4]["images_per_s"]
+    goals = [["goodput at 64 clients of 1024-image requests ≥ 80 % of that at 4",
+              f"{kept:.0%} ({goodput[64]['images_per_s']:.0f} vs {goodput[4]['images_per_s']:.0f} images/s)", kept >= 0.8],
+             ["single-image p99 at 50 req/s ≤ 20 ms while two clients send 8 MB bodies",
+              f"{beside['8 MB']['p99_ms']:.1f} ms (alone: {alone['p99_ms']:.1f} ms)", beside["8 MB"]["p99_ms"] <= 20]]
+    markdown = "\n\n".join([
+        f"Model: `{choice['variant']}`, the Bento as `package` builds it (params.yaml's `package` knobs: "
+        "max_concurrent_requests, max_inflight_mb, the /predict JSON limit from max_images_per_request). One aiohttp "
+        "client process "
+        f"shares the machine's cores with the server; {seconds:g} s per measurement. Clients that get 503 wait the "
+        "Retry-After it carries, as a well-behaved client does. The heavy-body clients run in a second process.",
+        table(["1024-image JSON requests", "images/s answered", "answered", "503 at arrival", "other errors"],
+              [[f"{g['clients']} clients", g["images_per_s"], g["answered"], g["refused_503"], g["errors"]]
+               for g in goodput.values()]),
+        table(["single images at 50 req/s", "p50 ms", "p99 ms", "errors", "heavy bodies: bytes", "their answers"],
+              [["alone", alone["p50_ms"], alone["p99_ms"], alone["errors"], "", ""]]
+              + [[f"beside two clients sending {name} bodies", r["p50_ms"], r["p99_ms"], r["errors"], r["heavy_bytes"],
+                  ", ".join(f"{k}: {v}" for k, v in r["heavy_statuses"].items())] for name, r in beside.items()]),
+        table(["goal (issue 19)", "measured", "met"], [[g, m, "yes" if ok else "**no**"] for g, m, ok in goals]),
+    ])
+    save("serving_overload", title="Serving under overload (loopback)", command="python -m benchmarks.serving --overload",
+         markdown=markdown, figures={"goodput": {str(k): v for k, v in goodput.items()}, "alone": alone,
+                                     "beside": beside, "goals": {g: ok for g, _, ok in goals}})
+    print(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="times every server is measured, in turn (default 3)")
+    parser.add_argument("--overload", action="store_true", help="only the overload figures (admission, large bodies)")
     args = parser.parse_args()
+    if args.overload:
+        return overload(max(args.seconds, 8.0))
     from benchmarks.record import save, table
     from tasks.nn.latency import onnx_predictor
     from tests.conftest import free_port, stop, wait_until_healthy  # the server helpers the tests use

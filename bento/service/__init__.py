@@ -15,7 +15,7 @@ The model is the ONNX file stored with the BentoML model whose tag the build pas
 no pickle is ever loaded. Each request is checked (shape, dtype, finite values, intensity range, batch size)
 before it joins an adaptive batch, and answered 400 naming what is wrong. Uploads are decoded by the same
 function ingest uses for image folders (tasks/shipped/imaging.py, shipped in this Bento). A request body above
-`max_request_mb` is answered 413. With BENTO_API_KEY set where the service runs, every endpoint but health,
+`max_request_mb` is answered 413; beyond `max_concurrent_requests` in progress, 503 with Retry-After. With BENTO_API_KEY set where the service runs, every endpoint but health,
 metrics and docs needs the header `X-API-Key: <that value>` (401 otherwise).
 
 Train/serve skew (tasks/shipped/skew.py, shipped in this Bento): every input is checked against the statistics of the
@@ -28,7 +28,11 @@ answered but neither counted nor kept; any other X-Warm-Up is a user's request l
     build.py       build arguments and the stored model's metadata
     checks.py      request checks before batching
     monitoring.py  train/serve skew counts and the latest inputs
-    guard.py       API key, size limit, malformed multipart and non-file uploads, one JSON shape for every 4xx
+    guard.py       API key, body types and size limits, malformed multipart and non-file uploads, one JSON shape
+                   for every 4xx, each logged as one line
+    admission.py   503 + Retry-After beyond max_concurrent_requests, at arrival; large /predict bodies read image
+                   by image, off the event loop's back
+    schema.py      what /docs.json documents: every refusal, required bodies, the API key
     metric_labels.py  one Prometheus label for every path the service does not serve
 """
 
@@ -49,13 +53,17 @@ from pydantic import BaseModel, Field
 
 from bento.service.build import CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
 from bento.service.checks import Images, checked_images, read_npy
-from bento.service import metric_labels
-from bento.service.guard import Guard
+from bento.service import admission, metric_labels, schema
+from bento.service.guard import Guard, quiet_client_errors
 from bento.service.monitoring import SEEN
 from tasks.shipped.imaging import NotAnImage, decode_image
-from tasks.shipped.rows import BadRow, encode_rows
+from tasks.shipped.rows import BadRow, encode_rows, row_schema
 
 NPY = "application/x-npy"
+ROWS_SCHEMA = {"items": row_schema(META["encoding"]), "maxItems": args.max_images_per_request} if KIND == "table" else {}
+NPY_BODY = {"requestBody": {"required": True, "description": "one array saved with numpy.save: N×H×W[×C] raw "
+                            "intensities (N×F encoded rows for a table model), any real dtype",
+                            "content": {NPY: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 class Prediction(BaseModel):
@@ -100,12 +108,15 @@ class RecentInputs(BaseModel):
     inputs: list = Field(description="the last inputs this worker served, oldest first (N×H×W or N×F)")
 
 
-routes = FastAPI()  # the GET endpoints (BentoML's own are POST)
+routes = FastAPI(responses=schema.fastapi_responses())  # the GET endpoints and /predict_npy (BentoML's are POST)
 metric_labels.install(lambda: metric_labels.paths_of(routes))  # one Prometheus label for unknown paths
+admission.install()  # 503 + Retry-After beyond max_concurrent_requests, before the body is read; big JSON off the loop
+quiet_client_errors()  # a client's mistake is one log line, not a traceback
+schema.install()  # /docs.json lists every refusal (401, 413, 415, 503), not only BentoML's own
 
 
 @bentoml.service(name=args.service_name, workers=args.workers, threads=args.threads,
-                 traffic={"timeout": 30}, metrics={"enabled": True}, logging={"access": {"enabled": args.access_log}},
+                 traffic={"timeout": 30, "max_concurrency": args.max_concurrent_requests}, metrics={"enabled": True}, logging={"access": {"enabled": args.access_log}},
                  # OpenTelemetry spans cost about a sixth of a worker's time (py-spy); with tracing off, every URL
                  # is excluded from BentoML's tracing middleware (it matches this regex anywhere in the URL).
                  tracing={} if args.tracing else {"excluded_urls": ["/"]})
@@ -152,7 +163,7 @@ class DigitsClassifier:
         return _answers(await self._infer(images))
 
     @bentoml.api
-    def predict_rows(self, rows: Annotated[list[dict], Field(min_length=1)]) -> Predictions:
+    def predict_rows(self, rows: Annotated[list[dict], Field(min_length=1, json_schema_extra=ROWS_SCHEMA)]) -> Predictions:
         """Classify raw table rows ({column: value}, null for unknown) for a model trained on a table: encoded
         with the imputation, scaling and one-hot encoding `prepare` fitted on the training split."""
         if KIND != "table":
@@ -185,7 +196,9 @@ class DigitsClassifier:
         and the skew this worker has seen: inputs checked, and violations per check."""
         return self.about.model_copy(update={"skew": SEEN.summary()})
 
-    @routes.post("/predict_npy", response_class=Response, responses={200: {"content": {NPY: {}}}})
+    @routes.post("/predict_npy", response_class=Response, openapi_extra=NPY_BODY,
+                 responses={200: {"content": {NPY: {"schema": {"type": "string", "format": "binary"}}}},
+                            400: {"description": "the body is not a usable .npy array", "model": schema.Refusal}})
     async def predict_npy(self, request: Request) -> Response:
         """Classify a batch sent as a .npy file (the body; N×H×W[×C] raw intensities, or N×F encoded rows, any real
         dtype): answered with a .npy file of N×K float32 probabilities, column k the class /metadata lists k-th. The same checks and model as /predict,

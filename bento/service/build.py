@@ -3,6 +3,8 @@ says about its inputs; resolved when `bentoml serve` imports the service, before
 
 from __future__ import annotations
 
+import math
+
 import bentoml
 from bentoml._internal.marshal import dispatcher
 from pydantic import BaseModel
@@ -22,6 +24,8 @@ class ServiceArgs(BaseModel):
     threads: int = 1
     max_images_per_request: int = 1024
     max_request_mb: float = 8.0
+    max_concurrent_requests: int = 32
+    max_inflight_mb: float = 2.0
     max_image_pixels: int = 16_000_000
     access_log: bool = False
     tracing: bool = False
@@ -38,6 +42,16 @@ KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /pre
 CHANNELS = IMAGE_SHAPE[2] if KIND == "images" and len(IMAGE_SHAPE) == 3 else 1
 CLASSES = [str(c) for c in META["classes"]]  # the model's output i is the class CLASSES[i]
 EXPECTED = META.get("expectations")  # the training inputs' statistics (package stage); None: not checked
+
+
+def body_limit(path: str) -> int:
+    """The largest request body `path` takes, in bytes: `max_request_mb`, and for /predict's JSON what its largest
+    request needs (40 bytes a number is room for any number and indentation): a JSON body is parsed on the event
+    loop, so a bigger one would stall other requests for nothing."""
+    limit = int(args.max_request_mb * 1024 * 1024)
+    if path == "/predict":
+        return min(limit, args.max_images_per_request * math.prod(IMAGE_SHAPE) * 40 + 65536)
+    return limit
 
 
 class _CappedWait(dispatcher.Optimizer):

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from bentoml.validators import DType
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError, WrapValidator
 
 from bento.service.build import IMAGE_SHAPE, KIND, PIXEL_MAX, args
 from bento.service.monitoring import SEEN
+from tasks.shipped.rows import MAX_ENCODED
 
 
 def checked_images(images: np.ndarray) -> np.ndarray:
@@ -20,14 +20,17 @@ def checked_images(images: np.ndarray) -> np.ndarray:
     if images.size == 0:
         raise ValueError("images is an empty batch: send at least one image")
     if images.ndim != 1 + len(IMAGE_SHAPE) or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise _refused("shape", f"images must have shape {expected}; got {tuple(images.shape)}")
+        raise refused("shape", f"images must have shape {expected}; got {tuple(images.shape)}")
     if len(images) > args.max_images_per_request:
         raise ValueError(f"{len(images)} images in one request; the limit is {args.max_images_per_request}")
     if not np.isfinite(images).all():
-        raise _refused("non_finite", "images contain NaN or infinite values")
+        raise refused("non_finite", "images contain NaN or infinite values")
     low, high = float(images.min()), float(images.max())
     if KIND == "images" and (low < 0 or high > PIXEL_MAX):
-        raise _refused("value_range", f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
+        raise refused("value_range", f"pixel values must lie in [0, {PIXEL_MAX:g}]; got [{low:g}, {high:g}]")
+    if KIND == "table" and max(-low, high) > MAX_ENCODED:
+        raise refused("value_range", f"encoded values must lie in [-{MAX_ENCODED:g}, {MAX_ENCODED:g}]; got "
+                                     f"[{low:g}, {high:g}]")
     SEEN.observe(images)
     return images
 
@@ -61,20 +64,39 @@ def read_npy(body: bytes) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran_order else "C")
 
 
-def _refused(check: str, message: str) -> ValueError:
+def refused(check: str, message: str) -> ValueError:
     """A request refused for what training never saw: counted as skew, then answered 400."""
     SEEN.refuse(check)
     return ValueError(message)
 
 
-def _nested_numbers(value) -> np.ndarray:
-    """Before BentoML's own conversion: only nested lists of numbers become images; anything else is a 400."""
-    if not isinstance(value, (list, tuple, np.ndarray)):
-        raise ValueError(f"images must be a nested list of numbers (N×H×W); got a JSON {type(value).__name__}")
+def _one_input_type():
+    """One served input as nested lists of numbers, one level per axis of IMAGE_SHAPE, the sizes and range stated in
+    the schema. Strict numbers: JSON booleans and strings are refused, not read as 1.0 and 0.0. The sizes and the
+    range are checked by `checked_images`, which counts refusals as skew."""
+    low, high = (0, PIXEL_MAX) if KIND == "images" else (-MAX_ENCODED, MAX_ENCODED)
+    nested = Annotated[float, Strict(), Field(json_schema_extra={"minimum": low, "maximum": high})]
+    for size in reversed(IMAGE_SHAPE):
+        nested = Annotated[list[nested], Field(json_schema_extra={"minItems": size, "maxItems": size})]
+    return nested
+
+
+ONE_INPUT = TypeAdapter(_one_input_type())
+
+
+def _counted_structure(value, handler):
+    """A request whose nesting is not the served shape's is refused for its shape, and counted like one."""
     try:
-        return np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError) as err:  # OverflowError: an integer beyond any float
-        raise ValueError(f"images must be a nested list of numbers (N×H×W) of one shape: {err}") from None
+        return handler(value)
+    except ValidationError as err:
+        if any(e["type"] == "list_type" for e in err.errors(include_url=False)):
+            SEEN.refuse("shape")
+        raise
 
 
-Images = Annotated[np.ndarray, BeforeValidator(_nested_numbers), DType("float32"), AfterValidator(checked_images)]
+def _to_array(value: list) -> np.ndarray:
+    return checked_images(np.asarray(value, dtype=np.float32))
+
+
+Images = Annotated[list[_one_input_type()], Field(json_schema_extra={"minItems": 1, "maxItems": args.max_images_per_request}),
+                   WrapValidator(_counted_structure), AfterValidator(_to_array)]

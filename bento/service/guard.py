@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 
-from bento.service.build import args
+from bento.service.admission import busy
+from bento.service.build import IMAGE_SHAPE, KIND, args, body_limit
 from bento.service.monitoring import WARM_UP
 
 API_KEY_ENV = "BENTO_API_KEY"
 WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # set by the serving front for the Bentos it starts (bento/front)
-OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/")
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
+OPEN_PREFIXES = ("/static_content/", "/assets/")  # the docs UIs' own files: the UI must load to ask for the key
 UPLOADS = {"/predict_image": "image"}  # endpoint → its file field: only multipart uploads, never a URL to fetch
+# What each endpoint's body may be. Anything else is 415: a form or text/plain body is what a cross-site page can
+# POST without asking, and it would feed the drift statistics (or, with BentoML's own parsing, fetch a URL).
+BODY_TYPES = {"/predict": ("application/json",), "/predict_rows": ("application/json",),
+              "/predict_npy": ("application/x-npy", "application/octet-stream"),
+              "/predict_image": ("multipart/form-data",)}
+
+# The endpoint for the other kind of model: not served by this one (404), not in its schema
+OTHER_KIND = {"images": ("/predict_rows",), "table": ("/predict_image",)}.get(KIND, ())
 
 
 class Guard:
@@ -28,7 +39,7 @@ class Guard:
         self.warm_up_token = os.environ.get(WARM_UP_TOKEN_ENV, "").encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         send = _plain_errors(send)
         headers = dict(scope["headers"])
@@ -39,25 +50,29 @@ class Guard:
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
                                             f"(the value of {API_KEY_ENV} where the service runs)")
+        if scope["path"] in OTHER_KIND:
+            return await _reply(send, 404, f"{scope['path']} is not served: this model takes "
+                                            f"{'images (POST /predict, /predict_image)' if KIND == 'images' else 'table rows (POST /predict_rows, /predict)'}")
         kind = headers.get(b"content-type", b"").lower()
-        upload_field = UPLOADS.get(scope["path"])
-        if upload_field and scope["method"] == "POST" and not kind.startswith(b"multipart/form-data"):
-            # BentoML would fetch a URL sent as the body: the service never downloads what a client points at
-            return await _reply(send, 415, f"{scope['path']} takes multipart/form-data with the image file in the form "
-                                            f"field '{upload_field}'")
-        if kind.startswith(b"multipart/") and b"boundary=" not in kind:
+        media_type = kind.split(b";")[0].strip().decode("latin-1")
+        accepted = BODY_TYPES.get(scope["path"])
+        if accepted and scope["method"] == "POST" and media_type not in accepted:
+            field = f" with the image file in the form field '{UPLOADS[scope['path']]}'" if scope["path"] in UPLOADS else ""
+            return await _reply(send, 415, f"{scope['path']} takes a body of type {' or '.join(accepted)}{field}; "
+                                            f"got {media_type or 'no Content-Type'}")
+        if media_type.startswith("multipart/") and b"boundary=" not in kind:
             return await _reply(send, 400, "a multipart/form-data request needs a boundary in its Content-Type")
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _reply(send, 413, f"request body of {int(declared)} bytes; the limit is {self.max_bytes} "
-                                            f"({args.max_request_mb:g} MB): send fewer images per request")
-        if kind.startswith(b"multipart/"):
+        limit = min(body_limit(scope["path"]), self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _reply(send, 413, _too_large(scope["path"], f"request body of {int(declared)} bytes", limit))
+        if media_type.startswith("multipart/"):
             # Parsed here first, bounded by the size limit: BentoML answers a malformed body with 500, and fetches a
             # URL sent as text where a file was expected.
             body = await _body(receive, self.max_bytes)
             if body is None:
                 return await _reply(send, 413, f"request body above the limit of {self.max_bytes} bytes")
-            problem = await _multipart_problem(scope, body, upload_field)
+            problem = await _multipart_problem(scope, body, UPLOADS.get(scope["path"]))
             if problem:
                 return await _reply(send, 400, problem)
             return await self.app(scope, _replay(body), send)
@@ -68,8 +83,8 @@ class Guard:
                 message = await receive()
                 messages.append(message)
                 size += len(message.get("body", b""))
-                if size > self.max_bytes:
-                    return await _reply(send, 413, f"request body above the limit of {self.max_bytes} bytes")
+                if size > limit:
+                    return await _reply(send, 413, _too_large(scope["path"], "request body", limit))
                 if message["type"] != "http.request" or not message.get("more_body"):
                     break
             replay = iter(messages)
@@ -79,6 +94,13 @@ class Guard:
 
             return await self.app(scope, receive_replayed, send)
         return await self.app(scope, receive, send)
+
+
+def _too_large(path: str, what: str, limit: int) -> str:
+    if path == "/predict":
+        return (f"{what} above the limit of {limit} bytes for /predict (JSON for {args.max_images_per_request} inputs "
+                f"of shape {IMAGE_SHAPE}): send fewer per request, or bulk data as .npy to /predict_npy")
+    return f"{what} above the limit of {limit} bytes ({args.max_request_mb:g} MB): send fewer inputs per request"
 
 
 async def _body(receive, limit: int) -> bytes | None:
@@ -137,6 +159,11 @@ def _plain_errors(send):
     held: dict = {}
 
     async def sending(message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 503:  # BentoML's batcher shed it
+            held["shed"] = True
+            return await busy(send)
+        if held.get("shed"):
+            return
         if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
             held["start"], held["body"] = message, b""
             return
@@ -167,6 +194,7 @@ def _error_body(raw: bytes) -> bytes:
         reasons = [f"{'.'.join(map(str, d.get('loc', ()))) or 'body'}: {str(d.get('msg', '')).removeprefix('Value error, ')}"
                    for d in found["detail"] if isinstance(d, dict)]
         found["error"] = "; ".join(reasons) or found.get("error", "")
+        del found["detail"]  # the reasons are in `error`; the schema documents `detail` as a string
     return json.dumps(found).encode()
 
 
@@ -175,3 +203,54 @@ async def _reply(send, status: int, error: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class _OneLine(logging.Filter):
+    """BentoML logs every request its endpoint refused with the full traceback at ERROR (about 1.9 KB per bad
+    request). A client's mistake (4xx) becomes one INFO line and a request shed for overload one WARNING line,
+    naming the endpoint and the reason; a server error keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        status = _client_status(error)
+        if status is None:
+            return True
+        method_path = " ".join(str(a) for a in reversed(record.args or ()))  # "Exception on %s [%s]": path, method
+        reason = _reason(error)
+        record.msg, record.args, record.exc_info, record.exc_text = f"{status} {method_path}: {reason}", (), None, None
+        record.levelno, record.levelname = (logging.WARNING, "WARNING") if status == 503 else (logging.INFO, "INFO")
+        return True
+
+
+def _client_status(error) -> int | None:
+    """The status BentoML answers `error` with when it is not a server error (4xx, or 503 overload; 499 for a client
+    gone mid-body), else None."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+    from starlette.requests import ClientDisconnect
+
+    if isinstance(error, ClientDisconnect):
+        return 499  # nginx's "client closed request": nobody is left to answer
+    if isinstance(error, ValidationError):
+        return 400
+    if isinstance(error, BentoMLException):
+        status = int(error.error_code)
+        return status if 400 <= status < 500 or status == 503 else None
+    return None
+
+
+def _reason(error) -> str:
+    from pydantic import ValidationError
+    from starlette.requests import ClientDisconnect
+
+    if isinstance(error, ClientDisconnect):
+        return "the client disconnected before its whole body arrived"
+    if isinstance(error, ValidationError):
+        found = error.errors(include_url=False, include_input=False)
+        text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in found[:3])
+        return text + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+    return (str(error).splitlines() or [type(error).__name__])[0][:300]
+
+
+def quiet_client_errors() -> None:
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_OneLine())

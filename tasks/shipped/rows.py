@@ -12,6 +12,10 @@ import math
 import numpy as np
 
 
+MAX_ENCODED = 1e6  # an encoded value further than this many training standard deviations is refused: the model's
+                   # output would overflow to NaN on it, and no real row is that far out
+
+
 class BadRow(ValueError):
     """A row that cannot be encoded; the message names the row and the column."""
 
@@ -40,10 +44,18 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
                 raise BadRow(f"row {i}, column '{column['column']}': expected a number or null, got {value!r}")
             elif not math.isfinite(value):
                 raise BadRow(f"row {i}, column '{column['column']}': {value} is not a finite number")
-            out[i, j] = (float(value) - column["mean"]) / column["scale"]
+            encoded = (float(value) - column["mean"]) / column["scale"]
+            if abs(encoded) > MAX_ENCODED:
+                low, high = _raw_range(column)
+                raise BadRow(f"row {i}, column '{column['column']}': {value} is outside [{low:.6g}, {high:.6g}] "
+                             f"({MAX_ENCODED:g} training standard deviations from the mean)")
+            out[i, j] = encoded
         offset = len(numeric)
         for column in categorical:
             value = row[column["column"]]
+            if not _missing(value) and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise BadRow(f"row {i}, column '{column['column']}': expected a category (text, or a number used as "
+                             f"one) or null, got {value!r}")
             value = column["fill"] if _missing(value) else str(value)
             if value in column["categories"]:
                 out[i, offset + column["categories"].index(value)] = 1.0
@@ -53,3 +65,18 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _raw_range(column: dict) -> tuple[float, float]:
+    """The raw values of a numeric column whose encoding stays within ±MAX_ENCODED."""
+    return column["mean"] - MAX_ENCODED * column["scale"], column["mean"] + MAX_ENCODED * column["scale"]
+
+
+def row_schema(spec: dict) -> dict:
+    """One raw row as the service takes it, as an OpenAPI 3.0 schema: every column required, nothing else."""
+    properties = {c["column"]: {"type": "number", "nullable": True, "minimum": _raw_range(c)[0],
+                                "maximum": _raw_range(c)[1]} for c in spec["numeric"]}
+    properties |= {c["column"]: {"anyOf": [{"type": "string"}, {"type": "number"}], "nullable": True,
+                                 "description": f"one of {c['categories'][:20]}; another encodes as all zeros"}
+                   for c in spec["categorical"]}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}

@@ -1,0 +1,73 @@
+"""What /docs.json says: every answer a client can get, not only BentoML's own. BentoML documents 400, 404 and 500
+for its endpoints; the guard and the admission limit also answer 401 (API key), 413 (size), 415 (body type) and
+503 (busy), each a JSON object whose `error` names the problem, so a client (or schemathesis) reading the schema
+finds every status it can be sent."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+from bento.service.guard import API_KEY_ENV, OPEN_PATHS, OTHER_KIND
+
+REFUSED = {401: "missing or wrong X-API-Key (when the service runs with BENTO_API_KEY)",
+           413: "request body above max_request_mb",
+           415: "a body of a type this endpoint does not take",
+           503: "the service is busy (max_concurrent_requests in progress): retry after the Retry-After seconds"}
+
+
+class Refusal(BaseModel):
+    error: str = Field(description="what is wrong with the request")
+
+
+def fastapi_responses() -> dict:
+    """For the service's FastAPI routes (GET /metadata, /recent_inputs, POST /predict_npy)."""
+    return {status: {"description": description, "model": Refusal} for status, description in REFUSED.items()}
+
+
+def install() -> None:
+    """Add the refusals to what BentoML documents for each of its API endpoints, mark their bodies required (each
+    is: no body is a 415), and leave out the endpoint for the other kind of model (/predict_rows of an image model,
+    /predict_image of a table model: 404). Read when /docs.json is built."""
+    from _bentoml_sdk.service import openapi
+    from bentoml._internal.service.openapi.specification import MediaType, Reference, Response
+
+    for status, description in REFUSED.items():
+        openapi.error_responses[status] = Response(description=description, content={"application/json": MediaType(
+            schema=Reference(openapi.REF_TEMPLATE.format(model="InvalidArgument")))})  # {"error": "..."}
+    bentoml_routes = openapi._get_api_routes
+
+    def routes_of_this_model(service) -> dict:
+        found = bentoml_routes(service)
+        for path in OTHER_KIND:
+            found.pop(path, None)
+        for item in found.values():
+            if isinstance(item.post, dict) and "requestBody" in item.post:
+                item.post["requestBody"]["required"] = True
+        return found
+
+    openapi._get_api_routes = routes_of_this_model
+    if os.environ.get(API_KEY_ENV):
+        _ask_for_the_key()
+
+
+def _ask_for_the_key() -> None:
+    """With an API key set, the schema says so (an apiKey security scheme, header X-API-Key): the Swagger UI at /
+    then has an Authorize button, and sends the key with every request it tries."""
+    from bentoml._internal.service.openapi.specification import OpenAPISpecification
+
+    as_dict = OpenAPISpecification.asdict
+
+    def with_security(spec) -> dict:
+        found = as_dict(spec)
+        found.setdefault("components", {})["securitySchemes"] = {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": f"the value of {API_KEY_ENV} where the service runs"}}
+        found["security"] = [{"ApiKey": []}]
+        for path in OPEN_PATHS:  # health, metrics and the docs need no key
+            for operation in found.get("paths", {}).get(path, {}).values():
+                operation["security"] = []
+        return found
+
+    OpenAPISpecification.asdict = with_security
