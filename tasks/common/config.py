@@ -185,6 +185,17 @@ class DriftParams(Section):
     min_samples: int = Field(200, ge=1)  # fewer recent inputs than this: too few to judge, no verdict
 
 
+class ScoreParams(Section):
+    """Batch scoring of new data with the champion's shipped model (tasks/score/, flows/score.py)."""
+
+    output: str = "predictions"  # versioned outputs: <output>/<input>-<digest>/<model>-v<version>/ (DVC-tracked)
+    chunk_rows: int = Field(4096, ge=1)  # rows (or image files) read, checked and scored at a time
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)  # quarantined share above this fails the run, writing nothing
+    range_margin: float = Field(3.0, ge=0)  # training std devs beyond the training min/max a value may reach
+    max_missing_fraction: float = Field(0.5, ge=0, le=1)  # a row missing more of its columns is quarantined
+    max_drift_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many training std devs (reported)
+
+
 class PipelineParams(Section):
     """How the Prefect flow runs the stages (no stage reads these)."""
 
@@ -214,6 +225,7 @@ class Params(Section):
     package: PackageParams = PackageParams()
     promote: PromoteParams = PromoteParams()
     drift: DriftParams = DriftParams()
+    score: ScoreParams = ScoreParams()
     pipeline: PipelineParams = PipelineParams()
     rollout: RolloutParams = RolloutParams()
 

@@ -53,9 +53,9 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
         offset = len(numeric)
         for column in categorical:
             value = row[column["column"]]
-            if not _missing(value) and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
-                raise BadRow(f"row {i}, column '{column['column']}': expected a category (text, or a number used as "
-                             f"one) or null, got {value!r}")
+            if not _missing(value) and not isinstance(value, (str, int, float)):  # bool is an int: "True" as trained
+                raise BadRow(f"row {i}, column '{column['column']}': expected a category (text, a number or a boolean "
+                             f"used as one) or null, got {value!r}")
             value = column["fill"] if _missing(value) else str(value)
             if value in column["categories"]:
                 out[i, offset + column["categories"].index(value)] = 1.0
@@ -76,7 +76,7 @@ def row_schema(spec: dict) -> dict:
     """One raw row as the service takes it, as an OpenAPI 3.0 schema: every column required, nothing else."""
     properties = {c["column"]: {"type": "number", "nullable": True, "minimum": _raw_range(c)[0],
                                 "maximum": _raw_range(c)[1]} for c in spec["numeric"]}
-    properties |= {c["column"]: {"anyOf": [{"type": "string"}, {"type": "number"}], "nullable": True,
+    properties |= {c["column"]: {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}], "nullable": True,
                                  "description": f"one of {c['categories'][:20]}; another encodes as all zeros"}
                    for c in spec["categorical"]}
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}

@@ -54,13 +54,19 @@ def drift(inputs: np.ndarray, kind: str, expected: dict, max_shift: float) -> di
     """Each statistic's shift of the served mean from the training mean, in training standard deviations (with
     a floor of 1 % of the training range, as `validate`: a statistic that never varied may still wobble)."""
     found = statistics(inputs, kind)
+    return drift_of_means({name: float(values.mean()) for name, values in found.items()}, len(inputs), expected,
+                          max_shift)
+
+
+def drift_of_means(means: dict[str, float], samples: int, expected: dict, max_shift: float) -> dict:
+    """`drift` from each statistic's mean over the inputs (batch scoring accumulates them chunk by chunk)."""
     shifts = {}
-    for name, values in found.items():
+    for name, mean in means.items():
         ref = expected["statistics"][name]
         scale = max(ref["std"], 0.01 * (ref["max"] - ref["min"]), 1e-12)
-        shifts[name] = {"served_mean": float(values.mean()), "training_mean": ref["mean"],
-                        "shift": float(abs(values.mean() - ref["mean"]) / scale)}
+        shifts[name] = {"served_mean": float(mean), "training_mean": ref["mean"],
+                        "shift": float(abs(mean - ref["mean"]) / scale)}
     worst = max(shifts, key=lambda n: shifts[n]["shift"])
-    return {"samples": int(len(inputs)), "data_version": expected.get("data_version", ""), "max_shift": max_shift,
+    return {"samples": int(samples), "data_version": expected.get("data_version", ""), "max_shift": max_shift,
             "worst": worst, "score": shifts[worst]["shift"], "drifted": shifts[worst]["shift"] > max_shift,
             "statistics": shifts}

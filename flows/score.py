@@ -1,0 +1,129 @@
+"""Batch scoring as a Prefect flow: new data through the champion's shipped model, validated, versioned, tracked.
+
+    python -m flows.score --input PATH [--address local|tcp://host:8786] [--model NAME:VERSION]
+
+Scores PATH (a CSV, TSV or Parquet table, or a folder of PNG/JPEG images) with the model the champion's Bento
+serves (tasks/score/), on a Dask cluster when given its address; writes a versioned output under
+`score.output`, tracks it with DVC (and pushes it to the remote), logs an MLflow run (experiment
+`<experiment>-scoring`) and a Prefect report. The `score` deployment in prefect.yaml runs it on a schedule
+over a drop folder. Exit codes: 0 scored or already scored, 2 bad input (too many bad rows, wrong columns,
+nothing to read), 3 no model to score with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+
+
+@task(name="score")
+def score_input(input: str, root: str, model: str | None, address: str | None) -> dict:
+    from tasks.common.config import load_params
+    from tasks.score import score
+    from tasks.score.model import champion_model, stored_model
+
+    params = load_params(Path(root) / "params.yaml")
+    shipped = stored_model(model) if model else champion_model(Path(root), params)
+    result = score(Path(input), shipped, Path(root), params.score, params.package.max_image_pixels, address)
+    return vars(result)
+
+
+@task(name="track")
+def track(result: dict, root: str, push_to_remote: bool) -> dict:
+    """The output version under DVC (pushed to the default remote) and an MLflow run."""
+    from types import SimpleNamespace
+
+    from tasks.common.config import load_params
+    from tasks.score.tracking import log_run
+
+    output = Path(result["output"])
+    tracked = {}
+    if (Path(root) / ".dvc").is_dir():
+        subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(output.relative_to(Path(root).resolve()))],
+                       cwd=root, check=True)
+        tracked["dvc"] = str(output.with_name(output.name + ".dvc").relative_to(Path(root).resolve()))
+        if push_to_remote:
+            subprocess.run([sys.executable, "-m", "dvc", "push", "-q", tracked["dvc"]], cwd=root, check=True)
+            tracked["pushed"] = True
+    params = load_params(Path(root) / "params.yaml")
+    tracked["mlflow_run"] = log_run(Path(root), params.base.experiment, SimpleNamespace(**result))
+    return tracked
+
+
+@flow(name="score", log_prints=True)
+def score_batch(input: str, root: str = ".", model: str | None = None, address: str | None = None,
+                push_to_remote: bool = True) -> dict:
+    """Score `input` with the champion's model (or `model`), on `address` (a Dask scheduler, or `local`)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    root = str(Path(root).resolve())
+    result = score_input(str(Path(input).resolve()), root, model, address)
+    if result["already_scored"]:
+        get_run_logger().info("already scored: %s with %s v%s → %s (nothing to do)", input, result["model"]["name"],
+                              result["model"]["version"], result["output"])
+        return result
+    result["tracked"] = track(result, root, push_to_remote)
+    create_markdown_artifact(key="score-report", markdown=render(result), description=_headline(result))
+    return result
+
+
+def _headline(result: dict) -> str:
+    return (f"{result['scored']} of {result['rows']} rows scored, {result['quarantined']} quarantined, with "
+            f"{result['model']['name']} v{result['model']['version']} ({result['model']['variant']})")
+
+
+def render(result: dict) -> str:
+    """The run's report (Prefect artifact, and the end-of-run summary)."""
+    drift = result.get("drift") or {}
+    lines = [f"# Batch scoring of {result['input']}", "", _headline(result), "",
+             f"- output: `{result['output']}` (predictions.parquet, quarantine.parquet, summary.json)"
+             + (" — already scored, nothing written" if result.get("already_scored") else ""),
+             f"- input digest: `{result['input_digest']}`",
+             f"- engine: {result['engine']}, {result['chunks']} chunks ({result['resumed_chunks']} resumed), "
+             f"{result['seconds']} s",
+             f"- imputed cells: {result['imputed_cells']}"]
+    if result.get("tracked"):
+        lines.append(f"- tracked: {json.dumps(result['tracked'])}")
+    if result["reasons"]:
+        lines += ["", "| quarantined because | rows |", "|---|---|"] + [f"| {r} | {n} |" for r, n in result["reasons"].items()]
+    if drift:
+        lines += ["", f"Drift against {drift['data_version']}: worst `{drift['worst']}` moved {drift['score']:.2f} "
+                  f"training std devs (limit {drift['max_shift']}): {'**drifted**' if drift['drifted'] else 'no drift'}"]
+    lines += ["", "| class | share |", "|---|---|"] + [f"| {c} | {s:.1%} |" for c, s in result["class_shares"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.common.errors import DataError
+    from tasks.score.model import NoModel
+
+    parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, or a folder of PNG/JPEG images")
+    parser.add_argument("--root", default=".", help="the project (params.yaml, MLflow store, DVC)")
+    parser.add_argument("--model", help="a BentoML model NAME:VERSION (default: the champion's)")
+    parser.add_argument("--address", help="a Dask scheduler (tcp://host:8786), or `local` to start one here; "
+                                          "default: score in this process")
+    parser.add_argument("--no-push", action="store_true", help="track the output with DVC but do not push it")
+    args = parser.parse_args(argv)
+    try:
+        result = score_batch(args.input, args.root, args.model, args.address, push_to_remote=not args.no_push)
+    except DataError as err:
+        print(f"scoring stopped: {err}", file=sys.stderr)
+        return 2
+    except NoModel as err:
+        print(f"no model to score with: {err}", file=sys.stderr)
+        return 3
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Batch scoring: new data (a table file or a folder of images, no labels) through the champion's shipped model.
+
+    read a chunk → check each row against the model's training data → score the good ones → keep the others
+    with the reason (quarantine) → write the chunk's part; at the end, one versioned output:
+
+    <score.output>/<input name>-<input digest[:12]>/<model>-v<version>/
+        predictions.parquet   id (row number or file), label, p_<class> per class, model, model_version,
+                              variant, input_digest
+        quarantine.parquet    id, reason
+        summary.json          counts, reasons, drift, class shares, model, input, seconds
+
+The same input with the same model version again is a no-op that says so; a new champion writes a new version
+beside the old one. Chunks finished before a kill are kept (in `<version>.partial/`) and not scored again. When
+the quarantined share passes `score.max_bad_fraction` the run fails and writes no version.
+
+    model.py   the shipped model (the champion's BentoML model: the ONNX file the Bento serves)
+    reader.py  the input a chunk at a time, and its digest
+    chunk.py   one chunk checked and scored (runs in this process or on a cluster worker)
+    engine.py  in process, or on a Dask cluster
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.common.atomic import write_json, write_with
+from tasks.common.errors import DataError
+from tasks.score import engine, reader
+from tasks.score.chunk import Limits, Scored, score_chunk
+from tasks.score.model import ShippedModel
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadRows(DataError):
+    """The quarantined share passed `score.max_bad_fraction`: no predictions were written."""
+
+
+@dataclass
+class ScoreResult:
+    input: str
+    input_digest: str
+    model: dict
+    output: str
+    already_scored: bool = False
+    rows: int = 0
+    scored: int = 0
+    quarantined: int = 0
+    bad_fraction: float = 0.0
+    reasons: dict = field(default_factory=dict)  # the most frequent quarantine reasons, with counts
+    imputed_cells: int = 0
+    class_shares: dict = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)
+    chunks: int = 0
+    resumed_chunks: int = 0
+    engine: str = "in-process"
+    seconds: float = 0.0
+
+
+def version_dir(root: Path, output: str, input_path: Path, digest: str, model: ShippedModel) -> Path:
+    return root / output / f"{input_path.stem}-{digest[:12]}" / f"{model.name}-v{model.version}"
+
+
+def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixels: int,
+          address: str | None = None) -> ScoreResult:
+    began = time.monotonic()
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise DataError(f"{input_path}: no such file or folder")
+    kind = reader.input_kind(input_path)
+    if kind != model.kind:
+        raise DataError(f"{input_path} holds {kind}, but model {model.tag} takes {model.kind}")
+    if kind == "table":
+        _check_columns(input_path, model)
+    digest = reader.digest(input_path)
+    about = {"name": model.name, "version": model.version, "variant": model.variant, "tag": model.tag}
+    target = version_dir(root, cfg.output, input_path, digest, model)
+    if (target / "summary.json").is_file():
+        done = json.loads((target / "summary.json").read_text())
+        log.info("already scored: %s with %s v%s → %s", input_path, model.name, model.version, target)
+        return ScoreResult(**{**done, "already_scored": True})
+    partial = target.with_name(target.name + ".partial")
+    parts = partial / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
+    limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels)
+    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows) if c.index not in finished)
+    constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
+                 "input_digest": digest}
+    from tqdm import tqdm
+
+    with tqdm(desc="score", unit="chunk", initial=len(finished), disable=None) as progress:
+        for scored in engine.run(score_chunk, todo, address, model_tag=model.tag,
+                                 model_bytes=model.onnx_path.read_bytes(), meta=model.meta, limits=limits):
+            _write_part(parts, scored, model.classes, "file" if kind == "images" else "row", constants)
+            progress.update(1)
+    result = _combine(parts, partial, model.classes, kind)
+    result.update(input=str(input_path), input_digest=digest, model=about, output=str(target),
+                  resumed_chunks=len(finished), engine=address or "in-process")
+    result["drift"] = _drift(result.pop("statistic_sums"), result["scored"], model, cfg.max_drift_shift)
+    if result["rows"] and result["bad_fraction"] > cfg.max_bad_fraction:
+        raise TooManyBadRows(
+            f"{result['quarantined']} of {result['rows']} rows ({result['bad_fraction']:.1%}) failed the checks; "
+            f"the limit is score.max_bad_fraction = {cfg.max_bad_fraction:.1%}. Most frequent reasons: "
+            + "; ".join(f"{n} × {r}" for r, n in list(result["reasons"].items())[:5])
+            + f". No predictions were written (finished chunks are kept in {partial})")
+    result["seconds"] = round(time.monotonic() - began, 3)
+    shutil.rmtree(parts)
+    write_json(partial / "summary.json", result)
+    partial.rename(target)  # the version appears whole, or not at all
+    log.info("scored %d rows (%d quarantined) with %s v%s → %s", result["rows"], result["quarantined"],
+             model.name, model.version, target)
+    return ScoreResult(**result)
+
+
+def _check_columns(input_path: Path, model: ShippedModel) -> None:
+    spec = model.meta["encoding"]
+    expected = [c["column"] for c in spec["numeric"]] + [c["column"] for c in spec["categorical"]]
+    missing = [c for c in expected if c not in reader.columns(input_path)]
+    if missing:
+        raise DataError(f"{input_path} lacks the columns {missing} model {model.tag} was trained on "
+                        f"(it takes {expected}; other columns are ignored)")
+
+
+def _write_part(parts: Path, scored: Scored, classes: list[str], id_name: str, constants: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = f"chunk-{scored.index:06d}"
+    probabilities = scored.probabilities
+    columns = {id_name: scored.ids,
+               "label": [classes[k] for k in probabilities.argmax(1)] if len(probabilities) else [],
+               **{f"p_{c}": probabilities[:, k] for k, c in enumerate(classes)},
+               **{k: [v] * len(scored.ids) for k, v in constants.items()}}
+    write_with(parts / f"{name}.parquet", lambda tmp: pq.write_table(pa.table(columns), tmp))
+    quarantine = pa.table({id_name: [i for i, _ in scored.quarantined], "reason": [r for _, r in scored.quarantined]},
+                          schema=pa.schema([(id_name, pa.string() if id_name == "file" else pa.int64()),
+                                            ("reason", pa.string())]))
+    write_with(parts / f"{name}.quarantine.parquet", lambda tmp: pq.write_table(quarantine, tmp))
+    # last: a chunk counts as finished once its .json is there
+    write_json(parts / f"{name}.json", {"scored": len(scored.ids), "quarantined": len(scored.quarantined),
+                                        "statistic_sums": scored.statistic_sums, "imputed": scored.imputed,
+                                        "labels": dict(Counter(columns["label"]))})
+
+
+def _combine(parts: Path, out: Path, classes: list[str], kind: str) -> dict:
+    """The parts, in chunk order, into predictions.parquet and quarantine.parquet (streamed: one part in memory)."""
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name.removesuffix(".json") for p in parts.glob("chunk-*.json"))
+    totals = {"scored": 0, "quarantined": 0, "imputed": 0}
+    sums: dict[str, float] = {}
+    labels: Counter = Counter()
+    reasons: Counter = Counter()
+    for suffix, target in ((".parquet", "predictions.parquet"), (".quarantine.parquet", "quarantine.parquet")):
+        writer = None
+        for name in names:
+            table = pq.read_table(parts / f"{name}{suffix}")
+            if suffix == ".quarantine.parquet":
+                reasons.update(table.column("reason").to_pylist())
+            writer = writer or pq.ParquetWriter(out / f".{target}.tmp", table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+            (out / f".{target}.tmp").replace(out / target)
+    for name in names:
+        counts = json.loads((parts / f"{name}.json").read_text())
+        for key in totals:
+            totals[key] += counts[key]
+        for statistic, value in counts["statistic_sums"].items():
+            sums[statistic] = sums.get(statistic, 0.0) + value
+        labels.update(counts["labels"])
+    rows = totals["scored"] + totals["quarantined"]
+    return {"rows": rows, "scored": totals["scored"], "quarantined": totals["quarantined"],
+            "bad_fraction": totals["quarantined"] / rows if rows else 0.0, "imputed_cells": totals["imputed"],
+            "reasons": dict(_generalised(reasons).most_common(10)), "chunks": len(names),
+            "class_shares": {c: labels.get(c, 0) / totals["scored"] if totals["scored"] else 0.0 for c in classes},
+            "statistic_sums": sums}
+
+
+def _generalised(reasons: Counter) -> Counter:
+    """Reasons grouped by their wording without the row's own value (`... [18, 90] (got 250)` → `... [18, 90]`), so
+    that the summary counts kinds of problems, not rows."""
+    import re
+
+    grouped: Counter = Counter()
+    for reason, count in reasons.items():
+        grouped[re.sub(r"( \(got .*\)|, got .*)$", "", reason)] += count
+    return grouped
+
+
+def _drift(sums: dict[str, float], scored: int, model: ShippedModel, max_shift: float) -> dict:
+    from tasks.shipped.skew import drift_of_means
+
+    expected = model.meta.get("expectations")
+    if not scored or not expected or not sums:
+        return {}
+    return drift_of_means({name: value / scored for name, value in sums.items()}, scored, expected, max_shift)
+
+
+def predictions_of(result: ScoreResult):
+    """The version's predictions as a DataFrame (for tests and notebooks: the whole file, in memory)."""
+    import pandas as pd
+
+    return pd.read_parquet(Path(result.output) / "predictions.parquet")
+

@@ -1,0 +1,133 @@
+"""One chunk of new data: each row (or image) checked against what the model was trained on, the good ones scored
+with the shipped ONNX model, the others kept with the reason. Runs where the engine puts it (this process or a
+cluster worker): it needs only the chunk, the model's bytes and metadata, and the checks' limits.
+
+Preprocessing is the Bento's own (tasks/shipped/): table rows encoded by `rows.encode_rows`, images decoded and
+resized by `imaging.decode_image`, statistics from `skew.statistics`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.shipped.imaging import NotAnImage, decode_image
+from tasks.shipped.rows import BadRow, encode_rows
+from tasks.shipped.skew import statistics
+
+_SESSIONS: dict[str, object] = {}  # one ONNX Runtime session per model, per process
+
+
+@dataclass(frozen=True)
+class Limits:
+    range_margin: float  # training std devs beyond the training min/max
+    max_missing_fraction: float
+    max_image_pixels: int
+
+
+@dataclass
+class Scored:
+    index: int
+    ids: list
+    probabilities: np.ndarray  # N×K, float32
+    quarantined: list[tuple[object, str]]  # (id, reason)
+    statistic_sums: dict[str, float] = field(default_factory=dict)  # for drift: the sum of each statistic
+    imputed: int = 0  # table cells missing and filled as in training
+
+
+def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: Limits) -> Scored:
+    if meta.get("kind", "images") == "table":
+        positions, inputs, quarantined, imputed = _table_inputs(chunk, meta, limits)
+    else:
+        positions, inputs, quarantined, imputed = _image_inputs(chunk, meta, limits)
+    classes = len(meta["classes"])
+    probabilities = (_session(model_tag, model_bytes).run(None, {"images": inputs})[0].astype(np.float32)
+                     if len(inputs) else np.zeros((0, classes), np.float32))
+    found = statistics(inputs, meta.get("kind", "images")) if len(inputs) else {}
+    return Scored(chunk.index, [chunk.ids[p] for p in positions], probabilities, quarantined,
+                  {name: float(values.sum()) for name, values in found.items()}, imputed)
+
+
+def _session(tag: str, model_bytes: bytes):
+    import onnxruntime as ort
+
+    if tag not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # the engine runs chunks side by side, one per core
+        _SESSIONS[tag] = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[tag]
+
+
+def _bounds(meta: dict, name: str, margin: float) -> tuple[float, float] | None:
+    found = (meta.get("expectations") or {}).get("statistics", {}).get(name)
+    if not found:
+        return None
+    return found["min"] - margin * found["std"], found["max"] + margin * found["std"]
+
+
+def _table_inputs(chunk, meta: dict, limits: Limits):
+    """Raw rows → encoded features of the rows that pass; a reason for each that does not."""
+    spec = meta["encoding"]
+    numeric = [c["column"] for c in spec["numeric"]]
+    expected = numeric + [c["column"] for c in spec["categorical"]]
+    positions, features, quarantined, imputed = [], [], [], 0
+    for position, row in enumerate(chunk.data[expected].to_dict("records")):
+        row = {k: None if _missing(v) else v for k, v in row.items()}
+        missing = sum(v is None for v in row.values())
+        if missing > limits.max_missing_fraction * len(expected):
+            quarantined.append((chunk.ids[position], f"{missing} of {len(expected)} columns missing "
+                                                     f"(at most {limits.max_missing_fraction:.0%} may be)"))
+            continue
+        try:
+            encoded = encode_rows([row], spec)[0]
+        except BadRow as err:
+            quarantined.append((chunk.ids[position], str(err).removeprefix("row 0, ").removeprefix("row 0: ")))
+            continue
+        reason = _out_of_range(row, encoded, spec, meta, limits.range_margin)
+        if reason:
+            quarantined.append((chunk.ids[position], reason))
+            continue
+        positions.append(position)
+        features.append(encoded)
+        imputed += missing
+    width = len(numeric) + sum(len(c["categories"]) for c in spec["categorical"])
+    return positions, np.asarray(features, np.float32).reshape(-1, width), quarantined, imputed
+
+
+def _out_of_range(row: dict, encoded: np.ndarray, spec: dict, meta: dict, margin: float) -> str:
+    for j, column in enumerate(spec["numeric"]):
+        bounds = _bounds(meta, f"feature_{j}", margin)
+        if bounds is None or row[column["column"]] is None or bounds[0] <= encoded[j] <= bounds[1]:
+            continue
+        low, high = (b * column["scale"] + column["mean"] for b in bounds)
+        return (f"column '{column['column']}': outside the training range widened by {margin:g} std devs "
+                f"[{low:.6g}, {high:.6g}] (got {row[column['column']]})")
+    return ""
+
+
+def _image_inputs(chunk, meta: dict, limits: Limits):
+    """Image files → the served inputs (H×W[×C] intensities in the model's scale) of those that pass: readable PNG or
+    JPEG within the pixel budget, not constant. Decoding converts channels and size as the Bento does, so the
+    intensities always lie in range; how far their statistics moved is the drift report's job."""
+    shape = tuple(int(d) for d in meta["served_shape"])
+    channels = shape[2] if len(shape) == 3 else 1
+    scale = float(meta["pixel_max"]) / 255.0
+    positions, images, quarantined = [], [], []
+    for position, content in enumerate(chunk.data):
+        try:
+            pixels = decode_image(content, shape[:2], channels, limits.max_image_pixels) * scale
+        except NotAnImage as err:
+            quarantined.append((chunk.ids[position], str(err)))
+            continue
+        if float(pixels.std()) == 0:  # as validate refuses constant images in training data
+            quarantined.append((chunk.ids[position], f"a constant image (got every pixel {float(pixels.flat[0]):g})"))
+            continue
+        positions.append(position)
+        images.append(pixels)
+    return positions, np.asarray(images, np.float32).reshape(-1, *shape), quarantined, 0
+
+
+def _missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or (not isinstance(value, (list, dict, tuple)) and bool(pd.isna(value)))

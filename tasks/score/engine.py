@@ -1,0 +1,50 @@
+"""Where chunks are scored: in this process by default, or on a Dask cluster (`distributed`) given its address:
+`local` starts one on this machine (a scheduler and one single-threaded worker process per core), anything else
+(`tcp://host:8786`) is an existing scheduler. Dask was chosen over Ray by measuring both here (BENCHMARKS.md,
+Engine): about a sixth of Ray's install weight, a third of its start-up, the same throughput on this job.
+
+Chunks are sent with their data, and the answers come back to this process, which writes them: a worker needs the
+project's code (the same release), not this machine's files. At most `in_flight` chunks are out at a time, so
+memory stays flat however large the input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+
+def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int = 0, **shared) -> Iterator:
+    """`score(chunk, **shared)` for every chunk, its results as they finish (in any order). `shared` values (the
+    model's bytes) are sent to each worker once."""
+    if not address:
+        for chunk in chunks:
+            yield score(chunk, **shared)
+        return
+    from distributed import as_completed
+
+    with _client(address) as client:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        limit = in_flight or 2 * workers
+        shared = {name: client.scatter(value, broadcast=True) if isinstance(value, bytes) else value
+                  for name, value in shared.items()}
+        pending = as_completed()
+        for chunk in chunks:
+            pending.add(client.submit(score, chunk, **shared, pure=False))
+            while pending.count() >= limit:
+                yield next(pending).result()
+        for finished in pending:
+            yield finished.result()
+
+
+@contextlib.contextmanager
+def _client(address: str):
+    from distributed import Client, LocalCluster
+
+    if address != "local":
+        with Client(address, timeout="30s") as client:
+            yield client
+        return
+    with LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        yield client
