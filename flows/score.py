@@ -60,19 +60,36 @@ def track(result: dict, root: str, push_to_remote: bool) -> dict:
 
 @flow(name="score", log_prints=True)
 def score_batch(input: str, root: str = ".", model: str | None = None, address: str | None = None,
-                push_to_remote: bool = True) -> dict:
-    """Score `input` with the champion's model (or `model`), on `address` (a Dask scheduler, or `local`)."""
+                push_to_remote: bool = True) -> list[dict]:
+    """Score `input` with the champion's model (or `model`), on `address` (a Dask scheduler, or `local`). A drop
+    folder of table files is scored file by file (each its own version; those already scored are skipped)."""
     from prefect.artifacts import create_markdown_artifact
 
     root = str(Path(root).resolve())
-    result = score_input(str(Path(input).resolve()), root, model, address)
-    if result["already_scored"]:
-        get_run_logger().info("already scored: %s with %s v%s → %s (nothing to do)", input, result["model"]["name"],
-                              result["model"]["version"], result["output"])
-        return result
-    result["tracked"] = track(result, root, push_to_remote)
-    create_markdown_artifact(key="score-report", markdown=render(result), description=_headline(result))
-    return result
+    results = []
+    for one in inputs_in(Path(input).resolve()):
+        result = score_input(str(one), root, model, address)
+        if result["already_scored"]:
+            get_run_logger().info("already scored: %s with %s v%s → %s (nothing to do)", one, result["model"]["name"],
+                                  result["model"]["version"], result["output"])
+        else:
+            result["tracked"] = track(result, root, push_to_remote)
+            create_markdown_artifact(key="score-report", markdown=render(result), description=_headline(result))
+        results.append(result)
+    return results
+
+
+def inputs_in(path: Path) -> list[Path]:
+    """`path` itself, or for a folder holding table files (and no images) each of those files, in name order."""
+    from tasks.score.reader import IMAGE_SUFFIXES, TABLE_SUFFIXES
+
+    if not path.is_dir():
+        return [path]
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    tables = sorted(p for p in files if p.suffix.lower() in TABLE_SUFFIXES)
+    if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        return tables
+    return [path]
 
 
 def _headline(result: dict) -> str:
@@ -106,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.score.model import NoModel
 
     parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, or a folder of PNG/JPEG images")
+    parser.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, a folder of PNG/JPEG images, or a "
+                                                       "drop folder of table files (each scored once)")
     parser.add_argument("--root", default=".", help="the project (params.yaml, MLflow store, DVC)")
     parser.add_argument("--model", help="a BentoML model NAME:VERSION (default: the champion's)")
     parser.add_argument("--address", help="a Dask scheduler (tcp://host:8786), or `local` to start one here; "
@@ -114,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-push", action="store_true", help="track the output with DVC but do not push it")
     args = parser.parse_args(argv)
     try:
-        result = score_batch(args.input, args.root, args.model, args.address, push_to_remote=not args.no_push)
+        results = score_batch(args.input, args.root, args.model, args.address, push_to_remote=not args.no_push)
     except DataError as err:
         print(f"scoring stopped: {err}", file=sys.stderr)
         return 2
     except NoModel as err:
         print(f"no model to score with: {err}", file=sys.stderr)
         return 3
-    print(render(result))
+    print("\n".join(render(result) for result in results))
     return 0
 
 

@@ -50,6 +50,13 @@ TABLE_CLASSES = ["narrow", "square", "tall"]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]  # names, not indices
 
 
+def table_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows like the table model's training rows: width 1..4, height 5..13, a stroke."""
+    rng = np.random.default_rng(seed)
+    return [{"width": float(rng.uniform(1, 4)), "height": float(rng.uniform(5, 13)),
+             "stroke": str(rng.choice(["bold", "medium", "thin"]))} for _ in range(count)]
+
+
 def build_table(out: Path) -> dict:
     """A Bento around an (untrained) MLP over the 5 encoded features of TABLE_ENCODING, 3 classes."""
     import torch
@@ -58,6 +65,8 @@ def build_table(out: Path) -> dict:
     from tasks.compress.variants import export_onnx, servable
     from tasks.nn.models import MLP
     from tasks.package import build_bento
+    from tasks.shipped.rows import encode_rows
+    from tasks.shipped.skew import expectations
 
     torch.manual_seed(0)
     model = MLP(5, (16,), 3, dropout=0.0).eval()
@@ -65,7 +74,8 @@ def build_table(out: Path) -> dict:
     export_onnx(servable(model, pixel_max=1.0, image_input=False), np.zeros((1, 5), np.float32), onnx_path)
     metadata = {"input_shape": [5], "served_shape": [5], "pixel_max": 1.0, "kind": "table", "classes": TABLE_CLASSES,
                 "problem": "multiclass", "variant": "fp32-onnx",
-                "model_version": "1", "registered_model": "table-classifier", "encoding": TABLE_ENCODING}
+                "model_version": "1", "registered_model": "table-classifier", "encoding": TABLE_ENCODING,
+                "expectations": expectations(encode_rows(table_rows(200), TABLE_ENCODING), "table", "table[:200]")}
     result = build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": "1"},
                          load_params(REPO / "params.yaml").package, REPO / "bento")
     info = {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path)}

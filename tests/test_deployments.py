@@ -96,6 +96,9 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     drift = HTTP.get(f"{api}/deployments/name/drift-check/drift-hourly").raise_for_status().json()
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"]
     assert drift["parameters"]["retrain_deployment"] == "digits-pipeline/nightly"
+    scoring = HTTP.get(f"{api}/deployments/name/score/score-hourly").raise_for_status().json()
+    assert [s["schedule"]["cron"] for s in scoring["schedules"]] == ["30 * * * *"]
+    assert scoring["parameters"]["input"] == "incoming" and scoring["work_pool_name"] == "digits-pool"
 
     run_id = _trigger(root, env, "digits-pipeline/nightly")
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "digits-pool"], cwd=root,

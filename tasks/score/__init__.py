@@ -134,14 +134,17 @@ def _write_part(parts: Path, scored: Scored, classes: list[str], id_name: str, c
 
     name = f"chunk-{scored.index:06d}"
     probabilities = scored.probabilities
+    id_type = pa.string() if id_name == "file" else pa.int64()
+    schema = pa.schema([(id_name, id_type), ("label", pa.string()),
+                        *[(f"p_{c}", pa.float32()) for c in classes], *[(k, pa.string()) for k in constants]])
     columns = {id_name: scored.ids,
                "label": [classes[k] for k in probabilities.argmax(1)] if len(probabilities) else [],
                **{f"p_{c}": probabilities[:, k] for k, c in enumerate(classes)},
                **{k: [v] * len(scored.ids) for k, v in constants.items()}}
-    write_with(parts / f"{name}.parquet", lambda tmp: pq.write_table(pa.table(columns), tmp))
+    table = pa.table(columns, schema=schema)
+    write_with(parts / f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
     quarantine = pa.table({id_name: [i for i, _ in scored.quarantined], "reason": [r for _, r in scored.quarantined]},
-                          schema=pa.schema([(id_name, pa.string() if id_name == "file" else pa.int64()),
-                                            ("reason", pa.string())]))
+                          schema=pa.schema([(id_name, id_type), ("reason", pa.string())]))
     write_with(parts / f"{name}.quarantine.parquet", lambda tmp: pq.write_table(quarantine, tmp))
     # last: a chunk counts as finished once its .json is there
     write_json(parts / f"{name}.json", {"scored": len(scored.ids), "quarantined": len(scored.quarantined),

@@ -72,7 +72,7 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     expected = numeric + [c["column"] for c in spec["categorical"]]
     positions, features, quarantined, imputed = [], [], [], 0
     for position, row in enumerate(chunk.data[expected].to_dict("records")):
-        row = {k: None if _missing(v) else v for k, v in row.items()}
+        row = {k: None if _missing(v) else _number(v) if k in numeric else v for k, v in row.items()}
         missing = sum(v is None for v in row.values())
         if missing > limits.max_missing_fraction * len(expected):
             quarantined.append((chunk.ids[position], f"{missing} of {len(expected)} columns missing "
@@ -125,6 +125,17 @@ def _image_inputs(chunk, meta: dict, limits: Limits):
         positions.append(position)
         images.append(pixels)
     return positions, np.asarray(images, np.float32).reshape(-1, *shape), quarantined, 0
+
+
+def _number(value):
+    """A numeric column's value as a number where it reads as one: a CSV column with one bad cell is read as text
+    throughout, and its other cells are still numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # encode_rows names it
+    return value
 
 
 def _missing(value) -> bool:

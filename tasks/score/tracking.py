@@ -18,8 +18,8 @@ def log_run(root: Path, experiment: str, result) -> str:
 
     from tasks.common import tracking
 
-    tracking.configure(root, f"{experiment}-scoring")
-    with mlflow.start_run(run_name=f"score {Path(result.input).name}") as run:
+    experiment_id = tracking.configure(root, f"{experiment}-scoring")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"score {Path(result.input).name}") as run:
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local-file source
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(Path(result.input).resolve()))

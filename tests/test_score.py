@@ -1,0 +1,241 @@
+"""Batch scoring (tasks/score/, flows/score.py) on data the models never saw: a folder of PNG digits with a broken
+file and a blank one among them, and a CSV table with bad rows; in this process, on a real Dask cluster (a
+scheduler and two worker processes on loopback), killed mid-way, and through the command a user runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.bento_builder import DIGIT_CLASSES, TABLE_CLASSES, table_rows
+from tests.conftest import REPO, build_bentos, free_port, project_copy, project_env, run_in, stop
+
+pytestmark = pytest.mark.slow
+
+
+def _shipped(tag: str, env: dict):
+    """The BentoML model `tag` as tasks.score.model.stored_model reads it (in a process that reaches its store)."""
+    from tasks.score.model import ShippedModel
+
+    code = ("import json, sys; from tasks.score.model import stored_model; m = stored_model(sys.argv[1]); "
+            "print(json.dumps({'path': str(m.onnx_path), 'meta': m.meta, 'tag': m.tag}))")
+    done = subprocess.run([sys.executable, "-c", code, tag], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    return ShippedModel(Path(found["path"]), found["meta"], found["tag"])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A digits model (8×8 images, 0..16) and a table model (width, height, stroke), in a store of their own."""
+    base = tmp_path_factory.mktemp("score-models")
+    digits, env = build_bentos(base)
+    table, _ = build_bentos(base, "--table", name="table")
+    return _shipped(digits["models"][0], env), _shipped(table["models"][0], env), env, base
+
+
+def _digit_folder(where: Path, count: int, extra: bool = True) -> Path:
+    """`count` test digits (not trained on) as 32×32 PNGs in two sub-folders, plus a broken file and a blank image."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[1400:1400 + count]
+    for i, image in enumerate(images):
+        folder = where / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.kron(image, np.ones((4, 4))) * 255 / 16).astype(np.uint8)).save(folder / f"d{i:05d}.png")
+    if extra:
+        (where / "a" / "broken.png").write_bytes(b"not a png at all")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(where / "b" / "blank.png")
+    return where
+
+
+def _cfg(**changes):
+    from tasks.common.config import load_params
+
+    return load_params(REPO / "params.yaml").score.model_copy(update={"chunk_rows": 64, **changes})
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """`dask scheduler` and two `dask worker` processes (one thread each) on loopback, as a team runs a cluster."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the workers run the project's code
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+                                   env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for i in range(2)]
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(2, timeout=120)
+    yield address
+    for process in reversed(processes):
+        stop(process)
+
+
+def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(models, tmp_path, dask_cluster):
+    from tasks.nn.latency import onnx_predictor
+    from tasks.score import predictions_of, score
+    from tasks.shipped.imaging import decode_image
+
+    digits, _, _, _ = models
+    folder = _digit_folder(tmp_path / "scans", 300)
+    here = score(folder, digits, tmp_path / "here", _cfg(), 16_000_000)
+    there = score(folder, digits, tmp_path / "there", _cfg(), 16_000_000, address=dask_cluster)
+    assert there.engine == dask_cluster and here.chunks == there.chunks == 5
+    ours, theirs = predictions_of(here), predictions_of(there)
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert (here.rows, here.scored, here.quarantined) == (302, 300, 2)
+    assert here.reasons == {"a constant image": 1, "not a readable PNG or JPEG image (Pillow cannot identify it)": 1}
+    quarantine = pd.read_parquet(Path(here.output) / "quarantine.parquet")
+    assert sorted(quarantine["file"]) == ["a/broken.png", "b/blank.png"]
+    # each prediction is the shipped model on the image as the Bento decodes an upload
+    files = list(ours["file"])
+    assert files == sorted(files) and files[0] == "a/d00001.png"
+    pixels = np.stack([decode_image(folder / f, (8, 8)) * 16 / 255 for f in files]).astype(np.float32)
+    expected = onnx_predictor(digits.onnx_path)(pixels)
+    np.testing.assert_allclose(ours[[f"p_{c}" for c in DIGIT_CLASSES]].to_numpy(), expected, atol=1e-6)
+    assert list(ours["label"]) == [DIGIT_CLASSES[k] for k in expected.argmax(1)]
+    assert set(ours["model"]) == {"digits-classifier"} and set(ours["model_version"]) == {"1"}
+    assert set(ours["input_digest"]) == {here.input_digest}
+    assert abs(sum(here.class_shares.values()) - 1) < 1e-9 and here.drift["samples"] == 300
+    summary = json.loads((Path(here.output) / "summary.json").read_text())
+    assert summary["scored"] == 300 and summary["model"]["tag"] == digits.tag
+
+
+def test_bad_table_rows_are_quarantined_with_reasons_and_too_many_fail_the_run(models, tmp_path):
+    from tasks.score import TooManyBadRows, predictions_of, score, version_dir
+    from tasks.score.reader import digest
+
+    _, table, _, _ = models
+    rows = table_rows(200, seed=1)
+    rows[3]["width"] = "wide"  # text where a number belongs
+    rows[7] = {"width": None, "height": None, "stroke": None}  # all missing
+    rows[11]["height"] = 500.0  # far outside the training heights (5..13)
+    rows[12]["height"] = None  # one missing value: imputed as in training
+    frame = pd.DataFrame(rows).assign(extra="ignored")
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    done = score(tmp_path / "new.csv", table, tmp_path, _cfg(), 16_000_000)
+    assert (done.rows, done.scored, done.quarantined, done.imputed_cells) == (200, 197, 3, 1)
+    reasons = pd.read_parquet(Path(done.output) / "quarantine.parquet").set_index("row")["reason"]
+    assert reasons[3] == "column 'width': expected a number or null, got 'wide'"
+    assert reasons[7] == "3 of 3 columns missing (at most 50% may be)"
+    assert reasons[11].startswith("column 'height': outside the training range widened by 3 std devs [")
+    assert reasons[11].endswith("(got 500.0)")
+    predicted = predictions_of(done)
+    assert list(predicted["row"]) == [r for r in range(200) if r not in (3, 7, 11)]
+    assert set(predicted["label"]) <= set(TABLE_CLASSES)
+    # the same rows as Parquet (without the text cell a Parquet column cannot hold): the same predictions
+    frame.drop(index=3).assign(width=lambda f: f["width"].astype(float)).to_parquet(tmp_path / "new.parquet")
+    as_parquet = predictions_of(score(tmp_path / "new.parquet", table, tmp_path, _cfg(), 16_000_000))
+    pd.testing.assert_frame_equal(
+        as_parquet.drop(columns=["row", "input_digest"]).reset_index(drop=True),
+        predicted.drop(columns=["row", "input_digest"]).reset_index(drop=True))
+    # past score.max_bad_fraction: the run fails, naming the reasons, and no version is written
+    frame.loc[:40, "width"] = "wide"
+    frame.to_csv(tmp_path / "worse.csv", index=False)
+    with pytest.raises(TooManyBadRows, match=r"41 of 200 rows \(20.5%\) failed the checks; the limit is "
+                                             r"score.max_bad_fraction = 5.0%.*40 × column 'width': expected a number"):
+        score(tmp_path / "worse.csv", table, tmp_path, _cfg(), 16_000_000)
+    assert not version_dir(tmp_path, "predictions", tmp_path / "worse.csv", digest(tmp_path / "worse.csv"),
+                           table).exists()
+
+
+def test_the_same_input_and_model_again_is_a_no_op_and_a_new_model_writes_a_new_version(models, tmp_path):
+    from dataclasses import replace
+
+    from tasks.score import score
+
+    digits, _, _, _ = models
+    folder = _digit_folder(tmp_path / "scans", 100, extra=False)
+    first = score(folder, digits, tmp_path, _cfg(), 16_000_000)
+    written = (Path(first.output) / "predictions.parquet").stat().st_mtime_ns
+    again = score(folder, digits, tmp_path, _cfg(), 16_000_000)
+    assert again.already_scored and not first.already_scored and again.output == first.output
+    assert (Path(first.output) / "predictions.parquet").stat().st_mtime_ns == written
+    newer = replace(digits, meta={**digits.meta, "model_version": "2"})  # a new champion, the same input
+    second = score(folder, newer, tmp_path, _cfg(), 16_000_000)
+    assert not second.already_scored and Path(second.output).name == "digits-classifier-v2"
+    assert Path(first.output).parent == Path(second.output).parent and Path(first.output).is_dir()
+
+
+_SCORE_SLOWLY = """
+import sys
+from pathlib import Path
+from tasks.common.config import load_params
+from tasks.score import score
+from tasks.score.model import ShippedModel
+import json
+model = ShippedModel(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])
+cfg = load_params(Path("params.yaml")).score.model_copy(update={"chunk_rows": 2})
+print(score(Path(sys.argv[4]), model, Path(sys.argv[5]), cfg, 16_000_000).output)
+"""
+
+
+def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_output(models, tmp_path):
+    from tasks.score import predictions_of, score
+
+    digits, _, _, _ = models
+    folder = _digit_folder(tmp_path / "scans", 397)  # 200 chunks of 2
+    whole = score(folder, digits, tmp_path / "whole", _cfg(chunk_rows=2), 16_000_000)
+    killed = subprocess.Popen([sys.executable, "-c", _SCORE_SLOWLY, str(digits.onnx_path), json.dumps(digits.meta),
+                               digits.tag, str(folder), str(tmp_path / "resumed")], cwd=REPO)
+    parts = Path(whole.output.replace(str(tmp_path / "whole"), str(tmp_path / "resumed")) + ".partial") / "parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("chunk-*.json"))) < 20 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done_before = len(list(parts.glob("chunk-*.json")))
+    assert 20 <= done_before < 200, f"{done_before} chunks were finished when it was killed"
+    resumed = score(folder, digits, tmp_path / "resumed", _cfg(chunk_rows=2), 16_000_000)
+    assert resumed.resumed_chunks == done_before and resumed.chunks == 200
+    pd.testing.assert_frame_equal(predictions_of(resumed), predictions_of(whole))
+    assert (resumed.rows, resumed.scored, resumed.quarantined) == (whole.rows, whole.scored, whole.quarantined)
+    assert not Path(resumed.output + ".partial").exists()
+
+
+def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does_nothing(models, tmp_path):
+    digits, _, store_env, _ = models
+    root = project_copy(tmp_path / "project")
+    env = {**project_env(tmp_path), "BENTOML_HOME": store_env["BENTOML_HOME"]}
+    folder = _digit_folder(tmp_path / "tonight", 120)
+    done = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(folder), "--model", digits.tag,
+                  "--address", "local", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "120 of 122 rows scored, 2 quarantined, with digits-classifier v1 (fp32-onnx)" in done.stdout
+    output = next((root / "predictions").glob("tonight-*/digits-classifier-v1"))
+    dvc_file = output.with_name("digits-classifier-v1.dvc")
+    assert dvc_file.is_file() and (output / "predictions.parquet").is_file()
+    pushed = [p for p in (root / ".dvc-remote").rglob("*") if p.is_file()]  # .dvc/config: url = ../.dvc-remote
+    assert len(pushed) >= 3, pushed  # the version's files are in the DVC remote
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("digits-pipeline-scoring")
+    run = client.search_runs([experiment.experiment_id])[0]
+    assert run.data.metrics["scored"] == 120 and run.data.metrics["quarantined"] == 2
+    assert run.data.tags["model.version"] == "1" and run.data.tags["output"] == str(output)
+    logged = run.inputs.dataset_inputs[0].dataset
+    assert logged.name == "tonight" and logged.digest == run.data.tags["input.digest"][:36]
+    again = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(folder), "--model", digits.tag,
+                   timeout=600)
+    assert again.returncode == 0 and "already scored, nothing written" in again.stdout, again.stderr[-2000:]
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    missing = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(tmp_path / "nothing-here"),
+                     "--model", digits.tag, timeout=600)
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
