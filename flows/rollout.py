@@ -37,15 +37,7 @@ def champion_bento(root: Path, params) -> str:
     import bentoml
 
     from tasks.common import registry, tracking
-    from tasks.common.errors import PromotionError
 
     tracking.use_store(root)
-    champion = registry.champion_version(params.evaluate.registered_model)
-    if champion is None:
-        raise PromotionError(f"{params.evaluate.registered_model} has no champion yet: run the pipeline (make run)")
-    built = [b for b in bentoml.bentos.list(params.package.service_name)
-             if b.info.labels.get("model_version") == champion]
-    if not built:
-        raise PromotionError(f"no Bento was built for champion version {champion}; run the pipeline "
-                             "(make run) or pass --bento")
-    return str(max(built, key=lambda b: b.info.creation_time).tag)
+    return str(registry.newest_for_champion(params.evaluate.registered_model,
+                                            bentoml.bentos.list(params.package.service_name), "Bento").tag)

@@ -58,6 +58,21 @@ def champion_version(name: str) -> str | None:
         return None
 
 
+def newest_for_champion(name: str, stored: list, what: str):
+    """The newest of `stored` (BentoML models or Bentos, labelled with the `model_version` they hold) that holds
+    `name`'s current champion; PromotionError, saying what to run, when there is none."""
+    from tasks.common.errors import PromotionError
+
+    champion = champion_version(name)
+    if champion is None:
+        raise PromotionError(f"{name} has no champion yet: run the pipeline (make run)")
+    built = [s for s in stored if s.info.labels.get("model_version") == champion]
+    if not built:
+        raise PromotionError(f"no {what} was built for champion version {champion} on this machine; run the "
+                             "pipeline (make run) or name one")
+    return max(built, key=lambda s: s.info.creation_time)
+
+
 @dataclass(frozen=True)
 class Move:
     """One move of the `champion` alias, as recorded in MLflow."""

@@ -78,15 +78,12 @@ def champion_model(root: Path, params) -> ShippedModel:
     import bentoml
 
     from tasks.common import registry, tracking
+    from tasks.common.errors import PromotionError
 
     tracking.use_store(root)
-    champion = registry.champion_version(params.evaluate.registered_model)
-    if champion is None:
-        raise NoModel(f"{params.evaluate.registered_model} has no champion yet: run the pipeline (make run)")
-    stored = [m for m in bentoml.models.list(params.package.bento_model)
-              if m.info.labels.get("model_version") == champion]
-    if not stored:
-        raise NoModel(f"no BentoML model {params.package.bento_model} was stored for champion version {champion}: "
-                      "run the pipeline (make run) on this machine, or pass --model NAME:VERSION")
-    newest = max(stored, key=lambda m: m.info.creation_time)
+    try:
+        newest = registry.newest_for_champion(params.evaluate.registered_model,
+                                              bentoml.models.list(params.package.bento_model), "BentoML model")
+    except PromotionError as err:
+        raise NoModel(f"{err} (--model NAME:VERSION)") from err
     return ShippedModel(Path(newest.path_of("model.onnx")), _normalised(newest.info.metadata), str(newest.tag))
