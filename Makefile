@@ -36,6 +36,7 @@ bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minut
 	$(BIN)/python -m benchmarks.orchestration
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.serving --overload
+	$(BIN)/python -m benchmarks.scoring
 	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone
