@@ -78,7 +78,8 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
         raise DataError(f"{input_path} holds {kind}, but model {model.tag} takes {model.kind}")
     if kind == "table":
         _check_columns(input_path, model)
-    digest = reader.digest(input_path)
+    files = reader.image_files(input_path) if kind == "images" else None  # listed once
+    digest = reader.digest(input_path, files)
     about = {"name": model.name, "version": model.version, "variant": model.variant, "tag": model.tag}
     target = version_dir(root, cfg.output, input_path, digest, model)
     if (target / "summary.json").is_file():
@@ -90,7 +91,7 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     parts.mkdir(parents=True, exist_ok=True)
     finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
     limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels)
-    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows) if c.index not in finished)
+    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows, files) if c.index not in finished)
     constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
                  "input_digest": digest}
     from tqdm import tqdm

@@ -30,35 +30,44 @@ def input_kind(path: Path) -> str:
     raise DataError(f"{path}: expected a CSV, TSV or Parquet file, or a folder of PNG/JPEG images")
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder`, sorted, hidden files and folders left out."""
-    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+def image_files(folder: Path) -> list[str]:
+    """The image files under `folder` as paths relative to it, sorted; hidden files and folders left out."""
+    import os
+
+    found = []
+    for top, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        prefix = os.path.relpath(top, folder)
+        found += [name if prefix == "." else f"{prefix}/{name}" for name in files
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
     if not found:
         raise DataError(f"{folder}: no PNG or JPEG files in it")
     return sorted(found)
 
 
-def digest(path: Path) -> str:
-    """SHA-256 of the input's content (a folder: each image's relative path and bytes), read in blocks."""
+def digest(path: Path, files: list[str] | None = None) -> str:
+    """SHA-256 of the input's content (a folder: each image's relative path and bytes, `files` when listed
+    already), read in blocks."""
     sha = hashlib.sha256()
-    files = image_files(path) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            sha.update(file.relative_to(path).as_posix().encode() + b"\0")
+    if path.is_dir():
+        files = files if files is not None else image_files(path)
+    for name in files if path.is_dir() else [None]:
+        file = path / name if name is not None else path
+        if name is not None:
+            sha.update(name.encode() + b"\0")
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(block)
     return sha.hexdigest()
 
 
-def chunks(path: Path, rows: int) -> Iterator[Chunk]:
-    """The input `rows` rows (or files) at a time, in order."""
+def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Chunk]:
+    """The input `rows` rows (or files: `files` when listed already) at a time, in order."""
     if path.is_dir():
-        files = image_files(path)
+        files = files if files is not None else image_files(path)
         for index, start in enumerate(range(0, len(files), rows)):
             batch = files[start:start + rows]
-            yield Chunk(index, [f.relative_to(path).as_posix() for f in batch], [f.read_bytes() for f in batch])
+            yield Chunk(index, batch, [(path / name).read_bytes() for name in batch])
         return
     import pandas as pd
 
