@@ -353,10 +353,12 @@ def test_paths_the_service_does_not_serve_share_one_metrics_label(served):
     statuses = asyncio.run(_invented_paths(str(service.base_url).rstrip("/"), 20_000))
     assert len(statuses) == 20_000 and set(statuses) <= {404, 405}, sorted(set(statuses))
     assert service.get("/metadata").status_code == 200
-    began = time.perf_counter()
-    answer = service.get("/metrics")
-    took = time.perf_counter() - began
-    assert answer.status_code == 200 and took < 0.1, took  # 20,000 series took it past 30 s
+    took = []
+    for _ in range(5):  # the median of five: one call on a shared machine can be held up by anything
+        began = time.perf_counter()
+        answer = service.get("/metrics")
+        took.append(time.perf_counter() - began)
+    assert answer.status_code == 200 and float(np.median(took)) < 0.1, took  # 20,000 series took it past 30 s
     grown = _worker_rss_mb(server) - before
     assert grown < 50, f"the serving processes grew by {grown:.0f} MB"
     metrics = answer.text
