@@ -74,16 +74,16 @@ def _run(input_path: Path, address: str | None = None) -> dict:
 
 def _forward(images: np.ndarray, served: tuple[int, ...], pixel_max: float, onnx_path: Path) -> float:
     """Rows/s of the bare forward at batch 64 on the inputs as scoring decodes them (one thread)."""
+    import io
+
     import onnxruntime as ort
+    from PIL import Image
 
     from tasks.shipped.imaging import decode_image
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    from PIL import Image
-    import io
-
     decoded = []
     for image in images[:4096]:
         buffer = io.BytesIO()

@@ -46,7 +46,9 @@ def track(result: dict, root: str, push_to_remote: bool) -> dict:
 
     output = Path(result["output"])
     tracked = {}
-    if (Path(root) / ".dvc").is_dir():
+    if not output.is_relative_to(Path(root).resolve()):
+        tracked["dvc"] = f"not tracked: {output} lies outside the project (score.output)"
+    elif (Path(root) / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(output.relative_to(Path(root).resolve()))],
                        cwd=root, check=True)
         tracked["dvc"] = str(output.with_name(output.name + ".dvc").relative_to(Path(root).resolve()))
