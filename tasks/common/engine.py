@@ -1,4 +1,5 @@
-"""Where chunks are scored: in this process by default, or on a Dask cluster (`distributed`) given its address:
+"""Where batch scoring's chunks and a sweep's trials run: in this process by default, or on a Dask cluster
+(`distributed`) given its address:
 `local` starts one on this machine (a scheduler and one single-threaded worker process per core), anything else
 (`tcp://host:8786`) is an existing scheduler. Dask was chosen over Ray by measuring both here (BENCHMARKS.md,
 Engine): a sixth of Ray's install weight (43 against 256 MB), a fifth of its start-up (1.4 against 6.7 s), the
@@ -24,7 +25,7 @@ def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int =
         return
     from distributed import as_completed
 
-    with _client(address) as client:
+    with connect(address) as client:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = in_flight or 2 * workers
         shared = {name: client.scatter(value, broadcast=True) if isinstance(value, bytes) else value
@@ -39,13 +40,15 @@ def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int =
 
 
 @contextlib.contextmanager
-def _client(address: str):
+def connect(address: str, workers: int = 0):
+    """A Dask client: of a new local cluster (`local`: `workers` single-threaded processes, 0: one per core) or of
+    the scheduler at `address`."""
     from distributed import Client, LocalCluster
 
     if address != "local":
         with Client(address, timeout="30s") as client:
             yield client
         return
-    with LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster) as client:
         yield client
