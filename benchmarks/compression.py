@@ -22,13 +22,12 @@ MNIST_SIZE_OVERRIDES = {"train": {"epochs": 4, "batch_size": 128, "patience": 2}
                         "prepare": {"pixel_max": 255.0}}
 
 
-def run_case(name: str, root: Path) -> dict:
+def prepared_case(name: str, root: Path):
+    """params.yaml's params (with the MNIST-size overrides for that set) and the case's data, prepared in `root`."""
     from tasks.common.config import load_params
     from tasks.common.dataset import save_split
-    from tasks.compress import compress
     from tasks.ingest import ingest
     from tasks.prepare import prepare
-    from tasks.train import train
 
     params = load_params(REPO / "params.yaml")
     prepared = root / "prepared"
@@ -43,6 +42,14 @@ def run_case(name: str, root: Path) -> dict:
         })
         for split, data in build(params.base.seed).items():
             save_split(prepared / split, data)
+    return params, prepared
+
+
+def run_case(name: str, root: Path) -> dict:
+    from tasks.compress import compress
+    from tasks.train import train
+
+    params, prepared = prepared_case(name, root)
     started = time.perf_counter()
     trained = train(params, root, prepared, root / "train")
     train_seconds = time.perf_counter() - started

@@ -67,10 +67,12 @@ def roll_out(root: str, admin_url: str, ready_timeout_s: float) -> dict:
 
 
 @flow(name="digits-pipeline", log_prints=True)
-def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, Any] | None = None) -> dict:
+def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, Any] | None = None,
+             origin: str = "") -> dict:
     """Run every stage of dvc.yaml in order; a failing stage fails the flow run and nothing after it runs.
 
-    `overrides` sets params.yaml keys for this run only, e.g. {"train.epochs": 20, "ingest.source": "idx"}.
+    `overrides` sets params.yaml keys for this run only, e.g. {"train.epochs": 20, "ingest.source": "idx"};
+    `origin` says where they came from (a sweep's trial), on the MLflow run and in the report.
     """
     from filelock import FileLock, Timeout
     from prefect.artifacts import create_markdown_artifact
@@ -97,7 +99,8 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
                 retries=knobs.retries, timeout_seconds=knobs.stage_timeout_minutes * 60,
                 retry_delay_seconds=exponential_backoff(backoff_factor=knobs.retry_delay_seconds)(knobs.retries) or 0)
             # Stages record these as lineage tags on the MLflow run (tasks/common/tracking.py).
-            env = {"PIPELINE_FLOW_RUN_ID": str(flow_run.id), "PIPELINE_OVERRIDES": json.dumps(overrides or {})}
+            env = {"PIPELINE_FLOW_RUN_ID": str(flow_run.id), "PIPELINE_OVERRIDES": json.dumps(overrides or {}),
+                   "PIPELINE_ORIGIN": origin}
             changed = changed_stages(root_path)  # one `dvc status`; the rule `dvc repro` applies
             for stage in stage_order(root_path):
                 upstream_ran = any(r.executed for r in runs)
@@ -107,7 +110,7 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
                 push(str(root_path))
             stage = "rollout"
             served = roll_out(str(root_path), config.rollout.admin_url, config.rollout.ready_timeout_seconds)
-        summary = summarize(root_path, runs, served)
+        summary = {**summarize(root_path, runs, served), "origin": origin}
         create_markdown_artifact(key="pipeline-report", markdown=markdown(root_path, summary, overrides),
                                  description="data version, validation, metrics vs champion, promotion, compression, Bento")
         return summary

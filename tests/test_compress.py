@@ -127,3 +127,26 @@ def test_a_pruned_vit_exports_with_a_dynamic_batch(tmp_path):
     export_onnx(servable(pruned, 16.0), images[:2], tmp_path / "vit.onnx")
     np.testing.assert_allclose(onnx_predictor(tmp_path / "vit.onnx")(images), torch_predictor(servable(pruned, 16.0))(images),
                                atol=1e-5)
+
+
+def test_prune_ratio_auto_tries_ratios_from_the_smallest_and_stops_at_the_first_over_the_budget(params, prepared, tmp_path):
+    import json
+
+    from tasks.compress import compress
+
+    cfg = _trained(params, prepared, tmp_path)
+    # with a zero budget and one fine-tuning epoch, a heavily pruned net falls short and ends the search
+    cfg = cfg.model_copy(update={"compress": cfg.compress.model_copy(update={
+        "prune_ratio": "auto", "auto_ratios": (0.9, 0.2, 0.95), "max_accuracy_drop": 0.0, "finetune_epochs": 1,
+        "latency_repeats": 3, "calibrations": ("minmax",)})})
+    result = compress(cfg, tmp_path, prepared, tmp_path / "train", tmp_path / "compress")
+    table = json.loads((tmp_path / "compress" / "variants.json").read_text())
+    pruned = [name for name in table if name.startswith("pruned")]
+    assert pruned[0].startswith("pruned20-")  # the smallest ratio first, whatever the order given
+    over = [name for name in pruned if name.endswith("fp32-onnx") and table[name]["val_accuracy_drop"] > 0]
+    assert over, table  # one ratio went over the budget ...
+    stop = over[0].removesuffix("fp32-onnx")
+    assert not any(name.startswith(stop) and "int8" in name for name in table)  # ... its int8 variants were not made
+    later = {"pruned20-": ["pruned90-", "pruned95-"], "pruned90-": ["pruned95-"], "pruned95-": []}[stop]
+    assert not any(name.startswith(tuple(later)) for name in table)  # ... nor any larger ratio
+    assert result.chosen in table and table[result.chosen]["val_accuracy_drop"] <= 0.0

@@ -99,6 +99,9 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     scoring = HTTP.get(f"{api}/deployments/name/score/score-hourly").raise_for_status().json()
     assert [s["schedule"]["cron"] for s in scoring["schedules"]] == ["30 * * * *"]
     assert scoring["parameters"]["input"] == "incoming" and scoring["work_pool_name"] == "digits-pool"
+    sweeping = HTTP.get(f"{api}/deployments/name/sweep/sweep-weekly").raise_for_status().json()
+    assert [s["schedule"]["cron"] for s in sweeping["schedules"]] == ["0 4 * * 0"]
+    assert sweeping["parameters"]["run_pipeline"] is True and sweeping["work_pool_name"] == "digits-pool"
 
     run_id = _trigger(root, env, "digits-pipeline/nightly")
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "digits-pool"], cwd=root,

@@ -274,6 +274,35 @@ def test_a_second_run_in_the_same_workspace_is_refused_while_one_holds_it(projec
     assert "Running stage" not in done.stdout
 
 
+def test_a_sweeps_pick_goes_through_the_gate_and_a_worse_one_is_not_promoted(project):
+    """A sweep on a local cluster whose every trial is poor (one epoch at a tiny learning rate): its pick becomes
+    the overrides of a normal pipeline run, which the gate refuses; the champion stays, and both runs say why."""
+    root, env, _ = project
+    client = _client(root)
+    champion = client.get_model_version_by_alias("digits-classifier", "champion").version
+    before = (root / "params.yaml").read_text()
+    _edit_params(root, "sweep", trials=2, parallel=2, objectives=["accuracy"],
+                 space={"train.epochs": {"choices": [1]}, "train.lr": {"low": 1.0e-5, "high": 2.0e-5, "log": True}})
+    edited = (root / "params.yaml").read_text()
+    done = run_in(root, env, sys.executable, "-m", "flows.sweep", "--no-push")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert (root / "params.yaml").read_text() == edited  # the pick was an override of that run only
+    summary = json.loads(next((root / "sweeps").glob("digits-*/summary.json")).read_text())
+    picked = summary["picked"]
+    assert picked["overrides"]["train.epochs"] == 1 and sum(summary["states"].values()) == 2
+    assert f"from:            sweep {summary['name']}, trial {picked['trial']}" in done.stdout
+    assert "stages run:      train, evaluate, compress, package, promote" in done.stdout  # the data stages: pinned
+    assert str(client.get_model_version_by_alias("digits-classifier", "champion").version) == str(champion)
+    promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
+    assert not promotion["promoted"]
+    run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.data.tags["pipeline.origin"].startswith(f"sweep {summary['name']}, trial {picked['trial']}")
+    assert run.data.params["train.epochs"] == "1"
+    assert "not promoted" in client.get_run(summary["parent_run_id"]).data.tags["sweep.pipeline"]
+    (root / "params.yaml").write_text(before)
+
+
 def test_bad_data_stops_at_validate_and_registers_nothing(project):
     root, env, _ = project
     client = _client(root)

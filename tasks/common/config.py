@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from tasks.common.errors import ConfigError
 
@@ -135,13 +144,68 @@ class EvaluateParams(Section):
 class CompressParams(Section):
     max_accuracy_drop: float = Field(0.005, ge=0, le=1)
     objective: Literal["latency_b1", "latency_b64", "size"] = "size"
-    prune_ratio: float = Field(0.5, ge=0, lt=1)
+    prune_ratio: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = 0.5  # auto: each of auto_ratios, tried in turn
+    auto_ratios: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field((0.25, 0.5, 0.75, 0.875), min_length=1)
     finetune_epochs: int = Field(15, ge=0)
     distill_weight: float = Field(0.7, ge=0, le=1)  # share of the fine-tune loss taken from the fp32 teacher
     distill_temperature: float = Field(4.0, gt=0)
     calibration_samples: int = Field(2048, ge=1)
     calibrations: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(("minmax", "percentile"), min_length=1)
     latency_repeats: int = Field(50, ge=3)
+
+
+class SweepDimension(Section):
+    """One searched key: a range (`low`, `high`, `log`, `step`) or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample evenly in log space (learning rates, weight decay)
+    step: float | None = None  # a grid within the range (ints: epochs, batch size)
+    choices: tuple[bool | int | float | str | tuple[int, ...], ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _only_what_is_set(self, handler) -> dict:
+        """No nulls: the resolved config travels in BentoML's model metadata, which refuses None."""
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepDimension:
+        if bool(self.choices) == (self.low is not None or self.high is not None):
+            raise ValueError("give either choices: [...] or low: and high:, not both or neither")
+        if not self.choices and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError(f"a range needs low < high (got low={self.low}, high={self.high})")
+        if self.log and not self.choices and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+SweepObjective = Literal["accuracy", "size", "latency_b1", "latency_b64"]
+
+
+class SweepParams(Section):
+    """Hyperparameter and compression search (tasks/sweep/, flows/sweep.py; no stage reads these)."""
+
+    trials: int = Field(16, ge=1)  # finished trials the study is run to (pruned and failed ones count; re-queued do not)
+    parallel: int = Field(2, ge=1)  # trials at once; each gets cores / parallel threads
+    storage: str = ""  # empty: a journal file in sweeps/<name>/; a path: a journal file there; postgresql://...: shared
+    objectives: tuple[SweepObjective, ...] = Field(("accuracy", "size"), min_length=1)  # accuracy alone, or a front
+    pruner: Literal["median", "halving", "none"] = "median"  # single objective: stop poor trials at an epoch
+    screen_margin: float = Field(0.02, ge=0, le=1)  # several objectives: compress only trials this close to the best
+    min_accuracy: float = Field(0.0, ge=0, le=1)  # constraint: the shipped variant's validation accuracy
+    max_size_kb: float = Field(0, ge=0)  # constraint on the shipped file; 0: none
+    max_latency_ms: float = Field(0, ge=0)  # constraint on the shipped variant's batch-1 latency; 0: none
+    pick_within: float = Field(0.0, ge=0, le=1)  # the trial handed to the pipeline: the smallest (or fastest) one on the
+    #                                              front within this of its best accuracy; 0: the most accurate
+    budget_minutes: float = Field(10, gt=0)  # a trial still training after this long is stopped (pruned)
+    heartbeat_seconds: int = Field(30, ge=1)  # PostgreSQL storage: a trial silent for 4 beats is failed and re-queued
+    space: dict[str, SweepDimension] = {}  # dotted train.* / compress.* keys of params.yaml
+
+    @model_validator(mode="after")
+    def _space_keys(self) -> SweepParams:
+        for key in self.space:
+            if not key.startswith(("train.", "compress.")):
+                raise ValueError(f"space: '{key}' is not a train.* or compress.* key (a sweep never changes the data)")
+        return self
 
 
 class PackageParams(Section):
@@ -226,6 +290,7 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     drift: DriftParams = DriftParams()
     score: ScoreParams = ScoreParams()
+    sweep: SweepParams = SweepParams()
     pipeline: PipelineParams = PipelineParams()
     rollout: RolloutParams = RolloutParams()
 
@@ -252,6 +317,26 @@ class Params(Section):
     def as_dict(self) -> dict:
         """The resolved config, with the section names of params.yaml."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def with_overrides(params: Params, overrides: dict) -> Params:
+    """`params` with each dotted key (`train.lr`) set to its value, checked like params.yaml itself."""
+    tree = params.as_dict()
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{dotted}' is not a key of params.yaml")
+        if leaf not in node:
+            raise ConfigError(f"'{dotted}' is not a key of params.yaml")
+        node[leaf] = value
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{json.dumps(overrides)} refused: {problems}") from err
 
 
 def dataset_name(path: str) -> str:

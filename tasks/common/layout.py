@@ -51,5 +51,9 @@ class Layout:
         return self.root / "artifacts" / "promote"
 
     @property
+    def sweeps(self) -> Path:
+        return self.root / "sweeps"
+
+    @property
     def bento_dir(self) -> Path:
         return self.root / "bento"

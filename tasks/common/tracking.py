@@ -60,6 +60,8 @@ def resumed_run(root: Path, experiment: str, run_file: Path):
     with mlflow.start_run(run_id=run_id) as run:
         if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # a later flow run re-ran this stage with overrides
             mlflow.set_tag("pipeline.overrides", os.environ["PIPELINE_OVERRIDES"])
+        if os.environ.get("PIPELINE_ORIGIN"):
+            mlflow.set_tag("pipeline.origin", os.environ["PIPELINE_ORIGIN"])
         yield run
 
 
@@ -90,6 +92,8 @@ def lineage_tags(root: Path, data_hashes: dict[str, str], params: dict) -> dict[
         tags["prefect.flow_run_id"] = os.environ["PIPELINE_FLOW_RUN_ID"]
     if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # the run's --set / deployment overrides, as JSON
         tags["pipeline.overrides"] = os.environ["PIPELINE_OVERRIDES"]
+    if os.environ.get("PIPELINE_ORIGIN"):  # where the overrides came from: a sweep's trial
+        tags["pipeline.origin"] = os.environ["PIPELINE_ORIGIN"]
     return tags
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import shutil
 from dataclasses import asdict, dataclass
@@ -34,14 +35,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     from tasks.common import tracking
     from tasks.common.dataset import prepared_meta
-    from tasks.compress.variants import (
-        export_onnx,
-        fine_tune,
-        prune_channels,
-        quantize_dynamic_int8,
-        quantize_int8,
-        servable,
-    )
+    from tasks.compress.variants import export_onnx, quantize_dynamic_int8, quantize_int8, servable
     from tasks.nn.checkpoint import load_checkpoint
     from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
 
@@ -62,17 +56,18 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
                                 float((predicted_classes(predict, held_out) == val.y).mean()))
     rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), *measured(torch_predictor(baseline)))]
     calibration = served_inputs(train.x[: cfg.calibration_samples], pixel_max)
-    sources = [("", model)]
-    if cfg.prune_ratio > 0:
-        pruned = prune_channels(model, np.asarray(train.x), cfg.prune_ratio, payload["n_classes"])
-        pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,
-                           lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed,
-                           teacher=model, temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight)
-        sources.append(("pruned-", pruned))
-    for prefix, net in sources:
+    fp32_val = rows[0]["val_accuracy"]
+    threads = params.train.threads  # as training: in a sweep, this trial's share of the cores (0: all of them)
+    for prefix, net in itertools.chain([("", model)], _pruned(model, payload, train, val, params)):  # lazily
         fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
         export_onnx(wrap(net), images[:2], fp32_path)
-        kinds = ["fp32-onnx"]
+        rows.append(_row(f"{prefix}fp32-onnx", fp32_path.stat().st_size, _count(net), *measured(onnx_predictor(fp32_path, threads))))
+        if prefix and cfg.prune_ratio == "auto" and fp32_val - rows[-1]["val_accuracy"] > cfg.max_accuracy_drop:
+            # its int8 variants only lose more, and so would a larger ratio: the search stops here
+            log.info("compress: %s is %.4f below fp32 on validation, over the budget: no larger ratio is tried",
+                     prefix.rstrip("-"), fp32_val - rows[-1]["val_accuracy"])
+            break
+        kinds = []
         for method in cfg.calibrations:  # calibrators clip activation ranges differently: measure, don't guess
             quantize_int8(fp32_path, variants_dir / f"{prefix}int8-{method}-onnx.onnx", calibration, method)
             kinds.append(f"int8-{method}-onnx")
@@ -81,7 +76,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
             kinds.append("int8-dynamic-onnx")
         for kind in kinds:
             path = variants_dir / f"{prefix}{kind}.onnx"
-            rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net), *measured(onnx_predictor(path))))
+            rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net), *measured(onnx_predictor(path, threads))))
     table = _relative_to_baseline(rows)
     chosen, reason = choose(table, cfg)
     write_with(out_dir / "model.onnx", lambda tmp: shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", tmp))
@@ -99,6 +94,21 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         mlflow.set_tags({"compress.chosen": chosen["variant"], "compress.reason": reason})
     log.info("compress: %s", reason)
     return CompressResult(chosen["variant"], reason, table)
+
+
+def _pruned(model, payload, train, val, params: Params):
+    """(prefix, pruned and fine-tuned net) per prune ratio, made one at a time as the caller asks: `prune_ratio: auto`
+    tries `auto_ratios` from the smallest up (`pruned50-`, ...), a fixed ratio gives one (`pruned-`), 0 none."""
+    from tasks.compress.variants import fine_tune, prune_channels
+
+    cfg = params.compress
+    ratios = sorted(cfg.auto_ratios) if cfg.prune_ratio == "auto" else [cfg.prune_ratio] if cfg.prune_ratio > 0 else []
+    for ratio in ratios:
+        pruned = prune_channels(model, np.asarray(train.x), ratio, payload["n_classes"])
+        pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,
+                           lr=params.train.lr / 2, batch_size=params.train.batch_size, seed=params.base.seed,
+                           teacher=model, temperature=cfg.distill_temperature, distill_weight=cfg.distill_weight)
+        yield (f"pruned{round(ratio * 1000) / 10:g}-" if cfg.prune_ratio == "auto" else "pruned-"), pruned
 
 
 def choose(table: list[dict], cfg: CompressParams) -> tuple[dict, str]:

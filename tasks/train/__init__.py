@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,15 @@ class TrainResult:
     resumed_at_epoch: int  # 0 for a fresh start
 
 
-def train(params: Params, root: Path, prepared_dir: Path, out_dir: Path) -> TrainResult:
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller other than the pipeline (a sweep's trial) changes about a training run."""
+
+    tags: dict[str, str]  # extra tags on the new MLflow run: a sweep's parent run id, the trial's number
+    on_epoch: Callable[[int, dict], None] | None = None  # after each epoch's row; raising stops the run (pruning)
+
+
+def train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, hooks: RunHooks | None = None) -> TrainResult:
     """Train, checkpoint every epoch to `out_dir/last.pt`, keep the best epoch in `out_dir/model.pt`.
 
     A run killed mid-way resumes from `last.pt` when started again with the same params and data. Under
@@ -45,12 +54,12 @@ def train(params: Params, root: Path, prepared_dir: Path, out_dir: Path) -> Trai
 
     world = distributed.join(use_cuda=resolve_device(params.train.device).type == "cuda")
     try:
-        return _train(params, root, prepared_dir, out_dir, world)
+        return _train(params, root, prepared_dir, out_dir, world, hooks)
     finally:
         distributed.leave(world)
 
 
-def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world) -> TrainResult:
+def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world, hooks: RunHooks | None) -> TrainResult:
     import mlflow
     import torch
 
@@ -101,7 +110,8 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
     run_context = nullcontext(None)
     if world.is_main:
         experiment_id = tracking.configure(root, params.base.experiment)
-        run_context = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id)
+        run_context = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                                       tags=None if run_id or hooks is None else hooks.tags)
     with run_context as run:
         if run is not None and run_id is None:
             run_id = run.info.run_id
@@ -110,7 +120,8 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
             mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()), **device_tags(device, world),
                              **tracking.data_tags(data)})
             mlflow.log_dict(data.model_dump(exclude={"encoding"}), "data/description.json")
-        progress = epoch_progress(cfg.epochs, disable=not world.is_main, initial=start_epoch)
+        progress = epoch_progress(cfg.epochs, disable=not world.is_main or hooks is not None,  # a sweep has its own
+                                  initial=start_epoch)
         epochs_run = start_epoch
         for epoch in range(start_epoch, cfg.epochs):
             _reseed(seed, epoch, world.rank, augment)  # per-epoch seeds: a resumed run draws what the original would
@@ -133,6 +144,8 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
                     "fingerprint": fingerprint, "epoch": epochs_run, "run_id": run_id, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "best": best, "history": history})
+            if hooks is not None and hooks.on_epoch is not None and world.is_main:
+                hooks.on_epoch(epochs_run, row)
             progress.update()
             progress.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
             if epochs_run - best["epoch"] >= cfg.patience:
@@ -141,13 +154,15 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world)
         progress.close()
         seconds = time.perf_counter() - started
         if world.is_main:
-            _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device)
+            _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device,
+                    lineage=hooks is None)
     barrier(world)
     log.info("trained %s on %s: best epoch %d, val acc %.4f", cfg.model, device, best["epoch"], best["accuracy"])
     return TrainResult(run_id or "", str(device), best["epoch"], epochs_run, best["loss"], best["accuracy"], seconds, start_epoch)
 
 
-def _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device) -> None:
+def _finish(root, out_dir, model, best, history, params, input_shape, n_classes, run_id, epochs_run, seconds, device,
+            lineage: bool) -> None:
     """Rank 0, after the last epoch: the best weights, the summary, the curves; then the resume state goes."""
     import mlflow
 
@@ -166,8 +181,8 @@ def _finish(root, out_dir, model, best, history, params, input_shape, n_classes,
     write_with(out_dir / "curves.png", lambda tmp: plot_curves(tmp, history, best["epoch"]))
     mlflow.log_artifact(str(out_dir / "history.csv"))
     mlflow.log_artifact(str(out_dir / "curves.png"))
-    for name in ("dvc.lock", "params.yaml"):  # the data version (under `dvc repro`) and the params this run used:
-        if (Path(root) / name).is_file():       # what `mlops reproduce` restores
+    for name in ("dvc.lock", "params.yaml") if lineage else ():  # the data version (under `dvc repro`) and the params
+        if (Path(root) / name).is_file():                            # this run used: what `mlops reproduce` restores
             mlflow.log_artifact(str(Path(root) / name), artifact_path="lineage")
     (out_dir / "last.pt").unlink(missing_ok=True)
 
