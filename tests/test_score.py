@@ -5,7 +5,6 @@ scheduler and two worker processes on loopback), killed mid-way, and through the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.bento_builder import DIGIT_CLASSES, TABLE_CLASSES, table_rows
-from tests.conftest import REPO, build_bentos, free_port, project_copy, project_env, run_in, stop
+from tests.conftest import REPO, build_bentos, project_copy, project_env, run_in
 
 pytestmark = pytest.mark.slow
 
@@ -64,27 +63,6 @@ def _cfg(**changes):
     from tasks.common.config import load_params
 
     return load_params(REPO / "params.yaml").score.model_copy(update={"chunk_rows": 64, **changes})
-
-
-@pytest.fixture(scope="module")
-def dask_cluster():
-    """`dask scheduler` and two `dask worker` processes (one thread each) on loopback, as a team runs a cluster."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the workers run the project's code
-    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
-                                   env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                  for i in range(2)]
-    from distributed import Client
-
-    with Client(address, timeout="60s") as client:
-        client.wait_for_workers(2, timeout=120)
-    yield address
-    for process in reversed(processes):
-        stop(process)
 
 
 def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(models, tmp_path, dask_cluster):

@@ -5,6 +5,7 @@ parallel workers. The sweep's pick going through the gate is in test_pipeline_e2
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from tasks.common.config import with_overrides
 from tasks.common.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_server, postgres_cluster
 
 SPACE = {"train.lr": {"low": 0.001, "high": 0.01, "log": True}, "train.epochs": {"choices": [3, 4]},
          "train.cnn_channels": {"choices": [[8, 16, 32], [16, 32, 64]]}, "compress.prune_ratio": {"low": 0.3, "high": 0.7}}
@@ -170,3 +171,38 @@ def test_the_search_space_is_checked_against_params_yaml_before_any_trial(params
             sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=1, parallel=1)
     with pytest.raises(ConfigError, match="never changes the data"):
         with_overrides(params, {"sweep.space": {"ingest.path": {"choices": ["a"]}}})
+
+
+@pytest.mark.slow
+def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_through_the_tracking_server(
+        params, prepared, tmp_path, dask_cluster, monkeypatch):
+    """A team's set-up: `dask scheduler` + two `dask worker` processes, the study in PostgreSQL (with Optuna's
+    heartbeat), MLflow behind `mlflow server`; the trials run on the workers and nothing lands in the project."""
+    import optuna
+    import sqlalchemy
+    from mlflow.tracking import MlflowClient
+
+    from tasks.sweep import sweep
+    from tasks.sweep.study import finished
+
+    missing = [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"PostgreSQL server binaries not on this machine ({', '.join(missing)} missing): "
+                    "install postgresql to run this test")
+    with postgres_cluster() as database, mlflow_server(f"sqlite:///{tmp_path / 'server.db'}",
+                                                       tmp_path / "artifacts") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        cfg = _params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1)
+        result = sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=3, parallel=2, address=dask_cluster)
+        assert sum(result.states.values()) == 3
+        study = optuna.load_study(study_name=result.name, storage=database)
+        assert len(finished(study.get_trials())) == 3
+        with sqlalchemy.create_engine(database).connect() as db:  # Optuna beat each trial's heartbeat
+            assert db.execute(sqlalchemy.text("select count(*) from trial_heartbeats")).scalar() >= 3
+        client = MlflowClient(server)
+        parent = client.get_run(result.parent_run_id)
+        assert parent.data.tags["sweep.storage"] == "rdb"  # never the database URL (it may hold a password)
+        children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+        assert len(children) == 3 and {c.data.tags["sweep.worker"] for c in children} <= {"w0", "w1"}
+        assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps" / result.name / "journal.log").exists()

@@ -6,65 +6,19 @@ binaries are on this machine.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, project_copy, project_env, run_in, stop, wait_until_healthy
+from tests.conftest import mlflow_server, postgres_cluster, project_copy, project_env, run_in
 
 pytestmark = pytest.mark.slow
 MODEL = "digits-classifier"
 HTTP = httpx.Client(timeout=60)
-
-
-@contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
-         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(proc, f"{url}/health", "mlflow server")
-        yield url
-    finally:
-        stop(proc)
-
-
-@contextmanager
-def postgres_cluster():
-    """A PostgreSQL server in a temporary directory on a loopback port.
-
-    As root it runs as `nobody` (initdb refuses root), in a folder under the system temp directory that
-    `nobody` can reach (pytest's own temp folders are private to their owner).
-    """
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="pg-"))
-    data = base / "pgdata"
-    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(base, "nobody")
-    port = free_port()
-    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "start",
-                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"  # SQLAlchemy 2.1 defaults to psycopg 3
-    finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _pipeline_against(server: str, base: Path) -> Path:

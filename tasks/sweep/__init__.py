@@ -90,7 +90,13 @@ def sweep(params: Params, root: Path, prepared_dir: Path, out_root: Path, trials
             return TrialJob(str(root), str(prepared_dir), str(folder), name, spec, params.as_dict(), parent,
                             params.base.seed * 1000 + first + i, threads, os.environ.get("MLFLOW_TRACKING_URI", ""))
 
-        _drive(study, job, trials, parallel, address)
+        try:
+            _drive(study, job, trials, parallel, address)
+        except BaseException:  # the parent run says the sweep stopped; the same command continues it
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().set_terminated(parent, "FAILED")
+            raise
         return _finish(study, params, folder, parent, digest, requeued, time.perf_counter() - started)
     finally:
         lock.release()

@@ -52,23 +52,24 @@ def run_one(job: TrialJob) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=job.study, storage=job.storage.open(), sampler=_sampler(cfg, job.seed),
                               pruner=_pruner(cfg))
-    trial = study.ask()
-    try:
-        values = _objective(trial, job, params)
-    except optuna.TrialPruned as why:
-        trial.set_user_attr("pruned", str(why))
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    except (ConfigError, RuntimeError) as err:  # a combination params.yaml refuses (vit width and heads), or one
-        # the hardware does not take (out of memory): the trial fails with its reason, the sweep goes on
-        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
-    except BaseException:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    else:
-        study.tell(trial, values)
-    return trial.number
+    numbers = []
+
+    def objective(trial):
+        numbers.append(trial.number)
+        try:
+            return _objective(trial, job, params)
+        except optuna.TrialPruned as why:
+            trial.set_user_attr("pruned", str(why))
+            raise
+        except (ConfigError, RuntimeError) as err:  # a combination params.yaml refuses (vit width and heads), or one
+            # the hardware does not take (out of memory): the trial fails with its reason, the sweep goes on
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
+
+    # Optuna's own loop, for one trial: on a database it beats the trial's heartbeat while it runs, and first
+    # fails and re-queues the trials whose workers went silent
+    study.optimize(objective, n_trials=1, catch=(ConfigError, RuntimeError), gc_after_trial=True)
+    return numbers[0]
 
 
 def _objective(trial, job: TrialJob, params) -> list[float]:
@@ -86,7 +87,7 @@ def _objective(trial, job: TrialJob, params) -> list[float]:
     out = Path(job.out) / "trials" / f"{trial.number:04d}"
     single = tuple(cfg.objectives) == ("accuracy",)
     tags = {"mlflow.parentRunId": job.parent_run_id, "mlflow.runName": f"trial-{trial.number}",
-            "sweep.name": job.study, "sweep.trial": str(trial.number),
+            "sweep.name": job.study, "sweep.trial": str(trial.number), "sweep.worker": _worker(),
             **({"sweep.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {})}
     started = time.monotonic()
 
@@ -146,6 +147,16 @@ def _compressed(trial, trial_params, job: TrialJob, out: Path, cfg) -> list[floa
     _close(out, "FINISHED", {"sweep.state": "complete", "sweep.shipped": result.chosen},
            {f"objective.{name}": figures[name] for name in cfg.objectives})
     return [figures[name] for name in cfg.objectives]
+
+
+def _worker() -> str:
+    """The Dask worker running this trial (its name), or `in-process`."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):  # not inside a Dask task
+        return "in-process"
 
 
 def _run_id(out: Path) -> str:
