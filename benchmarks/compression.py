@@ -25,7 +25,6 @@ MNIST_SIZE_OVERRIDES = {"train": {"epochs": 4, "batch_size": 128, "patience": 2}
 def prepared_case(name: str, root: Path):
     """params.yaml's params (with the MNIST-size overrides for that set) and the case's data, prepared in `root`."""
     from tasks.common.config import load_params
-    from tasks.common.dataset import save_split
     from tasks.ingest import ingest
     from tasks.prepare import prepare
 
@@ -36,12 +35,12 @@ def prepared_case(name: str, root: Path):
         prepare(params.prepare, params.base.seed, root / "raw", prepared)
     else:
         from benchmarks.mnist_size import build
+        from benchmarks.train_memory import write_prepared
 
         params = params.model_copy(update={
             section: getattr(params, section).model_copy(update=values) for section, values in MNIST_SIZE_OVERRIDES.items()
         })
-        for split, data in build(params.base.seed).items():
-            save_split(prepared / split, data)
+        write_prepared(build(params.base.seed), 1, prepared, pixel_max=params.prepare.pixel_max)  # with its meta.json
     return params, prepared
 
 

@@ -33,8 +33,9 @@ CASES = [  # (scale, label, train.preload_max_mb)
 ]
 
 
-def write_prepared(base: dict, scale: int, folder: Path) -> None:
-    """The prepared layout `train` reads, each split repeated `scale` times, written through a memory map."""
+def write_prepared(base: dict, scale: int, folder: Path, pixel_max: float = 1.0) -> None:
+    """The prepared layout `train` reads, each split repeated `scale` times, written through a memory map; served
+    inputs are `pixel_max` times the prepared values (255: 8-bit images, as MNIST is)."""
     from tasks.common.outputs import DataDescription
 
     for name, split in base.items():
@@ -50,7 +51,7 @@ def write_prepared(base: dict, scale: int, folder: Path) -> None:
     classes = [str(k) for k in range(int(max(split.y.max() for split in base.values())) + 1)]
     DataDescription(kind="images", source="arrays", classes=classes, problem="multiclass",
                     problem_reason="the benchmark's digits", image_shape=list(base["train"].x.shape[2:]),
-                    channels=int(base["train"].x.shape[1])).write(folder / "meta.json")
+                    channels=int(base["train"].x.shape[1]), pixel_max=pixel_max).write(folder / "meta.json")
 
 
 def run_train(root: Path, preload_max_mb: float) -> dict:
