@@ -206,3 +206,17 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
         assert len(children) == 3 and {c.data.tags["sweep.worker"] for c in children} <= {"w0", "w1"}
         assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps" / result.name / "journal.log").exists()
+
+
+@pytest.mark.slow
+def test_the_command_refuses_non_sweep_settings_and_data_that_was_never_validated(tmp_path):
+    from tests.conftest import project_copy, project_env, run_in
+
+    root = project_copy(tmp_path / "project")
+    env = project_env(tmp_path)
+    refused = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "train.lr=0.1")
+    assert refused.returncode == 2 and "only sweep.* keys" in refused.stderr, refused.stderr[-2000:]
+    unvalidated = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "sweep.trials=2")
+    assert unvalidated.returncode == 2, unvalidated.stderr[-2000:]
+    assert "not a validated version yet" in unvalidated.stderr and "run the pipeline first" in unvalidated.stderr
+    assert not (root / "sweeps").exists()
