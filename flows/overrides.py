@@ -66,14 +66,13 @@ def _checked_text(original: str, overrides: dict[str, Any]) -> str:
     import yaml
     from pydantic import ValidationError
 
-    from tasks.common.config import Params
+    from tasks.common.config import Params, problems
 
     text = overridden_text(original, overrides)
     try:
         Params.model_validate(yaml.safe_load(text))
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"overrides {json.dumps(overrides)} refused: {problems}") from err
+        raise ConfigError(f"overrides {json.dumps(overrides)} refused: {problems(err)}") from err
     return text
 
 

@@ -7,15 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.common.errors import ConfigError
 
@@ -162,11 +154,6 @@ class SweepDimension(Section):
     log: bool = False  # sample evenly in log space (learning rates, weight decay)
     step: float | None = None  # a grid within the range (ints: epochs, batch size)
     choices: tuple[bool | int | float | str | tuple[int, ...], ...] = ()
-
-    @model_serializer(mode="wrap")
-    def _only_what_is_set(self, handler) -> dict:
-        """No nulls: the resolved config travels in BentoML's model metadata, which refuses None."""
-        return {key: value for key, value in handler(self).items() if value is not None}
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> SweepDimension:
@@ -335,8 +322,7 @@ def with_overrides(params: Params, overrides: dict) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{json.dumps(overrides)} refused: {problems}") from err
+        raise ConfigError(f"{json.dumps(overrides)} refused: {problems(err)}") from err
 
 
 def dataset_name(path: str) -> str:
@@ -359,7 +345,9 @@ def load_params(path: Path) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from err
+        raise ConfigError(f"{path}: {problems(err)}") from err
+
+
+def problems(err: ValidationError) -> str:
+    """Each refused key by its dotted name, with why: `train.epochs: Input should be greater than or equal to 1`."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())

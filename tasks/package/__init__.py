@@ -53,7 +53,7 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
             "classes": choice.classes,  # output i is classes[i]: every endpoint answers these names
             "metrics": metrics,
             "lineage": lineage,
-            "params": params.as_dict(),
+            "params": _without_nulls(params.as_dict()),  # BentoML's metadata refuses None (an unset key reads as it)
         }
         prepared_dir = prepared_dir or root / "data/prepared"
         data = prepared_meta(prepared_dir)
@@ -75,6 +75,14 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
     BentoBuild(model_tag=result.model_tag, bento_tag=result.bento_tag).write(out_dir / "bento.json")
     log.info("packaged %s into Bento %s", result.model_tag, result.bento_tag)
     return result
+
+
+def _without_nulls(tree):
+    if isinstance(tree, dict):
+        return {key: _without_nulls(value) for key, value in tree.items() if value is not None}
+    if isinstance(tree, list):
+        return [_without_nulls(value) for value in tree]
+    return tree
 
 
 def _training_expectations(prepared_dir: Path, choice: CompressChoice, lineage: dict) -> dict:

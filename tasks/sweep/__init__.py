@@ -217,12 +217,10 @@ def _finish(study, params: Params, folder: Path, parent: str, digest: str, reque
     write_json(folder / "trials.json", rows)
     write_with(folder / "front.png", lambda tmp: plot(tmp, rows, objectives, picked and picked["trial"]))
     client = MlflowClient()
-    table = {k: [json.dumps(r[k]) if isinstance(r[k], dict) else r[k] for r in rows] for k in rows[0]} if rows else {}
-    if table:
-        mlflow.log_table(table, artifact_file="sweep/trials.json", run_id=parent)
-        front = [r for r in rows if r["on_front"]]
-        mlflow.log_table({k: [json.dumps(r[k]) if isinstance(r[k], dict) else r[k] for r in front] for k in rows[0]},
-                         artifact_file="sweep/front.json", run_id=parent)
+    if rows:
+        for name, part in (("trials", rows), ("front", [r for r in rows if r["on_front"]])):
+            columns = {k: [json.dumps(r[k]) if isinstance(r[k], dict) else r[k] for r in part] for k in rows[0]}
+            mlflow.log_table(columns, artifact_file=f"sweep/{name}.json", run_id=parent)
     client.log_artifact(parent, str(folder / "front.png"), artifact_path="sweep")
     states = Counter(r["state"] for r in rows)
     for state in ("complete", "pruned", "fail"):
