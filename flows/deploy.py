@@ -3,7 +3,9 @@
 With no `PREFECT_API_URL` it starts the project's own Prefect server first (flows/prefect_server.py: scheduler,
 UI, database in `.prefect/`), because Prefect's temporary server never fires a schedule; with `PREFECT_API_URL`
 set it uses that server. `--drift-url` adds the drift check (flows/drift.py), which triggers the pipeline's
-deployment when the served inputs drifted. `python -m flows.deploy status` shows the deployments, their next
+deployment when the served inputs drifted; `--score-input` adds batch scoring of a drop folder (flows/score.py) and
+`--sweep-cron` a sweep (flows/sweep.py), whose pick goes through a pipeline run. One run at a time: a sweep and
+the nightly run never compete for the cores. `python -m flows.deploy status` shows the deployments, their next
 scheduled run and their last runs. For a team, prefect.yaml declares the same deployments for a work pool.
 
 Missed runs: a schedule that came due while nothing was serving it (machine off, process stopped) gets one
@@ -54,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="a params.yaml override every scheduled run uses (repeatable), e.g. --set train.epochs=20")
     serve.add_argument("--drift-url", help="also check this service for drift on --drift-cron, retraining on drift")
     serve.add_argument("--drift-cron", default="0 * * * *", help="the drift check's schedule (default: hourly)")
+    serve.add_argument("--score-input", metavar="PATH",
+                       help="also score this drop folder (or file) with the champion on --score-cron")
+    serve.add_argument("--score-cron", default="30 * * * *", help="batch scoring's schedule (default: hourly, at :30)")
+    serve.add_argument("--sweep-cron", metavar="CRON",
+                       help="also run a sweep (params.yaml's sweep section) on this schedule, e.g. '0 4 * * 0'; its "
+                            "pick goes through a pipeline run with the pick's overrides (not --set)")
     serve.add_argument("--missed", choices=("latest", "skip"), default="latest",
                        help="runs that came due while nothing served them: run the latest one (default) or none")
     status = sub.add_parser("status", help="the deployments, their next scheduled run and their last runs")
@@ -83,6 +91,18 @@ def _serve(args: argparse.Namespace, root: Path, api_url: str) -> int:
             name=f"{args.name}-drift", cron=args.drift_cron,
             parameters={"url": args.drift_url, "root": str(root), "retrain": True,
                         "retrain_deployment": f"{pipeline.name}/{args.name}"}))
+    if args.score_input:
+        from flows.score import score_batch
+
+        deployments.append(score_batch.to_deployment(
+            name=f"{args.name}-score", cron=args.score_cron,
+            parameters={"input": str(Path(args.score_input).resolve()), "root": str(root), "push_to_remote": not args.no_push}))
+    if args.sweep_cron:
+        from flows.sweep import sweep_flow
+
+        deployments.append(sweep_flow.to_deployment(
+            name=f"{args.name}-sweep", cron=args.sweep_cron,
+            parameters={"root": str(root), "push_to_remote": not args.no_push}))
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         for line in settle_missed_runs([f"{d.flow_name}/{d.name}" for d in deployments], args.missed == "latest"):
             print(line, flush=True)

@@ -113,7 +113,7 @@ def render(result: dict) -> str:
              f"- MLflow: parent run `{result['parent_run_id']}` in the sweep experiment, one child run per trial",
              f"- data version (prepared splits): `{result['data_digest'][:12]}`"]
     if result["requeued"]:
-        lines.append(f"- re-queued (left running by a killed sweep): {result['requeued']}")
+        lines.append(f"- re-queued (their sweep or worker died while they ran): {result['requeued']}")
     front = sorted((r for r in result["rows"] if r["on_front"]), key=lambda r: -r["accuracy"])
     lines += ["", "| trial | " + " | ".join(objectives) + " | shipped | overrides |",
               "|---|" + "---|" * (len(objectives) + 2)]

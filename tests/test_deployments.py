@@ -119,14 +119,22 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
     sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
     serving_since = datetime.datetime.now(datetime.timezone.utc)
     serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "* * * * *",
-                              "--no-push", *sets], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+                              "--no-push", "--score-input", "incoming", "--score-cron", "0 0 2 1 *",
+                              "--sweep-cron", "0 0 1 1 *", *sets],  # score and sweep: registered, never due here
+                             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # PREFECT_API_URL is set: serve uses that server (no server of its own) and its scheduler fires the runs
         run = wait_for_scheduled_run(api, "digits-pipeline/local", after=serving_since, proc=serve)
         assert run["state"]["type"] == "COMPLETED", run["state"]
         assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["* * * * *"]
         assert not (root / ".prefect").exists()
+        scoring = HTTP.get(f"{api}/deployments/name/score/local-score").raise_for_status().json()
+        assert [s["schedule"]["cron"] for s in scoring["schedules"]] == ["0 0 2 1 *"]
+        assert scoring["parameters"]["input"] == str((root / "incoming").resolve())
+        assert scoring["parameters"]["push_to_remote"] is False
+        sweeping = HTTP.get(f"{api}/deployments/name/sweep/local-sweep").raise_for_status().json()
+        assert [s["schedule"]["cron"] for s in sweeping["schedules"]] == ["0 0 1 1 *"]
+        assert sweeping["parameters"] == {"root": str(root.resolve()), "push_to_remote": False}
         # labels 0-4 only: the data now breaks the suite; the run fails at validate, naming it, and is not retried
         failing = {**PARAMS, "overrides": {**PARAMS["overrides"], "validate.labels": [0, 1, 2, 3, 4]}}
         failed = _wait_for_final_state(api, _trigger(root, env, "digits-pipeline/local", failing))

@@ -204,8 +204,74 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
         assert parent.data.tags["sweep.storage"] == "rdb"  # never the database URL (it may hold a password)
         children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
         assert len(children) == 3 and {c.data.tags["sweep.worker"] for c in children} <= {"w0", "w1"}
+        # two one-thread workers on this machine: each trial trains on half its cores, not on all of them
+        assert {c.data.params["train.threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
         assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps" / result.name / "journal.log").exists()
+
+
+@pytest.mark.slow
+def test_on_postgresql_a_trial_whose_worker_dies_is_failed_by_its_heartbeat_and_run_again_once(
+        params, prepared, tmp_path, dask_cluster, monkeypatch):
+    """A `dask worker` process SIGKILLed mid-trial (its nanny starts a new one): Optuna's heartbeat goes silent,
+    a later trial's start fails it and queues it again; the sweep still ends with the requested count, the dead
+    trial is not counted, its copy ran with its parameters, and its MLflow run is closed as KILLED."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import optuna
+    from distributed import Client
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from tasks.sweep import sweep
+    from tasks.sweep.study import finished
+
+    if shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL server binaries not on this machine: install postgresql to run this test")
+    with postgres_cluster() as database, mlflow_server(f"sqlite:///{tmp_path / 'server.db'}",
+                                                       tmp_path / "artifacts") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        cfg = with_overrides(_params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1,
+                                     pruner="none", space={**SPACE, "train.epochs": {"choices": [12, 16]}}),
+                             {"train.patience": 100})  # trials long enough to be killed mid-way
+        optuna.storages.RDBStorage(database)  # the schema first: polling while the sweep creates it races on DDL
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(sweep, cfg, tmp_path, prepared, tmp_path / "sweeps", trials=4, parallel=2,
+                                  address=dask_cluster, name="worker-dies")
+            victim = _kill_a_worker_mid_trial(database, "worker-dies", dask_cluster, Client, running)
+            result = running.result(timeout=600)
+        trials = optuna.load_study(study_name="worker-dies", storage=database).get_trials()
+        assert trials[victim].state == TrialState.FAIL and result.requeued == [victim]
+        assert len(finished(trials)) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
+        copies = [t for t in trials if victim in t.system_attrs.get("retry_history", [])]
+        assert len(copies) == 1 and copies[0].params == trials[victim].params
+        assert copies[0].state == TrialState.COMPLETE
+        run = MlflowClient(server).get_run(trials[victim].user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["sweep.state"] == "requeued"
+
+
+def _kill_a_worker_mid_trial(database: str, study: str, address: str, client_class, running) -> int:
+    """SIGKILL the worker process of the first trial seen running past its first epoch; that trial's number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not running.done():
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=study, storage=database).get_trials(deepcopy=False)
+        except KeyError:
+            continue
+        busy = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+        if busy:
+            with client_class(address, timeout="30s") as client:
+                names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+                pids = client.run(os.getpid)
+            pid = next(pids[a] for a, name in names.items() if name == busy[0].user_attrs["worker"])
+            os.kill(pid, signal.SIGKILL)
+            return busy[0].number
+    running.result()  # raises the sweep's own error, if that is why it ended
+    pytest.fail("no trial was seen running past its first epoch")
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tasks.common.config import Params
 from tasks.common.errors import ConfigError, PipelineError
-from tasks.sweep.study import finished, requeue_stale, storage_spec
+from tasks.sweep.study import abandoned, finished, requeue_stale, storage_spec
 from tasks.sweep.trial import TrialJob, run_one
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class SweepResult:
     data_digest: str  # of the prepared splits the trials trained on: the pipeline run must see the same
     objectives: tuple[str, ...]
     states: dict[str, int]  # finished trials by state
-    requeued: list[int]  # trials a killed sweep left running, queued again at this start
+    requeued: list[int]  # trials a killed sweep or a dead worker left running: failed, and queued again
     picked: dict | None  # the trial row handed to the pipeline (report.trial_rows), None when no trial is feasible
     rows: list[dict]
     seconds: float
@@ -79,11 +79,11 @@ def sweep(params: Params, root: Path, prepared_dir: Path, out_root: Path, trials
         _same_study(study, digest, cfg.objectives)
         parent = _parent_run(root, params, study, spec.location if spec.kind == "journal" else spec.kind)
         requeued = requeue_stale(study, spec)
-        _close_requeued(study, requeued)
+        _close_abandoned(study)
         if requeued:
             log.info("sweep %s: trials %s were left running by a killed sweep: queued again", name, requeued)
         started = time.perf_counter()
-        threads = 0 if remote else max(1, (os.cpu_count() or 1) // parallel)
+        threads = 0 if remote else max(1, (os.cpu_count() or 1) // parallel)  # 0: each worker's machine decides
         first = len(study.trials)
 
         def job(i: int) -> TrialJob:
@@ -97,7 +97,7 @@ def sweep(params: Params, root: Path, prepared_dir: Path, out_root: Path, trials
 
             MlflowClient().set_terminated(parent, "FAILED")
             raise
-        return _finish(study, params, folder, parent, digest, requeued, time.perf_counter() - started)
+        return _finish(study, params, folder, parent, digest, time.perf_counter() - started)
     finally:
         lock.release()
 
@@ -189,19 +189,23 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
     return run.info.run_id
 
 
-def _close_requeued(study, numbers: list[int]) -> None:
+def _close_abandoned(study) -> list[int]:
+    """End the MLflow runs of abandoned trials (their process died, so their runs still say RUNNING) as KILLED;
+    the abandoned trials' numbers."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    numbers = abandoned(trials)
+    for trial in trials:
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if trial.number in numbers and run_id:
+        if trial.number in numbers and run_id and client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "sweep.state", "requeued")
             client.set_terminated(run_id, "KILLED")
+    return sorted(numbers)
 
 
-def _finish(study, params: Params, folder: Path, parent: str, digest: str, requeued: list[int],
-            seconds: float) -> SweepResult:
+def _finish(study, params: Params, folder: Path, parent: str, digest: str, seconds: float) -> SweepResult:
     """Every trial, the front and the pick, written beside the study and logged on the parent run."""
     from collections import Counter
 
@@ -212,6 +216,7 @@ def _finish(study, params: Params, folder: Path, parent: str, digest: str, reque
     from tasks.sweep.report import pick, plot, trial_rows
 
     objectives = tuple(params.sweep.objectives)
+    requeued = _close_abandoned(study)  # left by a dead worker during this sweep too (Optuna's heartbeat)
     rows = trial_rows(study, objectives)
     picked = pick(rows, objectives, params.sweep.pick_within)
     write_json(folder / "trials.json", rows)

@@ -71,13 +71,21 @@ def requeue_stale(study, spec: StorageSpec) -> list[int]:
     return [t.number for t in stale]
 
 
-def finished(trials) -> list:
-    """The trials that count towards `sweep.trials`: complete, pruned, or failed by their own parameters; not the
-    ones a killed worker left behind, whose re-queued copy counts instead."""
+def abandoned(trials) -> set[int]:
+    """The trials a killed sweep or a dead worker left behind, failed and queued again (their copy runs instead)."""
     from optuna.trial import TrialState
 
     retried = {t.user_attrs.get("retry_of") for t in trials}
     retried |= {number for t in trials for number in t.system_attrs.get("retry_history", [])}  # Optuna's heartbeat
-    return [t for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("requeued"))]
+    return {t.number for t in trials
+            if t.state == TrialState.FAIL and (t.number in retried or t.user_attrs.get("requeued"))}
+
+
+def finished(trials) -> list:
+    """The trials that count towards `sweep.trials`: complete, pruned, or failed by their own parameters; not the
+    abandoned ones, whose re-queued copy counts instead."""
+    from optuna.trial import TrialState
+
+    left = abandoned(trials)
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and t.number not in left)]

@@ -31,7 +31,8 @@ class TrialJob:
     params: dict  # the resolved params.yaml the searched keys are applied to
     parent_run_id: str
     seed: int  # the sampler's: each job its own, or parallel workers would draw the same startup points
-    threads: int  # CPU threads for this trial's training: the cores shared among parallel trials
+    threads: int  # CPU threads for this trial's training: the cores shared among parallel trials; 0: from the
+    # worker's machine (its cores shared among the trials its Dask workers run at once)
     tracking_uri: str  # MLFLOW_TRACKING_URI of the driver; empty: the project's store
 
 
@@ -82,12 +83,14 @@ def _objective(trial, job: TrialJob, params) -> list[float]:
     cfg = params.sweep
     overrides = suggest(trial, cfg.space, params)
     trial.set_user_attr("overrides", overrides)
-    trial_params = with_overrides(params, {**overrides, "train.threads": job.threads,
+    worker = _worker()
+    trial.set_user_attr("worker", worker)  # in the study too: which machine to look at when a trial hangs or dies
+    trial_params = with_overrides(params, {**overrides, "train.threads": job.threads or _share_of_cores(),
                                            "base.experiment": f"{params.base.experiment}-sweep"})
     out = Path(job.out) / "trials" / f"{trial.number:04d}"
     single = tuple(cfg.objectives) == ("accuracy",)
     tags = {"mlflow.parentRunId": job.parent_run_id, "mlflow.runName": f"trial-{trial.number}",
-            "sweep.name": job.study, "sweep.trial": str(trial.number), "sweep.worker": _worker(),
+            "sweep.name": job.study, "sweep.trial": str(trial.number), "sweep.worker": worker,
             **({"sweep.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {})}
     started = time.monotonic()
 
@@ -157,6 +160,23 @@ def _worker() -> str:
         return str(get_worker().name)
     except (ImportError, ValueError):  # not inside a Dask task
         return "in-process"
+
+
+def _share_of_cores() -> int:
+    """On a cluster: this machine's cores over the trials that can run on it at once (the threads of all Dask
+    workers on this host), so that `dask worker --nworkers 4` on one machine does not run four trials each on
+    every core. Outside Dask: every core."""
+    cores = os.cpu_count() or 1
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not inside a Dask task
+        return cores
+    host = worker.address.rsplit(":", 1)[0]
+    workers = worker.client.scheduler_info(n_workers=-1)["workers"]
+    slots = sum(w["nthreads"] for address, w in workers.items() if address.rsplit(":", 1)[0] == host)
+    return max(1, cores // max(slots, 1))
 
 
 def _run_id(out: Path) -> str:
