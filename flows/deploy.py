@@ -96,7 +96,8 @@ def _serve(args: argparse.Namespace, root: Path, api_url: str) -> int:
 
         deployments.append(score_batch.to_deployment(
             name=f"{args.name}-score", cron=args.score_cron,
-            parameters={"input": str(Path(args.score_input).resolve()), "root": str(root), "push_to_remote": not args.no_push}))
+            parameters={"input": str(Path(args.score_input).resolve()), "root": str(root),
+                        "push_to_remote": not args.no_push}))
     if args.sweep_cron:
         from flows.sweep import sweep_flow
 

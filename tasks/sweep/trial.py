@@ -152,14 +152,20 @@ def _compressed(trial, trial_params, job: TrialJob, out: Path, cfg) -> list[floa
     return [figures[name] for name in cfg.objectives]
 
 
-def _worker() -> str:
-    """The Dask worker running this trial (its name), or `in-process`."""
+def _dask_worker():
+    """The Dask worker running this trial, or None outside a Dask task."""
     try:
         from distributed import get_worker
 
-        return str(get_worker().name)
-    except (ImportError, ValueError):  # not inside a Dask task
-        return "in-process"
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def _worker() -> str:
+    """The Dask worker running this trial (its name), or `in-process`."""
+    worker = _dask_worker()
+    return "in-process" if worker is None else str(worker.name)
 
 
 def _share_of_cores() -> int:
@@ -167,11 +173,8 @@ def _share_of_cores() -> int:
     workers on this host), so that `dask worker --nworkers 4` on one machine does not run four trials each on
     every core. Outside Dask: every core."""
     cores = os.cpu_count() or 1
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):  # not inside a Dask task
+    worker = _dask_worker()
+    if worker is None:
         return cores
     host = worker.address.rsplit(":", 1)[0]
     workers = worker.client.scheduler_info(n_workers=-1)["workers"]
