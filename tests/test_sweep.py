@@ -132,7 +132,8 @@ def test_a_killed_sweep_resumes_to_the_requested_count_with_no_trial_lost_or_cou
     for t in trials:
         if "retry_of" in t.user_attrs:
             original = trials[t.user_attrs["retry_of"]]
-            assert t.params == original.params and t.state == TrialState.COMPLETE
+            # a trial killed while drawing its parameters is queued with those it drew; its copy draws the rest
+            assert original.params.items() <= t.params.items() and t.state == TrialState.COMPLETE
             assert original.user_attrs["requeued"] and original.state == TrialState.FAIL
     client = _client(tmp_path)
     for number in running:

@@ -52,6 +52,8 @@ def storage_spec(setting: str, study_dir: Path, parallel: int, remote: bool, hea
 def requeue_stale(study, spec: StorageSpec) -> list[int]:
     """Fail the trials a killed sweep left running and queue each again with its parameters; their numbers.
 
+    A trial killed before it drew all its parameters is queued with those it drew; its copy draws the rest.
+
     Called with the sweep's lock held: on a journal (one machine, one driver) a running trial is a dead one. A
     database has Optuna's heartbeat for that: trials silent past the grace period are failed and re-queued."""
     import optuna
