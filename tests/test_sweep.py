@@ -136,6 +136,9 @@ def test_a_killed_sweep_resumes_to_the_requested_count_with_no_trial_lost_or_cou
             assert original.params.items() <= t.params.items() and t.state == TrialState.COMPLETE
             assert original.user_attrs["requeued"] and original.state == TrialState.FAIL
     client = _client(tmp_path)
+    children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert not [c for c in children if c.info.status == "RUNNING"]  # also one killed before its first epoch
     for number in running:
         run_id = trials[number].user_attrs.get("mlflow_run_id")
         if run_id:  # killed after its first epoch: its run says so

@@ -79,7 +79,7 @@ def sweep(params: Params, root: Path, prepared_dir: Path, out_root: Path, trials
         _same_study(study, digest, cfg.objectives)
         parent = _parent_run(root, params, study, spec.location if spec.kind == "journal" else spec.kind)
         requeued = requeue_stale(study, spec)
-        _close_abandoned(study)
+        _close_abandoned(study, parent)
         if requeued:
             log.info("sweep %s: trials %s were left running by a killed sweep: queued again", name, requeued)
         started = time.perf_counter()
@@ -189,19 +189,21 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
     return run.info.run_id
 
 
-def _close_abandoned(study) -> list[int]:
-    """End the MLflow runs of abandoned trials (their process died, so their runs still say RUNNING) as KILLED;
-    the abandoned trials' numbers."""
+def _close_abandoned(study, parent: str) -> list[int]:
+    """End the MLflow runs of abandoned trials as KILLED (their process died, so their runs still say RUNNING),
+    found by their tags: a trial that died before its first epoch never wrote its run id into the study; the
+    abandoned trials' numbers."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    trials = study.get_trials(deepcopy=False)
-    numbers = abandoned(trials)
-    for trial in trials:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if trial.number in numbers and run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "sweep.state", "requeued")
-            client.set_terminated(run_id, "KILLED")
+    numbers = abandoned(study.get_trials(deepcopy=False))
+    if numbers:
+        experiment = client.get_run(parent).info.experiment_id
+        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}' "
+                                                     "and attributes.status = 'RUNNING'"):
+            if run.data.tags.get("sweep.trial") in {str(n) for n in numbers}:
+                client.set_tag(run.info.run_id, "sweep.state", "requeued")
+                client.set_terminated(run.info.run_id, "KILLED")
     return sorted(numbers)
 
 
@@ -216,7 +218,7 @@ def _finish(study, params: Params, folder: Path, parent: str, digest: str, secon
     from tasks.sweep.report import pick, plot, trial_rows
 
     objectives = tuple(params.sweep.objectives)
-    requeued = _close_abandoned(study)  # left by a dead worker during this sweep too (Optuna's heartbeat)
+    requeued = _close_abandoned(study, parent)  # left by a dead worker during this sweep too (Optuna's heartbeat)
     rows = trial_rows(study, objectives)
     picked = pick(rows, objectives, params.sweep.pick_within)
     write_json(folder / "trials.json", rows)
