@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                                          "until stopped")
     serve.add_argument("--name", default="nightly-local", help="deployment name (default: nightly-local)")
     serve.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: every night at 03:00)")
+    serve.add_argument("--interval", type=float, metavar="SECONDS",
+                       help="instead of --cron: every SECONDS, the first run a few seconds after serving starts")
     serve.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a params.yaml override every scheduled run uses (repeatable), e.g. --set train.epochs=20")
@@ -83,7 +85,7 @@ def _serve(args: argparse.Namespace, root: Path, api_url: str) -> int:
 
     overrides = checked(root / "params.yaml", dict(parse_assignment(item) for item in args.set)) or None
     parameters = {"root": str(root), "push_to_remote": not args.no_push, "overrides": overrides}
-    deployments = [pipeline.to_deployment(name=args.name, cron=args.cron, parameters=parameters)]
+    deployments = [pipeline.to_deployment(name=args.name, schedule=_schedule(args), parameters=parameters)]
     if args.drift_url:
         from flows.drift import drift_check
 
@@ -110,6 +112,31 @@ def _serve(args: argparse.Namespace, root: Path, api_url: str) -> int:
         # Schedules stay active when this process stops: runs that come due meanwhile are the missed runs above.
         serve(*deployments, limit=1, pause_on_shutdown=False)
     return 0
+
+
+FIRST_INTERVAL_RUN_S = 10  # Prefect's scheduler picks up a new or changed deployment within about 5 s
+
+
+def _schedule(args: argparse.Namespace):
+    """The pipeline's schedule: --cron, or every --interval seconds anchored just after now (so the first run
+    comes in seconds, not one whole interval later)."""
+    from prefect.schedules import Cron, Interval
+
+    if args.interval is None:
+        return Cron(args.cron, timezone="UTC")
+    if args.interval < 1:
+        raise PipelineError(f"--interval must be at least 1 second; got {args.interval:g}")
+    first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=FIRST_INTERVAL_RUN_S)
+    return Interval(datetime.timedelta(seconds=args.interval), anchor_date=first, timezone="UTC")
+
+
+def describe_schedule(schedule) -> str:
+    """A deployment's schedule as a person reads it: the cron line, or `every N s`."""
+    if getattr(schedule, "cron", None):
+        return schedule.cron
+    if getattr(schedule, "interval", None):
+        return f"every {schedule.interval.total_seconds():g} s"
+    return str(schedule)
 
 
 def settle_missed_runs(deployments: list[str], keep_latest: bool) -> list[str]:
@@ -191,7 +218,7 @@ def read_status(runs: int = 5) -> list[dict]:
                     type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))))
             rows.append({
                 "name": f"{client.read_flow(deployment.flow_id).name}/{deployment.name}",
-                "schedules": [getattr(s.schedule, "cron", str(s.schedule)) for s in deployment.schedules if s.active],
+                "schedules": [describe_schedule(s.schedule) for s in deployment.schedules if s.active],
                 "paused": deployment.paused,
                 "next": upcoming[0].expected_start_time if upcoming else None,
                 "runs": [{"name": r.name, "state": r.state.name if r.state else "?", "scheduled": r.auto_scheduled,
