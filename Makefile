@@ -22,11 +22,16 @@ $(STAMP): requirements.lock pyproject.toml
 run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or DATA=path [LABEL=column] [NEW=1]
 	$(BIN)/python -m flows.pipeline $(if $(DATA),--data "$(DATA)") $(if $(LABEL),--label "$(LABEL)") $(if $(NEW),--new-dataset) $(ARGS)
 
-test: install  ## every test, offline, on CPU
-	$(BIN)/python -m pytest
+# The suite waits on subprocesses and servers most of the time: worker processes overlap the waits (pytest-xdist;
+# a test module stays on one worker, with its module fixtures). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-test-fast: install  ## the tests not marked slow
-	$(BIN)/python -m pytest -m "not slow"
+test: install  ## every test, offline, on CPU (tests/: unit, stages, serving, integration, e2e)
+	$(PYTEST) $(ARGS)
+
+test-fast: install  ## the unit and stage tests: the edit-test loop (a few minutes)
+	$(PYTEST) tests/unit tests/stages $(ARGS)
 
 bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)
 	$(BIN)/python -m benchmarks.compression

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.record import save, table
-from tests.conftest import project_copy
+from tests.support.processes import project_copy
 
 STAGES = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
 

@@ -265,7 +265,7 @@ def overload(seconds: float) -> None:
     single-image latency at 50 requests/s beside two clients sending 8 MB bodies (and the largest valid ones)."""
     from benchmarks.record import save, table
     from bento.front import own_metrics
-    from tests.conftest import free_port, stop, wait_until_healthy
+    from tests.support.processes import free_port, stop, wait_until_healthy
 
     model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"
     if not model.is_file():
@@ -337,7 +337,7 @@ def main() -> None:
         return overload(max(args.seconds, 8.0))
     from benchmarks.record import save, table
     from tasks.nn.latency import onnx_predictor
-    from tests.conftest import free_port, stop, wait_until_healthy  # the server helpers the tests use
+    from tests.support.processes import free_port, stop, wait_until_healthy  # the server helpers the tests use
 
     model, choice = ROOT / "artifacts/compress/model.onnx", ROOT / "artifacts/compress/choice.json"
     if not model.is_file():

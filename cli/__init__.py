@@ -6,5 +6,5 @@
     mlops reproduce MODEL REF       rebuild a registered version from its commit and data  (cli/reproduce.py)
 
 Only argument parsing and printing live here; the work is done by tasks/, bento/front/ and flows/. No stage
-imports this package, so editing a command's help text re-runs nothing (dvc.yaml, tests/test_structure.py).
+imports this package, so editing a command's help text re-runs nothing (dvc.yaml, tests/unit/test_structure.py).
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from bento.front import own_metrics
 
 log = logging.getLogger("front")
-WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # what bento/service/guard.py reads (tests/test_structure.py: the same)
+WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # what bento/service/guard.py reads (tests/unit/test_structure.py: the same)
 
 
 class BackendFailed(Exception):

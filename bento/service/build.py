@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 class ServiceArgs(BaseModel):
     """Build arguments: params.yaml's `package` section (tasks/common/config.py PackageParams, the same names and
-    defaults: tests/test_structure.py), passed by the package stage with the model's tag."""
+    defaults: tests/unit/test_structure.py), passed by the package stage with the model's tag."""
 
     model_tag: str = "digits-classifier:latest"
     service_name: str = "digits_classifier"

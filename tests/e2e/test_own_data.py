@@ -14,22 +14,21 @@ import httpx
 import numpy as np
 import pytest
 
-from tests import own_data
-from tests.conftest import project_copy, project_env, run_in, serve_bento, stop
-
-pytestmark = pytest.mark.slow
+from tests.support import own_data
+from tests.support.processes import project_copy, project_env, run_in, stop
+from tests.support.servers import serve_bento
 QUICK = ["--set", "train.epochs=30", "--set", "compress.finetune_epochs=5", "--set", "compress.calibrations=[minmax]",
          "--set", "compress.latency_repeats=5", "--no-push"]  # smaller budgets: these datasets are learnt in seconds
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, prefect_api):
     base = tmp_path_factory.mktemp("own-data")
     root = project_copy(base / "project")
     sources = root / "data" / "sources"
     made = {"loans": own_data.loans_csv(sources / "loans.csv"), "colours": own_data.colour_folder(sources / "colours"),
             "shapes": own_data.shapes_arrays(sources / "shapes"), "codes": own_data.shapes_idx(sources / "codes")}
-    return root, project_env(base), made
+    return root, project_env(base, prefect_api), made
 
 
 def _pipeline(project, *args: str):

@@ -1,5 +1,5 @@
-"""Scheduled deployments against a real Prefect server on a loopback port: prefect.yaml to a work pool with a
-worker, and `python -m flows.deploy serve`; each triggered run is read back through the Prefect API."""
+"""Scheduled deployments against a real Prefect server on a loopback port (the session's: conftest.py): prefect.yaml
+to a work pool with a worker, and `python -m flows.deploy serve`; each run is read back through the Prefect API."""
 
 from __future__ import annotations
 
@@ -15,27 +15,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, project_copy, project_env, run_in, stop, wait_until_healthy
+from tests.support.processes import project_copy, project_env, run_in, stop
 
-pytestmark = pytest.mark.slow
 HTTP = httpx.Client(timeout=60)  # a 2-core machine running a server, a worker and a flow answers slowly at times
 # Small and quick: the orchestration is under test here, not the model.
 PARAMS = {"push_to_remote": False, "overrides": {"train.epochs": 3, "evaluate.min_accuracy": 0.5,
                                                  "compress.finetune_epochs": 1, "compress.calibrations": ["minmax"]}}
+# Every hour from a few seconds after serving starts (flows/deploy.py --interval): one scheduled run, in seconds.
+INTERVAL = 3600
 
 
 @pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    env = {**project_env(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_healthy(proc, f"{api}/health", "the Prefect server")
-        yield api, {**env, "PREFECT_API_URL": api}
-    finally:
-        stop(proc)
+def server(tmp_path, prefect_api):
+    return prefect_api, project_env(tmp_path, prefect_api)
 
 
 def _trigger(root: Path, env: dict, deployment: str, params: dict = PARAMS) -> str:
@@ -118,7 +110,7 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
 
     sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
     serving_since = datetime.datetime.now(datetime.timezone.utc)
-    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--cron", "* * * * *",
+    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--interval", str(INTERVAL),
                               "--no-push", "--score-input", "incoming", "--score-cron", "0 0 2 1 *",
                               "--sweep-cron", "0 0 1 1 *", *sets],  # score and sweep: registered, never due here
                              cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -126,7 +118,7 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
         # PREFECT_API_URL is set: serve uses that server (no server of its own) and its scheduler fires the runs
         run = wait_for_scheduled_run(api, "digits-pipeline/local", after=serving_since, proc=serve)
         assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert [s["schedule"]["cron"] for s in _deployment(api, "local")["schedules"]] == ["* * * * *"]
+        assert [s["schedule"]["interval"] for s in _deployment(api, "local")["schedules"]] == [INTERVAL]
         assert not (root / ".prefect").exists()
         scoring = HTTP.get(f"{api}/deployments/name/score/local-score").raise_for_status().json()
         assert [s["schedule"]["cron"] for s in scoring["schedules"]] == ["0 0 2 1 *"]

@@ -1,6 +1,7 @@
 """Schedules that fire on the embedded default: `python -m flows.deploy serve` with no PREFECT_API_URL starts the
-project's own Prefect server, and a cron deployment a minute apart runs by itself (not triggered) to COMPLETED,
-with its report; stopped and started again, the same schedule on the same database still fires."""
+project's own Prefect server, and an interval deployment (its first run seconds after serving starts) runs by itself
+(not triggered) to COMPLETED, with its report; stopped and started again, the same deployment on the same database
+still fires."""
 
 from __future__ import annotations
 
@@ -16,24 +17,23 @@ import httpx
 import pytest
 
 from flows.prefect_server import is_healthy
-from tests.conftest import free_port, project_copy, project_env, run_in, stop
-from tests.test_deployments import PARAMS, wait_for_scheduled_run
+from tests.integration.test_deployments import INTERVAL, PARAMS, wait_for_scheduled_run
+from tests.support.processes import free_port, project_copy, project_env, run_in, stop
 
-pytestmark = pytest.mark.slow
-DEPLOYMENT = "digits-pipeline/every-minute"
+DEPLOYMENT = "digits-pipeline/hourly"
 
 
 def _serve(root: Path, env: dict, port: int, log: Path) -> subprocess.Popen:
     sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
     with log.open("a") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "every-minute",
-                                 "--cron", "* * * * *", "--no-push", "--port", str(port), *sets],
+        return subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "hourly",
+                                 "--interval", str(INTERVAL), "--no-push", "--port", str(port), *sets],
                                 cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restart(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
+    env = project_env(tmp_path)
     port = free_port()
     api, log = f"http://127.0.0.1:{port}/api", tmp_path / "serve.log"
 
@@ -48,7 +48,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
         assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # --set applied
         status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(port))
         assert status.returncode == 0, status.stderr[-2000:]
-        assert DEPLOYMENT in status.stdout and "* * * * *" in status.stdout and "next run:  20" in status.stdout
+        assert DEPLOYMENT in status.stdout and f"every {INTERVAL} s" in status.stdout and "next run:  20" in status.stdout
         assert f"Completed  scheduled  {run['name']}" in status.stdout, status.stdout
     finally:
         stop(serve)
@@ -81,7 +81,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
 
 def test_status_without_a_running_server_reads_the_project_database(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
+    env = project_env(tmp_path)
     status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(free_port()))
     assert status.returncode == 0, status.stderr[-2000:]
     assert "No deployments on this server" in status.stdout and "Prefect server (started)" in status.stdout
@@ -90,7 +90,7 @@ def test_status_without_a_running_server_reads_the_project_database(tmp_path):
 
 def test_serve_refuses_a_taken_port_naming_it(tmp_path):
     root = project_copy(tmp_path / "project")
-    env = {k: v for k, v in project_env(tmp_path).items() if k != "PREFECT_API_URL"}
+    env = project_env(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

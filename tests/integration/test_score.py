@@ -15,10 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.bento_builder import DIGIT_CLASSES, TABLE_CLASSES, table_rows
-from tests.conftest import REPO, build_bentos, project_copy, project_env, run_in
-
-pytestmark = pytest.mark.slow
+from tests.support.bento_builder import DIGIT_CLASSES, TABLE_CLASSES, table_rows
+from tests.support.processes import REPO, project_copy, project_env, run_in
 
 
 def _shipped(tag: str, env: dict):
@@ -35,12 +33,11 @@ def _shipped(tag: str, env: dict):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A digits model (8×8 images, 0..16) and a table model (width, height, stroke), in a store of their own."""
-    base = tmp_path_factory.mktemp("score-models")
-    digits, env = build_bentos(base)
-    table, _ = build_bentos(base, "--table", name="table")
-    return _shipped(digits["models"][0], env), _shipped(table["models"][0], env), env, base
+def models(bento_store):
+    """A digits model (8×8 images, 0..16) and a table model (width, height, stroke), as the store holds them."""
+    env = bento_store.env
+    return (_shipped(bento_store.models("digits")[0], env), _shipped(bento_store.models("table")[0], env), env,
+            bento_store.home)
 
 
 def _digit_folder(where: Path, count: int, extra: bool = True) -> Path:
@@ -187,10 +184,11 @@ def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_ou
     assert not Path(resumed.output + ".partial").exists()
 
 
-def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does_nothing(models, tmp_path):
+def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does_nothing(models, tmp_path,
+                                                                                          prefect_api):
     digits, _, store_env, _ = models
     root = project_copy(tmp_path / "project")
-    env = {**project_env(tmp_path), "BENTOML_HOME": store_env["BENTOML_HOME"]}
+    env = {**project_env(tmp_path, prefect_api), "BENTOML_HOME": store_env["BENTOML_HOME"]}
     folder = _digit_folder(tmp_path / "tonight", 120)
     done = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(folder), "--model", digits.tag,
                   "--address", "local", timeout=600)

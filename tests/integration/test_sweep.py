@@ -1,11 +1,10 @@
 """Sweeps on a real local Dask cluster (two worker processes), real Optuna storage and a real MLflow store:
 child runs under one parent, a killed sweep resumed without losing or repeating a trial, SQLite refused for
-parallel workers. The sweep's pick going through the gate is in test_pipeline_e2e.py (it needs a champion)."""
+parallel workers. The sweep's pick going through the gate is in tests/e2e/test_changes.py (it needs a champion)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from tasks.common.config import with_overrides
 from tasks.common.errors import ConfigError
-from tests.conftest import REPO, mlflow_server, postgres_cluster
+from tests.support.processes import REPO
 
 SPACE = {"train.lr": {"low": 0.001, "high": 0.01, "log": True}, "train.epochs": {"choices": [3, 4]},
          "train.cnn_channels": {"choices": [[8, 16, 32], [16, 32, 64]]}, "compress.prune_ratio": {"low": 0.3, "high": 0.7}}
@@ -38,7 +37,6 @@ def _client(root: Path):
     return MlflowClient()
 
 
-@pytest.mark.slow
 def test_a_sweep_on_a_local_cluster_logs_one_child_run_per_trial_under_one_parent_and_picks_from_the_front(
         params, prepared, tmp_path):
     from tasks.sweep import sweep
@@ -83,7 +81,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_requested_count_with_no_trial_lost_or_counted_twice(params, prepared, tmp_path):
     import optuna
     from optuna.trial import TrialState
@@ -177,9 +174,8 @@ def test_the_search_space_is_checked_against_params_yaml_before_any_trial(params
         with_overrides(params, {"sweep.space": {"ingest.path": {"choices": ["a"]}}})
 
 
-@pytest.mark.slow
 def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_through_the_tracking_server(
-        params, prepared, tmp_path, dask_cluster, monkeypatch):
+        params, prepared, tmp_path, dask_cluster, postgres, mlflow_on_postgres, monkeypatch):
     """A team's set-up: `dask scheduler` + two `dask worker` processes, the study in PostgreSQL (with Optuna's
     heartbeat), MLflow behind `mlflow server`; the trials run on the workers and nothing lands in the project."""
     import optuna
@@ -189,34 +185,28 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
     from tasks.sweep import sweep
     from tasks.sweep.study import finished
 
-    missing = [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"PostgreSQL server binaries not on this machine ({', '.join(missing)} missing): "
-                    "install postgresql to run this test")
-    with postgres_cluster() as database, mlflow_server(f"sqlite:///{tmp_path / 'server.db'}",
-                                                       tmp_path / "artifacts") as server:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-        cfg = _params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1)
-        result = sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=3, parallel=2, address=dask_cluster)
-        assert sum(result.states.values()) == 3
-        study = optuna.load_study(study_name=result.name, storage=database)
-        assert len(finished(study.get_trials())) == 3
-        with sqlalchemy.create_engine(database).connect() as db:  # Optuna beat each trial's heartbeat
-            assert db.execute(sqlalchemy.text("select count(*) from trial_heartbeats")).scalar() >= 3
-        client = MlflowClient(server)
-        parent = client.get_run(result.parent_run_id)
-        assert parent.data.tags["sweep.storage"] == "rdb"  # never the database URL (it may hold a password)
-        children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
-        assert len(children) == 3 and {c.data.tags["sweep.worker"] for c in children} <= {"w0", "w1"}
-        # two one-thread workers on this machine: each trial trains on half its cores, not on all of them
-        assert {c.data.params["train.threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
-        assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
+    database, server = postgres.database("optuna"), mlflow_on_postgres
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = _params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1)
+    result = sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=3, parallel=2, address=dask_cluster)
+    assert sum(result.states.values()) == 3
+    study = optuna.load_study(study_name=result.name, storage=database)
+    assert len(finished(study.get_trials())) == 3
+    with sqlalchemy.create_engine(database).connect() as db:  # Optuna beat each trial's heartbeat
+        assert db.execute(sqlalchemy.text("select count(*) from trial_heartbeats")).scalar() >= 3
+    client = MlflowClient(server)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["sweep.storage"] == "rdb"  # never the database URL (it may hold a password)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == 3 and {c.data.tags["sweep.worker"] for c in children} <= {"w0", "w1"}
+    # two one-thread workers on this machine: each trial trains on half its cores, not on all of them
+    assert {c.data.params["train.threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
+    assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps" / result.name / "journal.log").exists()
 
 
-@pytest.mark.slow
 def test_on_postgresql_a_trial_whose_worker_dies_is_failed_by_its_heartbeat_and_run_again_once(
-        params, prepared, tmp_path, dask_cluster, monkeypatch):
+        params, prepared, tmp_path, dask_cluster, postgres, mlflow_on_postgres, monkeypatch):
     """A `dask worker` process SIGKILLed mid-trial (its nanny starts a new one): Optuna's heartbeat goes silent,
     a later trial's start fails it and queues it again; the sweep still ends with the requested count, the dead
     trial is not counted, its copy ran with its parameters, and its MLflow run is closed as KILLED."""
@@ -230,28 +220,25 @@ def test_on_postgresql_a_trial_whose_worker_dies_is_failed_by_its_heartbeat_and_
     from tasks.sweep import sweep
     from tasks.sweep.study import finished
 
-    if shutil.which("initdb") is None:
-        pytest.skip("PostgreSQL server binaries not on this machine: install postgresql to run this test")
-    with postgres_cluster() as database, mlflow_server(f"sqlite:///{tmp_path / 'server.db'}",
-                                                       tmp_path / "artifacts") as server:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-        cfg = with_overrides(_params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1,
-                                     pruner="none", space={**SPACE, "train.epochs": {"choices": [12, 16]}}),
-                             {"train.patience": 100})  # trials long enough to be killed mid-way
-        optuna.storages.RDBStorage(database)  # the schema first: polling while the sweep creates it races on DDL
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(sweep, cfg, tmp_path, prepared, tmp_path / "sweeps", trials=4, parallel=2,
-                                  address=dask_cluster, name="worker-dies")
-            victim = _kill_a_worker_mid_trial(database, "worker-dies", dask_cluster, Client, running)
-            result = running.result(timeout=600)
-        trials = optuna.load_study(study_name="worker-dies", storage=database).get_trials()
-        assert trials[victim].state == TrialState.FAIL and result.requeued == [victim]
-        assert len(finished(trials)) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
-        copies = [t for t in trials if victim in t.system_attrs.get("retry_history", [])]
-        assert len(copies) == 1 and copies[0].params == trials[victim].params
-        assert copies[0].state == TrialState.COMPLETE
-        run = MlflowClient(server).get_run(trials[victim].user_attrs["mlflow_run_id"])
-        assert run.info.status == "KILLED" and run.data.tags["sweep.state"] == "requeued"
+    database, server = postgres.database("optuna"), mlflow_on_postgres
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = with_overrides(_params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1,
+                                 pruner="none", space={**SPACE, "train.epochs": {"choices": [12, 16]}}),
+                         {"train.patience": 100})  # trials long enough to be killed mid-way
+    optuna.storages.RDBStorage(database)  # the schema first: polling while the sweep creates it races on DDL
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(sweep, cfg, tmp_path, prepared, tmp_path / "sweeps", trials=4, parallel=2,
+                              address=dask_cluster, name="worker-dies")
+        victim = _kill_a_worker_mid_trial(database, "worker-dies", dask_cluster, Client, running)
+        result = running.result(timeout=600)
+    trials = optuna.load_study(study_name="worker-dies", storage=database).get_trials()
+    assert trials[victim].state == TrialState.FAIL and result.requeued == [victim]
+    assert len(finished(trials)) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
+    copies = [t for t in trials if victim in t.system_attrs.get("retry_history", [])]
+    assert len(copies) == 1 and copies[0].params == trials[victim].params
+    assert copies[0].state == TrialState.COMPLETE
+    run = MlflowClient(server).get_run(trials[victim].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["sweep.state"] == "requeued"
 
 
 def _kill_a_worker_mid_trial(database: str, study: str, address: str, client_class, running) -> int:
@@ -278,12 +265,11 @@ def _kill_a_worker_mid_trial(database: str, study: str, address: str, client_cla
     pytest.fail("no trial was seen running past its first epoch")
 
 
-@pytest.mark.slow
-def test_the_command_refuses_non_sweep_settings_and_data_that_was_never_validated(tmp_path):
-    from tests.conftest import project_copy, project_env, run_in
+def test_the_command_refuses_non_sweep_settings_and_data_that_was_never_validated(tmp_path, prefect_api):
+    from tests.support.processes import project_copy, project_env, run_in
 
     root = project_copy(tmp_path / "project")
-    env = project_env(tmp_path)
+    env = project_env(tmp_path, prefect_api)
     refused = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "train.lr=0.1")
     assert refused.returncode == 2 and "only sweep.* keys" in refused.stderr, refused.stderr[-2000:]
     unvalidated = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "sweep.trials=2")

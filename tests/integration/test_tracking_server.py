@@ -1,34 +1,31 @@
 """The pipeline against a real `mlflow server` on a loopback port, read back over its REST API.
 
-Once with a SQLite backend, once with PostgreSQL (a throwaway cluster made with initdb) when its server
-binaries are on this machine.
+Once with a SQLite backend, once with PostgreSQL (the session's throwaway cluster made with initdb: conftest.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
-from tests.conftest import mlflow_server, postgres_cluster, project_copy, project_env, run_in
-
-pytestmark = pytest.mark.slow
+from tests.support.processes import project_copy, project_env, run_in
+from tests.support.servers import mlflow_server
 MODEL = "digits-classifier"
+EPOCHS = 4
 HTTP = httpx.Client(timeout=60)
 
 
-def _pipeline_against(server: str, base: Path) -> Path:
+def _pipeline_against(server: str, base: Path, prefect_api: str) -> Path:
     root = project_copy(base / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"].update(epochs=8, patience=8)  # the server is under test here, not the accuracy
+    params["train"].update(epochs=EPOCHS, patience=EPOCHS)  # the server is under test here, not the accuracy
     params["evaluate"]["min_accuracy"] = 0.5
-    params["compress"].update(finetune_epochs=2, calibrations=["minmax"])
+    params["compress"].update(finetune_epochs=1, calibrations=["minmax"], latency_repeats=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**project_env(base), "MLFLOW_TRACKING_URI": server}
+    env = {**project_env(base, prefect_api), "MLFLOW_TRACKING_URI": server}
     done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (root / "mlflow.db").exists()  # everything went to the server
@@ -44,7 +41,7 @@ def _read_back_over_rest(server: str, root: Path) -> None:
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert metrics["test_accuracy"] > 0.5 and params["train.epochs"] == "8"
+    assert metrics["test_accuracy"] > 0.5 and params["train.epochs"] == str(EPOCHS)
     assert {"git.commit", "params.md5", "data.train.md5", "prefect.flow_run_id", "compress.chosen", "bento.tag"} <= set(tags)
     listed = HTTP.get(f"{api}/artifacts/list", params={"run_id": run_id, "path": "evaluation"}).raise_for_status().json()
     assert {"evaluation/confusion_matrix.png", "evaluation/reliability.png"} <= {f["path"] for f in listed["files"]}
@@ -59,17 +56,12 @@ def _read_back_over_rest(server: str, root: Path) -> None:
     assert "data_docs/index.html" in {f["path"] for f in docs["files"]}
 
 
-def test_a_sqlite_backed_server_holds_the_run_the_model_and_its_aliases(tmp_path):
+def test_a_sqlite_backed_server_holds_the_run_the_model_and_its_aliases(tmp_path, prefect_api):
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts") as server:
-        root = _pipeline_against(server, tmp_path)
+        root = _pipeline_against(server, tmp_path, prefect_api)
         _read_back_over_rest(server, root)
 
 
-def test_a_postgresql_backed_server_does_too(tmp_path):
-    missing = [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"PostgreSQL server binaries not on this machine ({', '.join(missing)} missing): "
-                    "install postgresql to run this test")
-    with postgres_cluster() as backend, mlflow_server(backend, tmp_path / "artifacts") as server:
-        root = _pipeline_against(server, tmp_path)
-        _read_back_over_rest(server, root)
+def test_a_postgresql_backed_server_does_too(tmp_path, mlflow_on_postgres, prefect_api):
+    root = _pipeline_against(mlflow_on_postgres, tmp_path, prefect_api)
+    _read_back_over_rest(mlflow_on_postgres, root)

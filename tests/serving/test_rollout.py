@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 from tasks.common.outputs import BentoBuild, Promotion
-from tests.conftest import REPO, build_bentos, free_port, serve_bento, stop, wait_until_healthy
-
-pytestmark = pytest.mark.slow
+from tests.support.processes import REPO, free_port, stop, wait_until_healthy
+from tests.support.servers import serve_bento
 ADMIN_TOKEN = "the-admin-token"  # FRONT_ADMIN_TOKEN for the front and its clients here
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -27,10 +26,10 @@ DIGIT = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 
 
 
 @pytest.fixture(scope="module")
-def bentos(tmp_path_factory):
-    """Two Bentos of a small digits model in a store of their own, and the environment that reaches it."""
+def bentos(bento_store, tmp_path_factory):
+    """Two Bentos of a small digits model, the environment that reaches their store, and a project folder."""
     base = tmp_path_factory.mktemp("rollout")
-    info, env = build_bentos(base, "--count", "2")
+    info, env = bento_store.built["digits"], bento_store.env
     root = base / "project"  # a front needs only params.yaml; it keeps its Bentos' logs in .serving/
     root.mkdir()
     shutil.copyfile(REPO / "params.yaml", root / "params.yaml")

@@ -1,6 +1,6 @@
 """The Bento service over real HTTP: a built Bento, started with `bentoml serve` on a free loopback port.
 
-A small digits model is built into a Bento the same way `package` builds the pipeline's (tests/bento_builder.py),
+A small digits model is built into a Bento the same way `package` builds the pipeline's (tests/support/bento_builder.py),
 so these tests need no pipeline run; the end-to-end test serves the pipeline's own Bento.
 """
 
@@ -22,19 +22,17 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.bento_builder import DIGIT_CLASSES
-from tests.conftest import REPO, build_bentos, serve_bento, stop
-
-pytestmark = pytest.mark.slow
+from tests.support.bento_builder import DIGIT_CLASSES
+from tests.support.processes import REPO, stop
+from tests.support.servers import serve_bento
 WARM_UP_TOKEN = "the-fronts-own-token"  # as the serving front gives each Bento it starts
 NPY_TYPE = {"content-type": "application/x-npy"}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    base = tmp_path_factory.mktemp("service")
-    info, env = build_bentos(base)
-    return info["bentos"][0], Path(info["onnx"]), env, base
+def built(bento_store, tmp_path_factory):
+    """The small digits model's Bento, its ONNX file, the environment that reaches its store, a folder for logs."""
+    return bento_store.bentos("digits")[0], bento_store.onnx("digits"), bento_store.env, tmp_path_factory.mktemp("service")
 
 
 @pytest.fixture(scope="module")
@@ -398,9 +396,9 @@ print(batcher.optimizer.wait)
 
 
 @pytest.mark.parametrize("cap, learned", [(2, 0.002), (None, 0.05)])
-def test_after_a_burst_the_batcher_holds_requests_back_at_most_max_batch_wait_ms(built, cap, learned):
-    _, _, env, base = built
-    model = json.loads((base / "bentos.json").read_text())["models"][0]
+def test_after_a_burst_the_batcher_holds_requests_back_at_most_max_batch_wait_ms(built, bento_store, cap, learned):
+    _, _, env, _ = built
+    model = bento_store.models("digits")[0]
     done = subprocess.run([sys.executable, "-c", _LEARNED_WAIT, model, json.dumps(cap)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -475,11 +473,11 @@ def _schemathesis(url: str, where: Path, seed: int, examples: int, headers: tupl
     """Schemathesis over every operation of /docs.json with all its checks (tests/schemathesis.toml: the two binary
     bodies are exempt from "schema-valid data is accepted" only); the number of cases it generated."""
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(REPO / "tests/schemathesis.toml"),
+        [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(REPO / "tests/support/schemathesis.toml"),
          "run", f"{url}/docs.json", "--url", url, "--max-examples", str(examples), "--seed", str(seed),
          "--continue-on-failure", "--request-timeout", "30", *(f"--header={h}" for h in headers)],
         capture_output=True, text=True, timeout=900, cwd=where,  # it keeps a cache in .schemathesis/ there
-        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(REPO)})
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, f"seed {seed}:\n{done.stdout[-6000:]}"
     tested = re.search(r"Tested: (\d+)", done.stdout)
     assert tested and int(tested.group(1)) == 9, done.stdout[-2000:]  # health ×3, metrics, metadata, recent, 3 × predict
@@ -499,13 +497,13 @@ def test_schemathesis_finds_nothing_wrong_in_the_service_against_its_openapi_sch
     assert service.get("/metadata").status_code == 200
 
 
-def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(tmp_path):
+def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(bento_store, tmp_path):
     from tasks.nn.latency import onnx_predictor
     from tasks.shipped.rows import encode_rows
-    from tests.bento_builder import TABLE_CLASSES, TABLE_ENCODING
+    from tests.support.bento_builder import TABLE_CLASSES, TABLE_ENCODING
 
-    info, env = build_bentos(tmp_path, "--table", name="table")
-    server, url = serve_bento(info["bentos"][0], env, tmp_path)
+    info = bento_store.built["table"]
+    server, url = serve_bento(info["bentos"][0], bento_store.env, tmp_path)
     try:
         rows = [{"width": 1.0, "height": 12, "stroke": "thin"}, {"width": None, "height": 3.5, "stroke": None},
                 {"width": 4, "height": None, "stroke": "dotted"}]  # nulls imputed; an unseen category one-hots to zeros
@@ -530,11 +528,12 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
         stop(server)
 
 
-def test_with_inline_inference_off_predict_and_predict_npy_answer_as_the_in_process_model(tmp_path, test_split):
+def test_with_inline_inference_off_predict_and_predict_npy_answer_as_the_in_process_model(bento_store, tmp_path,
+                                                                                          test_split):
     from tasks.nn.latency import onnx_predictor
 
-    info, env = build_bentos(tmp_path, "--package", json.dumps({"inline_inference": False}), name="thread")
-    server, url = serve_bento(info["bentos"][0], env, tmp_path)
+    info = bento_store.built["thread"]
+    server, url = serve_bento(info["bentos"][0], bento_store.env, tmp_path)
     try:
         images = test_split[0][:64]
         expected = onnx_predictor(Path(info["onnx"]))(images)
@@ -578,9 +577,8 @@ def _answer_on(connection: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode()
 
 
-def test_beyond_max_concurrent_requests_a_request_is_refused_at_arrival_with_503_and_retry_after(tmp_path):
-    info, env = build_bentos(tmp_path, "--package", json.dumps({"max_concurrent_requests": 2}))
-    server, url = serve_bento(info["bentos"][0], env, tmp_path)
+def test_beyond_max_concurrent_requests_a_request_is_refused_at_arrival_with_503_and_retry_after(bento_store, tmp_path):
+    server, url = serve_bento(bento_store.bentos("two_places")[0], bento_store.env, tmp_path)
     try:
         one = {"images": [[[0.0] * 8] * 8]}
         assert httpx.post(f"{url}/predict", json=one).status_code == 200

@@ -16,7 +16,7 @@ from tasks.common.registry import move_champion
 from tasks.evaluate import calibration, confused_pairs, evaluate
 from tasks.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_counts_every_prediction():

@@ -121,7 +121,7 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
     import yaml
 
     from tasks.common.stage_cli import main
-    from tests.test_train import REPO
+    from tests.support.processes import REPO
 
     images, labels = digits
     folder = tmp_path / "data" / "sources" / "mine"
@@ -135,7 +135,7 @@ def test_the_stages_run_on_each_source(tmp_path, digits, source):
     elif source == "images":
         _image_folder(folder, images, labels, per_class=100)
     else:
-        from tests.test_tables import digits_table
+        from tests.stages.test_tables import digits_table
 
         digits_table().to_csv(folder / "digits.csv", index=False)
         params["ingest"]["label_column"] = "digit"

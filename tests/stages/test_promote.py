@@ -19,20 +19,18 @@ from tasks.common import registry
 from tasks.common.errors import PromotionError
 from tasks.common.outputs import BentoBuild, CompressChoice, GateResult, TrainRun
 from tasks.promote import promote
-from tests.bento_builder import DIGIT_CLASSES
-from tests.conftest import REPO, build_bentos
+from tests.support.bento_builder import DIGIT_CLASSES
+from tests.support.processes import REPO
 
 NAME = "digits-classifier"
 
 
 @pytest.fixture(scope="module")
-def bentos(tmp_path_factory):
-    """Two Bentos of a small digits model; the second one's model file is broken, so it cannot load."""
-    base = tmp_path_factory.mktemp("promote")
-    info, _ = build_bentos(base, "--count", "2")
-    broken = info["models"][1].replace(":", "/")
-    (base / "bentoml/models" / broken / "model.onnx").write_bytes(b"not an ONNX model")
-    return info, base / "bentoml"
+def bentos(bento_store):
+    """A Bento of a small digits model, and one whose model file is broken, so it cannot load."""
+    info = {"bentos": [bento_store.bentos("digits")[0], bento_store.bentos("broken")[0]],
+            "onnx": str(bento_store.onnx("digits"))}
+    return info, bento_store.home
 
 
 def _version(client, run_id: str) -> str:
@@ -81,8 +79,6 @@ def _stage(root: Path, version: str, previous: str | None, bento: str, passed: b
 def _champion() -> str | None:
     return registry.champion_version(NAME)
 
-
-pytestmark = pytest.mark.slow
 
 
 def test_champion_moves_only_after_the_candidate_bento_answers_like_the_model(project):

@@ -18,7 +18,7 @@ from tasks.evaluate import classification_metrics, predict_proba
 from tasks.nn.checkpoint import load_checkpoint
 from tasks.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REPRODUCIBLE = ("best_epoch", "epochs_run", "val_loss", "val_accuracy")  # not wall time or memory
 
 
@@ -100,6 +100,16 @@ def test_two_project_roots_in_one_process_keep_their_own_stores(quick, prepared,
         assert run.info.artifact_uri.startswith((tmp_path / name / "mlartifacts").as_uri())
         assert (tmp_path / name / "mlflow.db").exists()
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path (CUDA, AMP autocast, "
+                    "channels_last) runs on a machine with one")
+def test_on_a_gpu_training_runs_on_cuda_with_autocast_and_learns(quick, prepared, tmp_path):
+    result = train(_with(quick, device="cuda", amp=True, channels_last=True), tmp_path, prepared, tmp_path / "train")
+    assert result.device.startswith("cuda") and result.val_accuracy > 0.9
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["train.amp"] == "True"
 
 
 def _project(root, prepared, **train_params):

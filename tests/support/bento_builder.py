@@ -1,7 +1,8 @@
 """Build real Bentos around a small digits MLP in seconds, for the tests that serve one over HTTP.
 
-Run as a subprocess (`python -m tests.bento_builder OUT.json --count 2`) with BENTOML_HOME set: BentoML reads
-its home once per process, and each test module wants its own store. The model goes through the same ONNX
+Run as a subprocess (`python -m tests.support.bento_builder OUT.json`) with BENTOML_HOME set (BentoML reads its home
+once per process): it builds every Bento the tests use, once per test session, into one store (tests/conftest.py,
+`bento_store`), and writes what it built to OUT.json by set name (CATALOGUE). The model goes through the same ONNX
 export and `build_bento` as the `package` stage; only the training is shortened (an MLP, a few seconds).
 """
 
@@ -10,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def train_tiny_mlp(seed: int = 0):
@@ -70,7 +70,7 @@ def build_table(out: Path) -> dict:
 
     torch.manual_seed(0)
     model = MLP(5, (16,), 3, dropout=0.0).eval()
-    onnx_path = out.with_suffix(".onnx")
+    onnx_path = out.with_name("table.onnx")
     export_onnx(servable(model, pixel_max=1.0, image_input=False), np.zeros((1, 5), np.float32), onnx_path)
     metadata = {"input_shape": [5], "served_shape": [5], "pixel_max": 1.0, "kind": "table", "classes": TABLE_CLASSES,
                 "problem": "multiclass", "variant": "fp32-onnx",
@@ -78,35 +78,49 @@ def build_table(out: Path) -> dict:
                 "expectations": expectations(encode_rows(table_rows(200), TABLE_ENCODING), "table", "table[:200]")}
     result = build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": "1"},
                          load_params(REPO / "params.yaml").package, REPO / "bento")
-    info = {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path)}
-    out.write_text(json.dumps(info))
-    return info
+    return {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path)}
 
 
-def build(out: Path, count: int, package: dict | None = None) -> dict:
+def build_digits(onnx_path: Path, count: int, package: dict | None = None) -> dict:
+    """`count` Bentos of the digits model at `onnx_path` (versions 1..count), with `package` params changed."""
     from sklearn.datasets import load_digits
 
     from tasks.common.config import load_params
-    from tasks.compress.variants import export_onnx, servable
     from tasks.package import build_bento
     from tasks.shipped.skew import expectations
 
     params = load_params(REPO / "params.yaml")
-    model = train_tiny_mlp()
     trained_on = load_digits().images[:1400]  # what train_tiny_mlp saw, in the 0..16 units the service receives
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(servable(model, pixel_max=16.0), np.zeros((1, 8, 8), np.float32), onnx_path)
-        metadata = {"input_shape": [1, 8, 8], "served_shape": [8, 8], "pixel_max": 16.0, "kind": "images",
-                    "classes": DIGIT_CLASSES, "problem": "multiclass",
-                    "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier",
-                    "expectations": expectations(trained_on, "images", "digits[:1400]")}
-        results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},
-                               params.package.model_copy(update=package or {}), REPO / "bento") for i in range(count)]
-        model_path = out.with_suffix(".onnx")
-        model_path.write_bytes(onnx_path.read_bytes())
-    info = {"bentos": [r.bento_tag for r in results], "models": [r.model_tag for r in results],
-            "onnx": str(model_path)}
+    metadata = {"input_shape": [1, 8, 8], "served_shape": [8, 8], "pixel_max": 16.0, "kind": "images",
+                "classes": DIGIT_CLASSES, "problem": "multiclass",
+                "variant": "fp32-onnx", "model_version": "1", "registered_model": "digits-classifier",
+                "expectations": expectations(trained_on, "images", "digits[:1400]")}
+    results = [build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": str(i + 1)},
+                           params.package.model_copy(update=package or {}), REPO / "bento") for i in range(count)]
+    return {"bentos": [r.bento_tag for r in results], "models": [r.model_tag for r in results], "onnx": str(onnx_path)}
+
+
+# The sets of Bentos the tests share: name -> (how many, the `package` params that differ from params.yaml).
+CATALOGUE = {
+    "digits": (2, {}),                                   # the service, roll-outs (two to switch between), scoring
+    "broken": (1, {}),                                   # promote: its model file is garbage, so it cannot load
+    "thread": (1, {"inline_inference": False}),          # /predict off the event loop
+    "two_places": (1, {"max_concurrent_requests": 2}),   # admission: the third request is refused at arrival
+}
+
+
+def build_all(out: Path) -> dict:
+    """Every set in CATALOGUE, and the table model's ("table"), into the store BENTOML_HOME names."""
+    import os
+
+    from tasks.compress.variants import export_onnx, servable
+
+    onnx_path = out.with_name("digits.onnx")
+    export_onnx(servable(train_tiny_mlp(), pixel_max=16.0), np.zeros((1, 8, 8), np.float32), onnx_path)
+    info = {name: build_digits(onnx_path, count, package) for name, (count, package) in CATALOGUE.items()}
+    broken = info["broken"]["models"][0].replace(":", "/")
+    (Path(os.environ["BENTOML_HOME"]) / "models" / broken / "model.onnx").write_bytes(b"not an ONNX model")
+    info["table"] = build_table(out)
     out.write_text(json.dumps(info))
     return info
 
@@ -114,9 +128,5 @@ def build(out: Path, count: int, package: dict | None = None) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    parser.add_argument("--count", type=int, default=1)
-    parser.add_argument("--table", action="store_true", help="one Bento of a model over table rows instead")
-    parser.add_argument("--package", type=json.loads, default={}, help="params.yaml `package` values to override (JSON)")
-    args = parser.parse_args()
-    build_table(args.out) if args.table else build(args.out, args.count, args.package)
+    build_all(parser.parse_args().out)
     sys.exit(0)

@@ -1,4 +1,4 @@
-"""Schemathesis hooks (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks): /predict_npy's body is raw bytes, sent as is."""
+"""Schemathesis hooks (SCHEMATHESIS_HOOKS=tests.support.schemathesis_hooks): /predict_npy's body is raw bytes, sent as is."""
 
 import schemathesis
 

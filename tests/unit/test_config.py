@@ -3,7 +3,7 @@ import yaml
 
 from tasks.common.config import Params, load_params
 from tasks.common.errors import ConfigError
-from tests.conftest import REPO
+from tests.support.processes import REPO
 
 
 def test_shipped_params_load_into_every_section():

@@ -13,7 +13,7 @@ from tasks.common import stage_cli
 from tasks.common.errors import ConfigError, DataError, PipelineError, PromotionError, ValidationFailed
 from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_an_override_changes_the_value_and_keeps_every_comment():

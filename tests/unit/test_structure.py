@@ -10,7 +10,7 @@ import shlex
 import pytest
 import yaml
 
-from tests.structure import REPO, closure
+from tests.support.structure import REPO, closure
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 CODE_ROOTS = ("tasks", "flows", "bento", "cli")
