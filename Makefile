@@ -24,8 +24,10 @@ run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or
 
 # The suite waits on subprocesses and servers most of the time: worker processes overlap the waits (pytest-xdist;
 # a test module stays on one worker, with its module fixtures). TEST_WORKERS=0 runs it in this one process.
+# OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread (torch's) sleeps instead of spinning, so the workers' trainings
+# do not burn the cores each other need; results are the same, only the waiting changes.
 TEST_WORKERS ?= 3
-PYTEST := $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: install  ## every test, offline, on CPU (tests/: unit, stages, serving, integration, e2e)
 	$(PYTEST) $(ARGS)
