@@ -32,8 +32,8 @@ PYTEST := OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(if $(filter 0,$(TEST
 test: install  ## every test, offline, on CPU (tests/: unit, stages, serving, integration, e2e)
 	$(PYTEST) $(ARGS)
 
-test-fast: install  ## the unit and stage tests: the edit-test loop (a few minutes)
-	$(PYTEST) tests/unit tests/stages $(ARGS)
+test-fast: install  ## the unit and stage tests not marked slow: the edit-test loop (under 3 minutes)
+	$(PYTEST) tests/unit tests/stages -m "not slow" $(ARGS)
 
 bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)
 	$(BIN)/python -m benchmarks.compression
