@@ -34,6 +34,8 @@ answered but neither counted nor kept; any other X-Warm-Up is a user's request l
                    by image, off the event loop's back
     schema.py      what /docs.json documents: every refusal, required bodies, the API key
     metric_labels.py  one Prometheus label for every path the service does not serve
+    patches.py     the one place BentoML's internals are replaced (admission, JSON parsing, metrics labels,
+                   batching wait, /docs.json), in request order, each checked before it is replaced
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from pydantic import BaseModel, Field
 
 from bento.service.build import CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
 from bento.service.checks import Images, checked_images, read_npy
-from bento.service import admission, metric_labels, schema
+from bento.service import metric_labels, patches, schema
 from bento.service.guard import Guard, quiet_client_errors
 from bento.service.monitoring import SEEN
 from tasks.shipped.imaging import NotAnImage, decode_image
@@ -109,10 +111,10 @@ class RecentInputs(BaseModel):
 
 
 routes = FastAPI(responses=schema.fastapi_responses())  # the GET endpoints and /predict_npy (BentoML's are POST)
-metric_labels.install(lambda: metric_labels.paths_of(routes))  # one Prometheus label for unknown paths
-admission.install()  # 503 + Retry-After beyond max_concurrent_requests, before the body is read; big JSON off the loop
+# BentoML's internals this service replaces, all in patches.py, in request order (metrics labels, admission, JSON
+# parsing, batching wait, /docs.json); checked first, so a BentoML upgrade that changed one fails here by name.
+patches.install(lambda: metric_labels.paths_of(routes))
 quiet_client_errors()  # a client's mistake is one log line, not a traceback
-schema.install()  # /docs.json lists every refusal (401, 413, 415, 503), not only BentoML's own
 
 
 @bentoml.service(name=args.service_name, workers=args.workers, threads=args.threads,

@@ -148,9 +148,3 @@ def _one_input(value, index: int) -> np.ndarray:
         message = f"images must have shape (N, {expected}); got image {index} of shape {array.shape}"
         raise InvalidArgument(f"images: {refused('shape', message)}")
     return array
-
-
-def install() -> None:
-    """Before BentoML builds the server's app (it looks both up then)."""
-    traffic.MaxConcurrencyMiddleware = Admission
-    serde.ALL_SERDE["application/json"] = CooperativeJSON

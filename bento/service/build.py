@@ -54,8 +54,8 @@ def body_limit(path: str) -> int:
     return limit
 
 
-class _CappedWait(dispatcher.Optimizer):
-    """BentoML's batching optimizer with its learned wait capped at `max_batch_wait_ms`.
+class CappedWait(dispatcher.Optimizer):
+    """BentoML's batching optimizer with its learned wait capped at `max_batch_wait_ms` (installed by patches.py).
 
     BentoML's CorkDispatcher holds a request back, for company, about as long as the recent batches' first requests
     waited: the mean of its last 50 waits, refreshed every 5 s. After a burst (requests queued behind busy batches)
@@ -66,7 +66,3 @@ class _CappedWait(dispatcher.Optimizer):
     def trigger_refresh(self) -> None:
         super().trigger_refresh()
         self.wait = min(self.wait, args.max_batch_wait_ms / 1000)
-
-
-if args.max_batch_wait_ms is not None:
-    dispatcher.Optimizer = _CappedWait  # read by CorkDispatcher.__init__, which runs after this module is imported

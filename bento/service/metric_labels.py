@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from bentoml._internal.context import server_context
-from bentoml._internal.server.http import instruments
 
 UNMATCHED = "unmatched"
 SYSTEM_PATHS = {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs", "/docs.json", "/schema.json"}
@@ -16,12 +15,12 @@ SYSTEM_PREFIXES = ("/assets/", "/static_content/")  # the docs UI's files
 _ORIGINAL = "bounded_labels.path"
 
 
-def install(service_paths: Callable[[], Iterable[str]]) -> None:
-    """Replace BentoML's traffic-metrics middleware (built when the server builds its app, after this import) with
-    one whose endpoint label is the path for `service_paths()`, BentoML's API routes and its system routes, and
-    `unmatched` for anything else."""
+def bounded_labels(base: type, service_paths: Callable[[], Iterable[str]]) -> type:
+    """BentoML's traffic-metrics middleware `base` (built when the server builds its app), with its endpoint label
+    the path for `service_paths()`, BentoML's API routes and its system routes, and `unmatched` for anything else
+    (installed by patches.py)."""
 
-    class BoundedLabels(instruments.RunnerTrafficMetricsMiddleware):
+    class BoundedLabels(base):
         def __init__(self, app, **options) -> None:
             super().__init__(_RealPath(app), **options)
             self.known: set[str] | None = None
@@ -34,7 +33,7 @@ def install(service_paths: Callable[[], Iterable[str]]) -> None:
                 scope = {**scope, "path": UNMATCHED, _ORIGINAL: path}
             await super().__call__(scope, receive, send)
 
-    instruments.RunnerTrafficMetricsMiddleware = BoundedLabels
+    return BoundedLabels
 
 
 def paths_of(app) -> list[str]:

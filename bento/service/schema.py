@@ -26,18 +26,22 @@ def fastapi_responses() -> dict:
     return {status: {"description": description, "model": Refusal} for status, description in REFUSED.items()}
 
 
-def install() -> None:
-    """Add the refusals to what BentoML documents for each of its API endpoints, mark their bodies required (each
-    is: no body is a 415), and leave out the endpoint for the other kind of model (/predict_rows of an image model,
-    /predict_image of a table model: 404). Read when /docs.json is built."""
+def refusal_responses() -> dict:
+    """The refusals, as BentoML documents each of its API endpoints' errors: {"error": "..."} bodies."""
     from _bentoml_sdk.service import openapi
     from bentoml._internal.service.openapi.specification import MediaType, Reference, Response
 
-    for status, description in REFUSED.items():
-        openapi.error_responses[status] = Response(description=description, content={"application/json": MediaType(
-            schema=Reference(openapi.REF_TEMPLATE.format(model="InvalidArgument")))})  # {"error": "..."}
-    bentoml_routes = openapi._get_api_routes
+    return {status: Response(description=description, content={"application/json": MediaType(
+        schema=Reference(openapi.REF_TEMPLATE.format(model="InvalidArgument")))}) for status, description in REFUSED.items()}
 
+
+def key_required() -> bool:
+    return bool(os.environ.get(API_KEY_ENV))
+
+
+def routes_of_this_model(bentoml_routes):
+    """BentoML's API routes for /docs.json, bodies marked required (each is: no body is a 415) and the endpoint for
+    the other kind of model left out (/predict_rows of an image model, /predict_image of a table model: 404)."""
     def routes_of_this_model(service) -> dict:
         found = bentoml_routes(service)
         for path in OTHER_KIND:
@@ -47,18 +51,12 @@ def install() -> None:
                 item.post["requestBody"]["required"] = True
         return found
 
-    openapi._get_api_routes = routes_of_this_model
-    if os.environ.get(API_KEY_ENV):
-        _ask_for_the_key()
+    return routes_of_this_model
 
 
-def _ask_for_the_key() -> None:
+def with_security(as_dict):
     """With an API key set, the schema says so (an apiKey security scheme, header X-API-Key): the Swagger UI at /
     then has an Authorize button, and sends the key with every request it tries."""
-    from bentoml._internal.service.openapi.specification import OpenAPISpecification
-
-    as_dict = OpenAPISpecification.asdict
-
     def with_security(spec) -> dict:
         found = as_dict(spec)
         found.setdefault("components", {})["securitySchemes"] = {
@@ -70,4 +68,4 @@ def _ask_for_the_key() -> None:
                 operation["security"] = []
         return found
 
-    OpenAPISpecification.asdict = with_security
+    return with_security
