@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or DATA=path [LABEL=column] [NEW=1]
-	$(BIN)/python -m flows.pipeline $(if $(DATA),--data "$(DATA)") $(if $(LABEL),--label "$(LABEL)") $(if $(NEW),--new-dataset) $(ARGS)
+	$(BIN)/mlops run $(if $(DATA),--data "$(DATA)") $(if $(LABEL),--label "$(LABEL)") $(if $(NEW),--new-dataset) $(ARGS)
 
 # The suite waits on subprocesses and servers most of the time: worker processes overlap the waits (pytest-xdist;
 # a test module stays on one worker, with its module fixtures). TEST_WORKERS=0 runs it in this one process.
@@ -41,6 +41,7 @@ bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minut
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.orchestration
+	$(BIN)/python -m benchmarks.cli_startup
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.serving --overload
 	$(BIN)/python -m benchmarks.scoring
@@ -57,10 +58,10 @@ serve: install  ## the champion's Bento behind the serving front on http://127.0
 	$(BIN)/mlops serve --port 3000 --admin-port 3001
 
 schedule: install  ## nightly runs on this machine: the project's Prefect server (UI http://127.0.0.1:4200) + the cron deployment
-	$(BIN)/python -m flows.deploy serve $(ARGS)
+	$(BIN)/mlops schedule $(ARGS)
 
 schedule-status: install  ## the deployments, their next scheduled run and their last runs
-	$(BIN)/python -m flows.deploy status $(ARGS)
+	$(BIN)/mlops schedule status $(ARGS)
 
 clean:  ## remove stage outputs and local stores (keeps .venv)
 	rm -rf artifacts data/raw data/prepared mlflow.db mlartifacts dvc.lock

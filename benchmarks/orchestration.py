@@ -1,7 +1,7 @@
 """What the Prefect flow costs on top of the stages (`python -m benchmarks.orchestration`).
 
 In two fresh copies of the project: the stages run directly one after another (`python -m tasks.<stage>`,
-the compute), and `python -m flows.pipeline --no-push` cold, then warm (nothing changed: every stage up to
+the compute), and `mlops run --no-push` cold, then warm (nothing changed: every stage up to
 date), then warm with `--force-flow`. Orchestration overhead = cold flow wall time − the stages' own wall time.
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.record import save, table
-from tests.support.processes import project_copy
+from tests.support.processes import MLOPS, project_copy
 
 STAGES = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package")
 
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         stage_seconds = {s: _timed([sys.executable, "-m", f"tasks.{s}"], direct, env)[0] for s in STAGES}
         flowed = project_copy(Path(tmp) / "flow")
         env = _env(Path(tmp) / "flow-homes")
-        cold, _ = _timed([sys.executable, "-m", "flows.pipeline", "--no-push"], flowed, env)
-        warm, out = _timed([sys.executable, "-m", "flows.pipeline", "--no-push"], flowed, env)
+        cold, _ = _timed([MLOPS, "run", "--no-push"], flowed, env)
+        warm, out = _timed([MLOPS, "run", "--no-push"], flowed, env)
         assert "none (everything up to date)" in out, out[-2000:]
-        warm_flow, out = _timed([sys.executable, "-m", "flows.pipeline", "--no-push", "--force-flow"], flowed, env)
+        warm_flow, out = _timed([MLOPS, "run", "--no-push", "--force-flow"], flowed, env)
         assert "none (everything up to date)" in out, out[-2000:]
     compute = sum(stage_seconds.values())
     figures = {"cold_s": cold, "warm_s": warm, "warm_share": warm / cold, "warm_flow_s": warm_flow, "stages_s": compute,
@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{100 * warm_flow / cold:.1f} % of cold"], ["the stages alone (`python -m tasks.<stage>` in turn)", compute, ""],
             ["orchestration overhead (cold − stages)", cold - compute, f"{100 * (cold - compute) / cold:.1f} % of cold"]]
     markdown = "\n".join([
-        "`python -m flows.pipeline --no-push` in a fresh copy of the project (bundled digits, default params), "
+        "`mlops run --no-push` in a fresh copy of the project (bundled digits, default params), "
         "run twice; the stages alone measured in a second fresh copy. Wall times include each process's start-up "
         "and imports; the flow's include starting Prefect's temporary local server. With nothing to do, "
-        "`python -m flows.pipeline` checks `dvc status` once and returns without starting Prefect; `--force-flow` "
+        "`mlops run` checks `dvc status` once and returns without starting Prefect; `--force-flow` "
         "makes it start a flow run anyway (each stage then skipped without spawning DVC).",
         "",
         table(["what", "seconds", ""], rows),

@@ -1,4 +1,4 @@
-"""Batch scoring (tasks/score/): throughput against the bare ONNX Runtime forward, peak memory as the input grows,
+"""Batch scoring (jobs/score/): throughput against the bare ONNX Runtime forward, peak memory as the input grows,
 and this process against a local Dask cluster.
 
     python -m benchmarks.scoring        (after `make run`: it scores with the champion's shipped model)
@@ -44,8 +44,8 @@ def _write_pngs(images: np.ndarray, folder: Path, copies: int = 1) -> Path:
 def _one(input_path: str, out: str, address: str | None) -> None:
     """One scoring run in this process (the child): its result and peak memory as JSON on the last line."""
     from tasks.common.config import load_params
-    from tasks.score import score
-    from tasks.score.model import champion_model
+    from jobs.score import score
+    from jobs.score.model import champion_model
 
     params = load_params(ROOT / "params.yaml")
     model = champion_model(ROOT, params)
@@ -110,7 +110,7 @@ def main() -> None:
     from benchmarks import mnist_size
     from benchmarks.record import save, table
     from tasks.common.config import load_params
-    from tasks.score.model import champion_model
+    from jobs.score.model import champion_model
 
     model = champion_model(ROOT, load_params(ROOT / "params.yaml"))
     sets = {"digits": load_digits().images / 16.0,

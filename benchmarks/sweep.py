@@ -2,7 +2,7 @@
 against params.yaml's defaults, and its front; then `compress.prune_ratio: auto` against the fixed 0.5 on the
 digits and on the MNIST-size set (size, latency, accuracy against PyTorch fp32).
 
-Runs the real code (tasks/sweep/, the train and compress stages) in temporary projects.
+Runs the real code (jobs/sweep/, the train and compress stages) in temporary projects.
 `python -m benchmarks.sweep [--only sweep|auto]`
 """
 
@@ -26,8 +26,8 @@ def sweep_case(root: Path, parallel: int, replay: list[dict] | None = None) -> d
     with `replay`, those trials' parameters in that order (enqueued), so that both runs do the same work."""
     import optuna
 
-    from tasks.sweep import sweep
-    from tasks.sweep.report import directions
+    from jobs.sweep import sweep
+    from jobs.sweep.report import directions
 
     params, prepared = prepared_case("digits", root)
     name = f"bench-p{parallel}"

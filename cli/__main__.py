@@ -5,16 +5,40 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import drift, registry, reproduce, serving
+from cli import drift, jobs, pipeline, registry, reproduce, schedule, serving
+
+COMMANDS = (pipeline, jobs, schedule, registry, serving, drift, reproduce)  # the order `mlops --help` lists them
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(
+        prog="mlops", description="Run the pipeline, its jobs and its schedules; operate the registry and the service.",
+        epilog="`mlops COMMAND --help` for a command's options. Errors are one line and an exit code; --debug shows "
+               "the traceback.")
+    main_parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_commands(commands)
+    return main_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mlops", description="Operate the pipeline's registry, service and data.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (registry, serving, drift, reproduce):
-        module.add_commands(commands)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"mlops {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place every command's unexpected error becomes one line
+        if args.debug:
+            raise
+        from tasks.common.errors import PipelineError
+
+        code = err.exit_code if isinstance(err, PipelineError) else 1
+        print(f"mlops {args.command}: {type(err).__name__}: {err}"
+              + ("" if isinstance(err, PipelineError) else " (run again with --debug for the traceback)"),
+              file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

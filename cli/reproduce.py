@@ -22,7 +22,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from tasks.common.errors import PipelineError
-    from tasks.ops.reproduce import reproduce
+    from jobs.reproduce import reproduce
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="reproduce-"))
     try:

@@ -1,1 +1,16 @@
-"""Prefect flows: thin shells over the DVC DAG and the stage functions in tasks/."""
+"""Prefect flows: thin shells over the DVC DAG and the stage functions in tasks/.
+
+Prefect's settings every flow of this project needs, set here (before any flow module imports Prefect) unless the
+user set them: they reach the temporary local server Prefect starts when `PREFECT_API_URL` is unset, which reads
+its settings from the environment it inherits.
+"""
+
+import os
+
+# The temporary server migrates a fresh database on first start: on 2 cores that can pass Prefect's default wait
+# (20 s) and fail the run before any stage.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# No usage telemetry: offline, its heartbeat logs "ERROR ... Failed to send telemetry" on every run (and a
+# "database is locked" traceback when it races the first migration). The project's own server turns it off too
+# (flows/prefect_server.py).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -101,10 +101,19 @@ def _stream(cmd: list[str], cwd: Path, env: dict) -> tuple[int, list[str]]:
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
     tail: deque[str] = deque(maxlen=50)
+    hint, blank = False, ""  # a blank line is held back until the next line shows whether a hint follows
     try:
         for line in proc.stdout:
-            sys.stdout.write(line)
             tail.append(line.rstrip())
+            hint = _dvc_hint(line, hint)
+            if hint:
+                blank = ""
+            elif not line.strip():
+                sys.stdout.write(blank)
+                blank = line
+            else:
+                sys.stdout.write(blank + line)
+                blank = ""
         proc.wait()
     finally:
         if proc.poll() is None:  # interrupted (a Prefect timeout, Ctrl-C): the stage must not run on unseen
@@ -113,6 +122,38 @@ def _stream(cmd: list[str], cwd: Path, env: dict) -> tuple[int, list[str]]:
     return proc.returncode, list(tail)
 
 
+# What `dvc repro` tells a person at a terminal after each stage, which the flow already does for them: it pushes
+# the data versions itself, and dvc.lock is the user's to commit with the change that moved it (README). DVC prints
+# them at INFO, the level of its stage headers and errors, so `-q` would hide those too: they are left out here.
+_DVC_HINTS = ("To track the changes with git, run:", "To enable auto staging, run:",
+              "Use `dvc push` to send your updates to remote storage.")
+
+
+def _dvc_hint(line: str, in_hint: bool) -> bool:
+    """Whether `line` belongs to one of DVC's hints: a hint's first line, then its blank and indented lines."""
+    if line.strip() in _DVC_HINTS:
+        return True
+    return in_hint and (not line.strip() or line.startswith(("\t", " ")))
+
+
 def push_data(root: Path) -> None:
     """Push every DVC-cached output (the raw and prepared data versions, models) to the default remote."""
     subprocess.run([sys.executable, "-m", "dvc", "push", "-q"], cwd=root, check=True)
+
+
+LOCK_FILE = ".pipeline.lock"  # held by a pipeline run for its whole length: one run per workspace
+
+
+def nothing_to_do(root: Path, push: bool) -> bool:
+    """DVC reports every stage up to date, the data versions are pushed, and no other run holds the workspace:
+    a run would skip every stage, so Prefect need not even be started."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(root / LOCK_FILE)).acquire(timeout=0):
+            return (not changed_stages(root) and not (push and unpushed(root))
+                    and (root / "artifacts/promote/promotion.json").is_file())
+    except Timeout:  # a run is in progress: the flow refuses this one, and says so
+        return False
+    except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly
+        return False

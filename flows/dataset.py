@@ -1,4 +1,4 @@
-"""Pointing the project at a dataset from the command line (`flows.pipeline --data PATH [--label COL]
+"""Pointing the project at a dataset from the command line (`mlops run --data PATH [--label COL]
 [--new-dataset]`, `make run DATA=... LABEL=...`).
 
 `--data` writes ingest's keys into params.yaml (comments kept), so that the choice stays: `dvc repro`, the next

@@ -1,11 +1,11 @@
-"""Scheduled runs on one machine: `python -m flows.deploy serve` registers the cron deployments and runs them.
+"""Scheduled runs on one machine: `mlops schedule` (cli/schedule.py) registers the deployments and runs them.
 
 With no `PREFECT_API_URL` it starts the project's own Prefect server first (flows/prefect_server.py: scheduler,
 UI, database in `.prefect/`), because Prefect's temporary server never fires a schedule; with `PREFECT_API_URL`
 set it uses that server. `--drift-url` adds the drift check (flows/drift.py), which triggers the pipeline's
 deployment when the served inputs drifted; `--score-input` adds batch scoring of a drop folder (flows/score.py) and
 `--sweep-cron` a sweep (flows/sweep.py), whose pick goes through a pipeline run. One run at a time: a sweep and
-the nightly run never compete for the cores. `python -m flows.deploy status` shows the deployments, their next
+the nightly run never compete for the cores. `mlops schedule status` shows the deployments, their next
 scheduled run and their last runs. For a team, prefect.yaml declares the same deployments for a work pool.
 
 Missed runs: a schedule that came due while nothing was serving it (machine off, process stopped) gets one
@@ -18,65 +18,27 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks.common.errors import PipelineError
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    root = args.root.resolve()
-    command = _serve if args.command == "serve" else _status
-    try:
-        if os.environ.get("PREFECT_API_URL"):
-            return command(args, root, os.environ["PREFECT_API_URL"])
-        from flows.prefect_server import STATE_DIR, project_server
+def on_project_server(root: Path, port: int, command: Callable[[str], int]) -> int:
+    """`command(api_url)` against `PREFECT_API_URL` when it is set, else against the project's own Prefect server
+    (the running one, or one started for as long as the command runs)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return command(os.environ["PREFECT_API_URL"])
+    from flows.prefect_server import STATE_DIR, project_server
 
-        with project_server(root, args.port) as server:
-            os.environ["PREFECT_API_URL"] = server.api_url  # the flow runs the runner starts inherit it
-            origin = "started" if server.started_here else "already running"
-            print(f"Prefect server ({origin}): UI {server.ui_url}, database {root / STATE_DIR / 'prefect.db'}",
-                  flush=True)
-            return command(args, root, server.api_url)
-    except PipelineError as err:
-        print(f"deploy: {err}", file=sys.stderr)
-        return 2
+    with project_server(root, port) as server:
+        os.environ["PREFECT_API_URL"] = server.api_url  # the flow runs the runner starts inherit it
+        origin = "started" if server.started_here else "already running"
+        print(f"Prefect server ({origin}): UI {server.ui_url}, database {root / STATE_DIR / 'prefect.db'}", flush=True)
+        return command(server.api_url)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="register the deployments and run their scheduled (and triggered) runs "
-                                         "until stopped")
-    serve.add_argument("--name", default="nightly-local", help="deployment name (default: nightly-local)")
-    serve.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: every night at 03:00)")
-    serve.add_argument("--interval", type=float, metavar="SECONDS",
-                       help="instead of --cron: every SECONDS, the first run a few seconds after serving starts")
-    serve.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="a params.yaml override every scheduled run uses (repeatable), e.g. --set train.epochs=20")
-    serve.add_argument("--drift-url", help="also check this service for drift on --drift-cron, retraining on drift")
-    serve.add_argument("--drift-cron", default="0 * * * *", help="the drift check's schedule (default: hourly)")
-    serve.add_argument("--score-input", metavar="PATH",
-                       help="also score this drop folder (or file) with the champion on --score-cron")
-    serve.add_argument("--score-cron", default="30 * * * *", help="batch scoring's schedule (default: hourly, at :30)")
-    serve.add_argument("--sweep-cron", metavar="CRON",
-                       help="also run a sweep (params.yaml's sweep section) on this schedule, e.g. '0 4 * * 0'; its "
-                            "pick goes through a pipeline run with the pick's overrides (not --set)")
-    serve.add_argument("--missed", choices=("latest", "skip"), default="latest",
-                       help="runs that came due while nothing served them: run the latest one (default) or none")
-    status = sub.add_parser("status", help="the deployments, their next scheduled run and their last runs")
-    status.add_argument("--runs", type=int, default=5, help="how many recent runs per deployment (default: 5)")
-    for command in (serve, status):
-        command.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: current directory)")
-        command.add_argument("--port", type=int, default=4200,
-                             help="loopback port of the project's Prefect server, when PREFECT_API_URL is unset "
-                                  "(default: 4200)")
-    return parser
-
-
-def _serve(args: argparse.Namespace, root: Path, api_url: str) -> int:
+def serve_deployments(args: argparse.Namespace, root: Path, api_url: str) -> int:
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -183,7 +145,7 @@ def settle_missed_runs(deployments: list[str], keep_latest: bool) -> list[str]:
     return said
 
 
-def _status(args: argparse.Namespace, root: Path, api_url: str) -> int:
+def show_status(args: argparse.Namespace, root: Path, api_url: str) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -230,7 +192,7 @@ def read_status(runs: int = 5) -> list[dict]:
 
 def render_status(rows: list[dict]) -> str:
     if not rows:
-        return "No deployments on this server: start serving with `python -m flows.deploy serve`."
+        return "No deployments on this server: start serving with `mlops schedule`."
     lines = []
     for row in rows:
         when = f"{row['next']:%Y-%m-%d %H:%M:%S} UTC" if row["next"] else "none scheduled"
@@ -241,6 +203,3 @@ def render_status(rows: list[dict]) -> str:
                   f"  {r['name']} ({r['seconds']:.0f} s)" for r in row["runs"]]
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The drift check as a Prefect flow: served inputs against the training data, and retraining when they moved.
 
-`python -m flows.drift --url URL [--retrain]` runs it once; `python -m flows.deploy serve --drift-url URL`
+`mlops drift --url URL [--retrain]` runs it once; `mlops schedule --drift-url URL`
 schedules it beside the nightly pipeline, and prefect.yaml declares it for a work pool. Above
 `drift.max_shift` it starts the pipeline flow: through a deployment when one is named (the run goes to that
 deployment's worker), else as a subflow here.
@@ -8,13 +8,7 @@ deployment's worker), else as a subflow here.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
-
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow, get_run_logger
 
 
 @flow(name="drift-check", log_prints=True)
@@ -23,7 +17,7 @@ def drift_check(url: str = "http://127.0.0.1:3000", root: str = ".", retrain: bo
     """Report drift of the service at `url`; with `retrain`, start the pipeline when it drifted."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.ops.drift import check_configured, render
+    from jobs.drift import check_configured, render
 
     report = check_configured(url, root)
     get_run_logger().info(report["verdict"])
@@ -46,26 +40,3 @@ def _start_retraining(root: str, deployment: str | None) -> str:
 
     summary = pipeline(root=root, push_to_remote=True)
     return f"pipeline ran as a subflow: stages run: {', '.join(summary['executed']) or 'none (everything up to date)'}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cli.drift import add_arguments
-    from tasks.ops.drift import ServiceUnreadable, render
-
-    parser = argparse.ArgumentParser(prog="python -m flows.drift", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--retrain", action="store_true", help="start the pipeline when the inputs drifted")
-    parser.add_argument("--deployment", help="start retraining through this deployment, e.g. digits-pipeline/nightly")
-    args = parser.parse_args(argv)
-    try:
-        report = drift_check(args.url, str(args.root), args.retrain, args.deployment)
-    except ServiceUnreadable as err:
-        print(f"drift: {err}", file=sys.stderr)
-        return 2
-    print(render(report))
-    print(f"retraining: {report.get('retraining', 'not started')}")
-    return 1 if report["drifted"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,24 +6,15 @@ failures retried with backoff, each stage under a timeout, a markdown report per
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-# Prefect's temporary local server migrates a fresh database on first start: on 2 cores that can pass the
-# default wait (20 s) and fail the run before any stage. Set before Prefect reads its settings.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+from prefect import flow, get_run_logger, task
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-
-from bento.front.supervisor import BackendFailed  # noqa: E402
-from flows.dag import StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order, unpushed  # noqa: E402
-from flows.overrides import parse_assignment  # noqa: E402
-from flows.summary import failure_markdown, markdown, render, summarize  # noqa: E402
-from tasks.common.errors import ConfigError, PipelineError  # noqa: E402
+from flows.dag import LOCK_FILE, StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order
+from flows.summary import failure_markdown, markdown, summarize
+from tasks.common.errors import PipelineError
 
 
 class WorkspaceBusy(PipelineError):
@@ -83,7 +74,7 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
     from tasks.common.config import load_params
 
     root_path = Path(root).resolve()
-    lock = FileLock(str(root_path / ".pipeline.lock"))
+    lock = FileLock(str(root_path / LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout as err:
@@ -120,73 +111,3 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
         raise
     finally:
         lock.release()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the whole pipeline as a Prefect flow.")
-    parser.add_argument("--root", default=".", help="project root (default: current directory)")
-    parser.add_argument("--no-push", action="store_true", help="do not push data versions to the DVC remote")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key for this run only (repeatable), e.g. --set train.epochs=20")
-    parser.add_argument("--force-flow", action="store_true",
-                        help="start a Prefect flow run even when DVC reports nothing to do")
-    parser.add_argument("--data", metavar="PATH",
-                        help="train on this data from now on (written to params.yaml): a CSV/TSV/Parquet table, a folder "
-                             "of class sub-folders of images, IDX files, or images.npy + labels.npy")
-    parser.add_argument("--label", metavar="COLUMN", help="with --data, a table's class column (default: the first "
-                                                          "column named label, target, class, y, ...)")
-    parser.add_argument("--new-dataset", action="store_true",
-                        help="accept a dataset with other classes, columns or image shape than the last accepted one "
-                             "(archives its data contract)")
-    args = parser.parse_args(argv)
-    try:
-        overrides = dict(parse_assignment(item) for item in args.set)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.label and not args.data:
-        parser.error("--label goes with --data")
-    root = Path(args.root).resolve()
-    try:
-        if args.data:
-            from flows.dataset import adopt
-
-            for key, value in adopt(root, args.data, args.label).items():
-                print(f"params.yaml: {key} = {value!r}")
-        if args.new_dataset:
-            from flows.dataset import forget_contract
-
-            archived = forget_contract(root)
-            print(f"data contract archived to {archived}" if archived else "no data contract yet: nothing to archive")
-    except ConfigError as err:
-        parser.error(str(err))
-    if not overrides and not args.force_flow and _nothing_to_do(root, push=not args.no_push):
-        # The same rule the flow applies stage by stage, checked once: Prefect's local server (seconds to start)
-        # is not started just to skip every stage.
-        print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
-        print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
-        return 0
-    try:
-        summary = pipeline(root=args.root, push_to_remote=not args.no_push, overrides=overrides or None)
-    except (PipelineError, StageFailed, BackendFailed) as err:
-        print(f"pipeline failed: {err}", file=sys.stderr)
-        return 1
-    print(render(summary))
-    return 0
-
-
-def _nothing_to_do(root: Path, push: bool) -> bool:
-    """DVC reports every stage up to date, the data versions are pushed, and no other run holds the workspace."""
-    from filelock import FileLock, Timeout
-
-    try:
-        with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):
-            return (not changed_stages(root) and not (push and unpushed(root))
-                    and (root / "artifacts/promote/promotion.json").is_file())
-    except Timeout:  # a run is in progress: the flow refuses this one, and says so
-        return False
-    except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly
-        return False
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Batch scoring as a Prefect flow: new data through the champion's shipped model, validated, versioned, tracked.
 
-    python -m flows.score --input PATH [--address local|tcp://host:8786] [--model NAME:VERSION]
+    mlops score --input PATH [--address local|tcp://host:8786] [--model NAME:VERSION]
 
 Scores PATH (a CSV, TSV or Parquet table, or a folder of PNG/JPEG images) with the model the champion's Bento
-serves (tasks/score/), on a Dask cluster when given its address; writes a versioned output under
+serves (jobs/score/), on a Dask cluster when given its address; writes a versioned output under
 `score.output`, tracks it with DVC (and pushes it to the remote), logs an MLflow run (experiment
 `<experiment>-scoring`) and a Prefect report. The `score` deployment in prefect.yaml runs it on a schedule
 over a drop folder. Exit codes: 0 scored or already scored, 2 bad input (too many bad rows, wrong columns,
@@ -12,23 +12,19 @@ nothing to read), 3 no model to score with.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
-
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_run_logger, task
 
 
 @task(name="score")
 def score_input(input: str, root: str, model: str | None, address: str | None) -> dict:
     from tasks.common.config import load_params
-    from tasks.score import score
-    from tasks.score.model import champion_model, stored_model
+    from jobs.score import score
+    from jobs.score.model import champion_model, stored_model
 
     params = load_params(Path(root) / "params.yaml")
     shipped = stored_model(model) if model else champion_model(Path(root), params)
@@ -42,7 +38,7 @@ def track(result: dict, root: str, push_to_remote: bool) -> dict:
     from types import SimpleNamespace
 
     from tasks.common.config import load_params
-    from tasks.score.tracking import log_run
+    from jobs.score.tracking import log_run
 
     output = Path(result["output"])
     tracked = {}
@@ -83,7 +79,7 @@ def score_batch(input: str, root: str = ".", model: str | None = None, address: 
 
 def inputs_in(path: Path) -> list[Path]:
     """`path` itself, or for a folder holding table files (and no images) each of those files, in name order."""
-    from tasks.score.reader import IMAGE_SUFFIXES, TABLE_SUFFIXES
+    from jobs.score.reader import IMAGE_SUFFIXES, TABLE_SUFFIXES
 
     if not path.is_dir():
         return [path]
@@ -118,32 +114,3 @@ def render(result: dict) -> str:
                   f"training std devs (limit {drift['max_shift']}): {'**drifted**' if drift['drifted'] else 'no drift'}"]
     lines += ["", "| class | share |", "|---|---|"] + [f"| {c} | {s:.1%} |" for c, s in result["class_shares"].items()]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tasks.common.errors import DataError
-    from tasks.score.model import NoModel
-
-    parser = argparse.ArgumentParser(prog="python -m flows.score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, a folder of PNG/JPEG images, or a "
-                                                       "drop folder of table files (each scored once)")
-    parser.add_argument("--root", default=".", help="the project (params.yaml, MLflow store, DVC)")
-    parser.add_argument("--model", help="a BentoML model NAME:VERSION (default: the champion's)")
-    parser.add_argument("--address", help="a Dask scheduler (tcp://host:8786), or `local` to start one here; "
-                                          "default: score in this process")
-    parser.add_argument("--no-push", action="store_true", help="track the output with DVC but do not push it")
-    args = parser.parse_args(argv)
-    try:
-        results = score_batch(args.input, args.root, args.model, args.address, push_to_remote=not args.no_push)
-    except DataError as err:
-        print(f"scoring stopped: {err}", file=sys.stderr)
-        return 2
-    except NoModel as err:
-        print(f"no model to score with: {err}", file=sys.stderr)
-        return 3
-    print("\n".join(render(result) for result in results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

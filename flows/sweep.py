@@ -1,9 +1,9 @@
 """A sweep as a Prefect flow: search, then hand the picked trial to a normal pipeline run, which gates it.
 
-    python -m flows.sweep [--trials N] [--parallel K] [--address tcp://host:8786] [--name NAME] [--no-pipeline]
+    mlops sweep [--trials N] [--parallel K] [--address tcp://host:8786] [--name NAME] [--no-pipeline]
                           [--set sweep.KEY=VALUE ...]
 
-Runs the Optuna study over `sweep.space` (tasks/sweep/) on the validated data version, K trials at a time on
+Runs the Optuna study over `sweep.space` (jobs/sweep/) on the validated data version, K trials at a time on
 a local Dask cluster (or the one at --address); a killed sweep started again with the same name continues.
 The picked trial's parameters then become the overrides of a pipeline run (flows/pipeline.py) on the same data
 version: validate, the paired gate, compress, package and the serving check decide, as for any run. The sweep
@@ -12,17 +12,12 @@ itself registers and promotes nothing. Exit codes: 0 done, 1 the pipeline run fa
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as flows/pipeline.py
+from prefect import flow, get_run_logger, task
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-
-from tasks.common.errors import ConfigError, PipelineError  # noqa: E402
+from tasks.common.errors import ConfigError, PipelineError
 
 DATA_STAGES = ("ingest", "prepare", "validate")
 
@@ -36,7 +31,7 @@ def validated_data(root: Path, digest: str = "") -> None:
     prepared data is the version the sweep searched on."""
     from flows.dag import changed_stages
     from tasks.common.layout import Layout
-    from tasks.sweep import data_digest
+    from jobs.sweep import data_digest
 
     stale = sorted(set(DATA_STAGES) & changed_stages(root))
     if stale or not (Layout(root).validation / "report.json").is_file():
@@ -51,7 +46,7 @@ def validated_data(root: Path, digest: str = "") -> None:
 def search(root: str, trials: int, parallel: int, address: str | None, name: str, settings: dict | None) -> dict:
     from tasks.common.config import load_params, with_overrides
     from tasks.common.layout import Layout
-    from tasks.sweep import sweep
+    from jobs.sweep import sweep
 
     layout = Layout(Path(root))
     validated_data(layout.root)
@@ -121,48 +116,3 @@ def render(result: dict) -> str:
               + " | ".join(f"{r[o]:.4g}" for o in objectives) + f" | {r['shipped'] or '-'} | `{json.dumps(r['overrides'])}` |"
               for r in front]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=0, help="finished trials to reach (default: sweep.trials)")
-    parser.add_argument("--parallel", type=int, default=0, help="trials at once (default: sweep.parallel)")
-    parser.add_argument("--address", help="a Dask scheduler (tcp://host:8786); default: a local cluster of "
-                                          "--parallel workers (in this process when 1)")
-    parser.add_argument("--name", default="", help="the study (default: from the data version and the search space; "
-                                                   "the same name continues a killed or finished sweep)")
-    parser.add_argument("--root", default=".", help="the project (params.yaml, data, MLflow store)")
-    parser.add_argument("--no-pipeline", action="store_true", help="search only: no pipeline run with the pick")
-    parser.add_argument("--no-push", action="store_true", help="the pipeline run does not push data to the remote")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a sweep.* key for this sweep only (repeatable), e.g. --set sweep.objectives=[accuracy]")
-    args = parser.parse_args(argv)
-    from flows.overrides import parse_assignment
-
-    try:
-        settings = dict(parse_assignment(item) for item in args.set)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.trials < 0 or args.parallel < 0:
-        parser.error("--trials and --parallel must be positive")
-    from flows.dag import StageFailed
-
-    try:
-        outcome = sweep_flow(args.root, args.trials, args.parallel, args.address, args.name,
-                             run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push, settings=settings)
-    except (ConfigError, DataNotReady) as err:
-        print(f"sweep refused: {err}", file=sys.stderr)
-        return 2
-    except (PipelineError, StageFailed) as err:
-        print(f"sweep failed: {err}", file=sys.stderr)
-        return 1
-    print(render(outcome["sweep"]))
-    if outcome["pipeline"]:
-        from flows.summary import render as render_pipeline
-
-        print(render_pipeline(outcome["pipeline"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@
     tasks/common/    what every stage shares: config, errors, layout, atomic writes, data, tracking, registry
     tasks/nn/        the PyTorch code several stages share
     tasks/shipped/   the code that also ships inside the Bento
-    tasks/ops/       operations that are not stages (drift check, reproduce)
 
-A stage knows nothing of Prefect (flows/) or of the commands a person types (cli/).
+A stage knows nothing of Prefect (flows/), of the commands a person types (cli/) or of the jobs that are not
+stages (jobs/: scoring, sweeps, drift, reproduce).
 """

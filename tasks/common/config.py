@@ -170,7 +170,7 @@ SweepObjective = Literal["accuracy", "size", "latency_b1", "latency_b64"]
 
 
 class SweepParams(Section):
-    """Hyperparameter and compression search (tasks/sweep/, flows/sweep.py; no stage reads these)."""
+    """Hyperparameter and compression search (jobs/sweep/, flows/sweep.py; no stage reads these)."""
 
     trials: int = Field(16, ge=1)  # finished trials the study is run to (pruned and failed ones count; re-queued do not)
     parallel: int = Field(2, ge=1)  # trials at once; each gets cores / parallel threads
@@ -230,14 +230,14 @@ class PromoteParams(Section):
 
 
 class DriftParams(Section):
-    """Served inputs against the training data (tasks/ops/drift.py, flows/drift.py; no stage reads these)."""
+    """Served inputs against the training data (jobs/drift.py, flows/drift.py; no stage reads these)."""
 
     max_shift: float = Field(0.25, gt=0)  # a statistic's served mean may move this many training std devs
     min_samples: int = Field(200, ge=1)  # fewer recent inputs than this: too few to judge, no verdict
 
 
 class ScoreParams(Section):
-    """Batch scoring of new data with the champion's shipped model (tasks/score/, flows/score.py)."""
+    """Batch scoring of new data with the champion's shipped model (jobs/score/, flows/score.py)."""
 
     output: str = "predictions"  # versioned outputs: <output>/<input>-<digest>/<model>-v<version>/ (DVC-tracked)
     chunk_rows: int = Field(4096, ge=1)  # rows (or image files) read, checked and scored at a time

@@ -26,7 +26,7 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: the current directory)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on error")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     layout = Layout(args.root.resolve())
     try:
         from tasks.common.config import load_params
@@ -43,6 +43,18 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     _record(StageOutcome(stage=stage, ok=True, result=figures))
     print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return 0
+
+
+OWN_LOGGERS = ("tasks", "bento", "front")  # the project's loggers (module names, and the serving front's)
+
+
+def _configure_logging() -> None:
+    """The project's own INFO lines; only warnings and errors from the libraries (Great Expectations alone logs
+    hundreds of INFO lines per validation, MLflow its database migrations)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import, from this
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _figures(result: object) -> dict:

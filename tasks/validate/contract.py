@@ -4,14 +4,14 @@ It holds what a model trained on one version relies on in the next: the kind of 
 ordered class vocabulary (output i means class i), the image size and channels, a table's columns and their kinds.
 It is kept in the validation reference (artifacts/validate/reference.json, beside the drift statistics), logged
 to MLflow with each validation and shown in the run report. Switching to another dataset on purpose is
-`python -m flows.pipeline --new-dataset`, which archives the old reference.
+`mlops run --new-dataset`, which archives the old reference.
 """
 
 from __future__ import annotations
 
 from tasks.common.errors import ValidationFailed
 
-NEW_DATASET_HINT = ("switching to another dataset on purpose? run `python -m flows.pipeline --new-dataset` (it archives "
+NEW_DATASET_HINT = ("switching to another dataset on purpose? run `mlops run --new-dataset` (it archives "
                     "artifacts/validate/reference.json, and the next accepted version sets the contract)")
 
 

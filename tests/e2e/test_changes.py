@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.e2e.test_pipeline import _client
-from tests.support.processes import copy_trained, free_port, project_env, run_in, stop, wait_until_healthy
+from tests.support.logs import assert_clean_log
+from tests.support.processes import MLOPS, copy_trained, free_port, project_env, run_in, stop, wait_until_healthy
 
 # the budgets of a run whose behaviour is under test, not its accuracy (changed data: every stage runs again)
 QUICK = {"train": {"epochs": 4, "patience": 4}, "compress": {"finetune_epochs": 1, "latency_repeats": 3,
@@ -55,7 +56,7 @@ def test_a_per_run_override_reexecutes_only_the_stages_that_read_it_and_leaves_p
         auth = {"Authorization": f"Bearer {token_file.read_text()}"}
         assert httpx.get(f"{admin}/status").status_code == 401
         assert httpx.get(f"{admin}/status", headers=auth).json()["bento"] == served
-        done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push", "--set", "compress.latency_repeats=20",
+        done = run_in(root, env, MLOPS, "run", "--no-push", "--set", "compress.latency_repeats=20",
                     "--set", f"rollout.admin_url={admin}")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         rebuilt = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
@@ -102,8 +103,9 @@ def test_a_sweeps_pick_goes_through_the_gate_and_a_worse_one_is_not_promoted(pro
     _edit_params(root, "sweep", trials=2, parallel=2, objectives=["accuracy"],
                  space={"train.epochs": {"choices": [1]}, "train.lr": {"low": 1.0e-5, "high": 2.0e-5, "log": True}})
     edited = (root / "params.yaml").read_text()
-    done = run_in(root, env, sys.executable, "-m", "flows.sweep", "--no-push")
+    done = run_in(root, env, MLOPS, "sweep", "--no-push")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert_clean_log(done.stdout + done.stderr, "mlops sweep")
     assert (root / "params.yaml").read_text() == edited  # the pick was an override of that run only
     summary = json.loads(next((root / "sweeps").glob("digits-*/summary.json")).read_text())
     picked = summary["picked"]
@@ -135,7 +137,7 @@ def test_bad_data_stops_at_validate_and_registers_nothing(project):
     np.save(source / "labels.npy", labels)
     _edit_params(root, "ingest", source="arrays", path="data/sources/bad")
 
-    done = run_in(root, env, sys.executable, "-m", "flows.pipeline")
+    done = run_in(root, env, MLOPS, "run")
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "stage 'validate' failed" in output

@@ -1,4 +1,4 @@
-"""A team's own data, end to end, as a new user brings it: `python -m flows.pipeline --data PATH [--label COL]` on a
+"""A team's own data, end to end, as a new user brings it: `mlops run --data PATH [--label COL]` on a
 CSV with text classes, an RGB JPEG folder whose folders are words, .npy arrays with text labels and IDX files, each to a
 promoted champion whose Bento, served over HTTP, answers class names. One project is shared, in file order: each
 dataset after the first is a switch, refused by the data contract without --new-dataset.
@@ -7,7 +7,6 @@ dataset after the first is a switch, refused by the data contract without --new-
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.support import own_data
-from tests.support.processes import project_copy, project_env, run_in, stop
+from tests.support.processes import MLOPS, project_copy, project_env, run_in, stop
 from tests.support.servers import serve_bento
 QUICK = ["--set", "train.epochs=30", "--set", "compress.finetune_epochs=5", "--set", "compress.calibrations=[minmax]",
          "--set", "compress.latency_repeats=5", "--no-push"]  # smaller budgets: these datasets are learnt in seconds
@@ -33,7 +32,7 @@ def project(tmp_path_factory, prefect_api):
 
 def _pipeline(project, *args: str):
     root, env, _ = project
-    return run_in(root, env, sys.executable, "-m", "flows.pipeline", *args, *QUICK, timeout=1200)
+    return run_in(root, env, MLOPS, "run", *args, *QUICK, timeout=1200)
 
 
 def _champion(root: Path, name: str):

@@ -1,4 +1,4 @@
-"""The whole pipeline, end to end, on the session's trained project (conftest.py: `python -m flows.pipeline` at the
+"""The whole pipeline, end to end, on the session's trained project (conftest.py: `mlops run` at the
 default params, as a first `make run`): what that run left behind, DVC and a second run agreeing that it is up to
 date, lineage, an exact rebuild, and its Bento over HTTP. Each test reads a copy of it; the tests that change
 params.yaml or the data are in test_changes.py.
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.processes import copy_trained, free_port, project_env, run_in, stop, wait_until_healthy
+from tests.support.logs import assert_clean_log
+from tests.support.processes import MLOPS, copy_trained, free_port, project_env, run_in, stop, wait_until_healthy
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,13 @@ def test_the_flow_runs_every_stage_and_reaches_the_accuracy_bar(project):
     assert accuracy >= 0.99 and accuracy > _svc_accuracy(root)  # the classic baseline on the same split, beaten
     for line in ("test accuracy:", "model version:   1 (champion", "compressed:", "bento:", "bentoml serve", "mlflow ui"):
         assert line in stdout
+
+
+def test_a_first_run_prints_no_traceback_and_no_error_line(trained_project):
+    """The first `mlops run` of a new user, offline, on Prefect's temporary server (telemetry off)."""
+    run = json.loads((trained_project / "run.json").read_text())
+    assert_clean_log(run["stdout"] + run["stderr"], "mlops run")
+    assert "Pipeline finished" in run["stdout"]
 
 
 def test_dvc_status_is_clean_and_repro_executes_nothing(project):
@@ -100,7 +108,7 @@ def test_dvc_sees_exactly_the_stages_whose_code_changed(project, path, old, new,
 def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(project):
     root, env, _ = project
     env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}  # as a user's make run: no server given
-    done = run_in(root, env, sys.executable, "-m", "flows.pipeline")
+    done = run_in(root, env, MLOPS, "run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Everything up to date" in done.stdout and "stages run:      none (everything up to date)" in done.stdout
     assert "Running stage" not in done.stdout and "Starting temporary server" not in done.stdout + done.stderr
@@ -192,7 +200,7 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
             brighter = np.clip(images * 1.6, 0, 16)  # the same digits from a scanner with another gain
             for _ in range(3):  # most of the recent inputs now
                 assert http.post("/predict", json={"images": brighter.tolist()}).status_code == 200
-        drifted = run_in(root, env, sys.executable, "-m", "flows.drift", "--url", url, "--retrain")
+        drifted = run_in(root, env, MLOPS, "drift", "--url", url, "--retrain")
         assert drifted.returncode == 1, drifted.stdout[-3000:] + drifted.stderr[-3000:]
         assert "DRIFTED: pixel_" in drifted.stdout
         # retraining started: the pipeline flow ran as a subflow (nothing changed in the data, so no stage ran)
@@ -206,7 +214,7 @@ def test_a_second_run_in_the_same_workspace_is_refused_while_one_holds_it(projec
 
     root, env, _ = project
     with FileLock(str(root / ".pipeline.lock")):  # as a running flow holds it
-        done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+        done = run_in(root, env, MLOPS, "run", "--no-push")
     assert done.returncode == 1
     assert "another pipeline run is using" in done.stderr and "refused rather than interleaved" in done.stderr
     assert "Running stage" not in done.stdout

@@ -1,5 +1,5 @@
 """Scheduled deployments against a real Prefect server on a loopback port (the session's: conftest.py): prefect.yaml
-to a work pool with a worker, and `python -m flows.deploy serve`; each run is read back through the Prefect API."""
+to a work pool with a worker, and `mlops schedule`; each run is read back through the Prefect API."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import project_copy, project_env, run_in, stop
+from tests.support.processes import MLOPS, project_copy, project_env, run_in, stop
 
 HTTP = httpx.Client(timeout=60)  # a 2-core machine running a server, a worker and a flow answers slowly at times
 # Small and quick: the orchestration is under test here, not the model.
@@ -110,7 +110,7 @@ def test_the_work_pool_deployment_and_the_served_one_run_on_schedule_and_on_dema
 
     sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
     serving_since = datetime.datetime.now(datetime.timezone.utc)
-    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "local", "--interval", str(INTERVAL),
+    serve = subprocess.Popen([MLOPS, "schedule", "--name", "local", "--interval", str(INTERVAL),
                               "--no-push", "--score-input", "incoming", "--score-cron", "0 0 2 1 *",
                               "--sweep-cron", "0 0 1 1 *", *sets],  # score and sweep: registered, never due here
                              cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

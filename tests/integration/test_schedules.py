@@ -1,4 +1,4 @@
-"""Schedules that fire on the embedded default: `python -m flows.deploy serve` with no PREFECT_API_URL starts the
+"""Schedules that fire on the embedded default: `mlops schedule` with no PREFECT_API_URL starts the
 project's own Prefect server, and an interval deployment (its first run seconds after serving starts) runs by itself
 (not triggered) to COMPLETED, with its report; stopped and started again, the same deployment on the same database
 still fires."""
@@ -9,7 +9,6 @@ import datetime
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from flows.prefect_server import is_healthy
 from tests.integration.test_deployments import INTERVAL, PARAMS, wait_for_scheduled_run
-from tests.support.processes import free_port, project_copy, project_env, run_in, stop
+from tests.support.processes import MLOPS, free_port, project_copy, project_env, run_in, stop
 
 DEPLOYMENT = "digits-pipeline/hourly"
 
@@ -26,7 +25,7 @@ DEPLOYMENT = "digits-pipeline/hourly"
 def _serve(root: Path, env: dict, port: int, log: Path) -> subprocess.Popen:
     sets = [f"--set={key}={json.dumps(value)}" for key, value in PARAMS["overrides"].items()]  # JSON is YAML
     with log.open("a") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve", "--name", "hourly",
+        return subprocess.Popen([MLOPS, "schedule", "--name", "hourly",
                                  "--interval", str(INTERVAL), "--no-push", "--port", str(port), *sets],
                                 cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -46,7 +45,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
                                timeout=30).json()
         assert any(a["key"] == "pipeline-report" and "## Compression" in a["data"] for a in artifacts)
         assert json.loads((root / "artifacts/train/metrics.json").read_text())["epochs_run"] == 3  # --set applied
-        status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(port))
+        status = run_in(root, env, MLOPS, "schedule", "status", "--port", str(port))
         assert status.returncode == 0, status.stderr[-2000:]
         assert DEPLOYMENT in status.stdout and f"every {INTERVAL} s" in status.stdout and "next run:  20" in status.stdout
         assert f"Completed  scheduled  {run['name']}" in status.stdout, status.stdout
@@ -82,7 +81,7 @@ def test_a_served_schedule_fires_on_the_embedded_server_and_again_after_a_restar
 def test_status_without_a_running_server_reads_the_project_database(tmp_path):
     root = project_copy(tmp_path / "project")
     env = project_env(tmp_path)
-    status = run_in(root, env, sys.executable, "-m", "flows.deploy", "status", "--port", str(free_port()))
+    status = run_in(root, env, MLOPS, "schedule", "status", "--port", str(free_port()))
     assert status.returncode == 0, status.stderr[-2000:]
     assert "No deployments on this server" in status.stdout and "Prefect server (started)" in status.stdout
     assert (root / ".prefect" / "prefect.db").is_file() and not (root / ".prefect" / "server.json").exists()
@@ -95,6 +94,6 @@ def test_serve_refuses_a_taken_port_naming_it(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        served = run_in(root, env, sys.executable, "-m", "flows.deploy", "serve", "--port", str(port), timeout=120)
+        served = run_in(root, env, MLOPS, "schedule", "--port", str(port), timeout=120)
     assert served.returncode == 2
     assert f"127.0.0.1:{port} is taken by another program; pass --port" in served.stderr

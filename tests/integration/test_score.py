@@ -1,4 +1,4 @@
-"""Batch scoring (tasks/score/, flows/score.py) on data the models never saw: a folder of PNG digits with a broken
+"""Batch scoring (jobs/score/, flows/score.py) on data the models never saw: a folder of PNG digits with a broken
 file and a blank one among them, and a CSV table with bad rows; in this process, on a real Dask cluster (a
 scheduler and two worker processes on loopback), killed mid-way, and through the command a user runs."""
 
@@ -16,14 +16,15 @@ import pandas as pd
 import pytest
 
 from tests.support.bento_builder import DIGIT_CLASSES, TABLE_CLASSES, table_rows
-from tests.support.processes import REPO, project_copy, project_env, run_in
+from tests.support.logs import assert_clean_log
+from tests.support.processes import MLOPS, REPO, project_copy, project_env, run_in
 
 
 def _shipped(tag: str, env: dict):
-    """The BentoML model `tag` as tasks.score.model.stored_model reads it (in a process that reaches its store)."""
-    from tasks.score.model import ShippedModel
+    """The BentoML model `tag` as jobs.score.model.stored_model reads it (in a process that reaches its store)."""
+    from jobs.score.model import ShippedModel
 
-    code = ("import json, sys; from tasks.score.model import stored_model; m = stored_model(sys.argv[1]); "
+    code = ("import json, sys; from jobs.score.model import stored_model; m = stored_model(sys.argv[1]); "
             "print(json.dumps({'path': str(m.onnx_path), 'meta': m.meta, 'tag': m.tag}))")
     done = subprocess.run([sys.executable, "-c", code, tag], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -64,7 +65,7 @@ def _cfg(**changes):
 
 def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(models, tmp_path, dask_cluster):
     from tasks.nn.latency import onnx_predictor
-    from tasks.score import predictions_of, score
+    from jobs.score import predictions_of, score
     from tasks.shipped.imaging import decode_image
 
     digits, _, _, _ = models
@@ -93,8 +94,8 @@ def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(mod
 
 
 def test_bad_table_rows_are_quarantined_with_reasons_and_too_many_fail_the_run(models, tmp_path):
-    from tasks.score import TooManyBadRows, predictions_of, score, version_dir
-    from tasks.score.reader import digest
+    from jobs.score import TooManyBadRows, predictions_of, score, version_dir
+    from jobs.score.reader import digest
 
     _, table, _, _ = models
     rows = table_rows(200, seed=1)
@@ -133,7 +134,7 @@ def test_bad_table_rows_are_quarantined_with_reasons_and_too_many_fail_the_run(m
 def test_the_same_input_and_model_again_is_a_no_op_and_a_new_model_writes_a_new_version(models, tmp_path):
     from dataclasses import replace
 
-    from tasks.score import score
+    from jobs.score import score
 
     digits, _, _, _ = models
     folder = _digit_folder(tmp_path / "scans", 100, extra=False)
@@ -152,8 +153,8 @@ _SCORE_SLOWLY = """
 import sys
 from pathlib import Path
 from tasks.common.config import load_params
-from tasks.score import score
-from tasks.score.model import ShippedModel
+from jobs.score import score
+from jobs.score.model import ShippedModel
 import json
 model = ShippedModel(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3])
 cfg = load_params(Path("params.yaml")).score.model_copy(update={"chunk_rows": 2})
@@ -162,7 +163,7 @@ print(score(Path(sys.argv[4]), model, Path(sys.argv[5]), cfg, 16_000_000).output
 
 
 def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_output(models, tmp_path):
-    from tasks.score import predictions_of, score
+    from jobs.score import predictions_of, score
 
     digits, _, _, _ = models
     folder = _digit_folder(tmp_path / "scans", 397)  # 200 chunks of 2
@@ -190,10 +191,11 @@ def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does
     root = project_copy(tmp_path / "project")
     env = {**project_env(tmp_path, prefect_api), "BENTOML_HOME": store_env["BENTOML_HOME"]}
     folder = _digit_folder(tmp_path / "tonight", 120)
-    done = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(folder), "--model", digits.tag,
+    done = run_in(root, env, MLOPS, "score", "--input", str(folder), "--model", digits.tag,
                   "--address", "local", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "120 of 122 rows scored, 2 quarantined, with digits-classifier v1 (fp32-onnx)" in done.stdout
+    assert_clean_log(done.stdout + done.stderr, "mlops score")
     output = next((root / "predictions").glob("tonight-*/digits-classifier-v1"))
     dvc_file = output.with_name("digits-classifier-v1.dvc")
     assert dvc_file.is_file() and (output / "predictions.parquet").is_file()
@@ -208,10 +210,10 @@ def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does
     assert run.data.tags["model.version"] == "1" and run.data.tags["output"] == str(output)
     logged = run.inputs.dataset_inputs[0].dataset
     assert logged.name == "tonight" and logged.digest == run.data.tags["input.digest"][:36]
-    again = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(folder), "--model", digits.tag,
+    again = run_in(root, env, MLOPS, "score", "--input", str(folder), "--model", digits.tag,
                    timeout=600)
     assert again.returncode == 0 and "already scored, nothing written" in again.stdout, again.stderr[-2000:]
     assert len(client.search_runs([experiment.experiment_id])) == 1
-    missing = run_in(root, env, sys.executable, "-m", "flows.score", "--input", str(tmp_path / "nothing-here"),
+    missing = run_in(root, env, MLOPS, "score", "--input", str(tmp_path / "nothing-here"),
                      "--model", digits.tag, timeout=600)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from tasks.common.config import with_overrides
 from tasks.common.errors import ConfigError
-from tests.support.processes import REPO
+from tests.support.processes import MLOPS, REPO
 
 SPACE = {"train.lr": {"low": 0.001, "high": 0.01, "log": True}, "train.epochs": {"choices": [3, 4]},
          "train.cnn_channels": {"choices": [[8, 16, 32], [16, 32, 64]]}, "compress.prune_ratio": {"low": 0.3, "high": 0.7}}
@@ -39,7 +39,7 @@ def _client(root: Path):
 
 def test_a_sweep_on_a_local_cluster_logs_one_child_run_per_trial_under_one_parent_and_picks_from_the_front(
         params, prepared, tmp_path):
-    from tasks.sweep import sweep
+    from jobs.sweep import sweep
 
     cfg = _params(params, objectives=["accuracy", "size"], screen_margin=0.5)
     result = sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=4, parallel=2, address="local")
@@ -72,7 +72,7 @@ KILLABLE = """
 import sys
 from pathlib import Path
 from tasks.common.config import load_params, with_overrides
-from tasks.sweep import sweep
+from jobs.sweep import sweep
 
 if __name__ == "__main__":
     params = with_overrides(load_params(Path("params.yaml")), {overrides!r})
@@ -85,8 +85,8 @@ def test_a_killed_sweep_resumes_to_the_requested_count_with_no_trial_lost_or_cou
     import optuna
     from optuna.trial import TrialState
 
-    from tasks.sweep import sweep
-    from tasks.sweep.study import finished
+    from jobs.sweep import sweep
+    from jobs.sweep.study import finished
 
     overrides = {**FAST, "sweep.space": {**SPACE, "train.epochs": {"choices": [6, 8]}}, "sweep.objectives": ["accuracy"],
                  "sweep.pruner": "none"}
@@ -143,7 +143,7 @@ def test_a_killed_sweep_resumes_to_the_requested_count_with_no_trial_lost_or_cou
 
 
 def test_sqlite_is_refused_for_parallel_workers_with_the_reason(params, prepared, tmp_path):
-    from tasks.sweep import sweep
+    from jobs.sweep import sweep
 
     cfg = _params(params, storage=f"sqlite:///{tmp_path / 'study.db'}")
     with pytest.raises(ConfigError, match="SQLite does not take writes from parallel workers"):
@@ -152,7 +152,7 @@ def test_sqlite_is_refused_for_parallel_workers_with_the_reason(params, prepared
 
 
 def test_a_sweep_on_a_cluster_needs_storage_and_tracking_every_worker_reaches(params, prepared, tmp_path, monkeypatch):
-    from tasks.sweep import sweep
+    from jobs.sweep import sweep
 
     with pytest.raises(ConfigError, match="postgresql://"):
         sweep(_params(params), tmp_path, prepared, tmp_path / "sweeps", trials=2, address="tcp://127.0.0.1:1")
@@ -162,7 +162,7 @@ def test_a_sweep_on_a_cluster_needs_storage_and_tracking_every_worker_reaches(pa
 
 
 def test_the_search_space_is_checked_against_params_yaml_before_any_trial(params, prepared, tmp_path):
-    from tasks.sweep import sweep
+    from jobs.sweep import sweep
 
     for space, message in (({"train.lr": {"low": -1.0, "high": 0.1}}, "sweep.space.train.lr"),
                            ({"train.nope": {"choices": [1, 2]}}, "'train.nope' is not a key"),
@@ -182,8 +182,8 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
     import sqlalchemy
     from mlflow.tracking import MlflowClient
 
-    from tasks.sweep import sweep
-    from tasks.sweep.study import finished
+    from jobs.sweep import sweep
+    from jobs.sweep.study import finished
 
     database, server = postgres.database("optuna"), mlflow_on_postgres
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
@@ -217,8 +217,8 @@ def test_on_postgresql_a_trial_whose_worker_dies_is_failed_by_its_heartbeat_and_
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
-    from tasks.sweep import sweep
-    from tasks.sweep.study import finished
+    from jobs.sweep import sweep
+    from jobs.sweep.study import finished
 
     database, server = postgres.database("optuna"), mlflow_on_postgres
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
@@ -270,9 +270,9 @@ def test_the_command_refuses_non_sweep_settings_and_data_that_was_never_validate
 
     root = project_copy(tmp_path / "project")
     env = project_env(tmp_path, prefect_api)
-    refused = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "train.lr=0.1")
+    refused = run_in(root, env, MLOPS, "sweep", "--set", "train.lr=0.1")
     assert refused.returncode == 2 and "only sweep.* keys" in refused.stderr, refused.stderr[-2000:]
-    unvalidated = run_in(root, env, sys.executable, "-m", "flows.sweep", "--set", "sweep.trials=2")
+    unvalidated = run_in(root, env, MLOPS, "sweep", "--set", "sweep.trials=2")
     assert unvalidated.returncode == 2, unvalidated.stderr[-2000:]
     assert "not a validated version yet" in unvalidated.stderr and "run the pipeline first" in unvalidated.stderr
     assert not (root / "sweeps").exists()

@@ -5,13 +5,12 @@ Once with a SQLite backend, once with PostgreSQL (the session's throwaway cluste
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import yaml
 
-from tests.support.processes import project_copy, project_env, run_in
+from tests.support.processes import MLOPS, project_copy, project_env, run_in
 from tests.support.servers import mlflow_server
 MODEL = "digits-classifier"
 EPOCHS = 4
@@ -26,7 +25,7 @@ def _pipeline_against(server: str, base: Path, prefect_api: str) -> Path:
     params["compress"].update(finetune_epochs=1, calibrations=["minmax"], latency_repeats=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**project_env(base, prefect_api), "MLFLOW_TRACKING_URI": server}
-    done = run_in(root, env, sys.executable, "-m", "flows.pipeline", "--no-push")
+    done = run_in(root, env, MLOPS, "run", "--no-push")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (root / "mlflow.db").exists()  # everything went to the server
     return root

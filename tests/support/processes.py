@@ -14,6 +14,7 @@ from pathlib import Path
 from bento.front.supervisor import free_port  # noqa: F401 - the tests' and benchmarks' free loopback port
 
 REPO = Path(__file__).resolve().parents[2]
+MLOPS = str(Path(sys.executable).with_name("mlops"))  # the command a user types (installed by make install)
 
 
 def project_copy(dest: Path) -> Path:
@@ -59,15 +60,14 @@ def project_env(base: Path, prefect_api: str | None = None) -> dict:
     """The environment of a command run in a project copy: its own BentoML and Prefect homes under `base`.
 
     With `prefect_api` (the session's Prefect server: tests/conftest.py) flows run against that server; without it
-    each flow starts Prefect's temporary server, as on a user's first `make run`."""
+    each flow starts Prefect's temporary server, as on a user's first `make run`. Prefect's other settings are the
+    project's own (flows/__init__.py), so a test sees what a user sees."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "BENTOML_HOME": str(base / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "PREFECT_HOME": str(base / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOCAL_STORAGE_PATH": str(base / "prefect" / "storage"),
     }
     env.pop("PREFECT_API_URL", None)

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PROJECT_PACKAGES = {"tasks", "flows", "bento", "cli", "benchmarks"}
+PROJECT_PACKAGES = {"tasks", "jobs", "flows", "bento", "cli", "benchmarks"}
 
 
 def module_file(module: str, root: Path = REPO) -> Path | None:

@@ -10,10 +10,10 @@ import shlex
 import pytest
 import yaml
 
-from tests.support.structure import REPO, closure
+from tests.support.structure import REPO, closure, imported_modules
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-CODE_ROOTS = ("tasks", "flows", "bento", "cli")
+CODE_ROOTS = ("tasks", "jobs", "flows", "bento", "cli")
 
 
 def _entry_module(stage: str) -> str:
@@ -51,7 +51,22 @@ def test_a_stage_depends_on_no_code_it_does_not_run(stage):
     files = {str(p.relative_to(REPO)) for p in closure(_entry_module(stage))} | _shipped(stage)
     unused = [dep for dep in _code_deps(stage) if not any(_covered(f, [dep]) for f in files)]
     assert not unused, f"dvc.yaml stage {stage} depends on {unused}, which its command never imports"
-    assert not any(f.startswith(("cli/", "flows/")) for f in files), "a stage imports a command line or a flow"
+    assert not any(f.startswith(("cli/", "flows/", "jobs/")) for f in files), "a stage imports a command, a flow or a job"
+
+
+# Who may import whom: a package imports its own layer and the layers below, never one above. tasks/ (the stages
+# and what they share) and bento/ (the service and the serving front, which stages build and start) are the
+# bottom; jobs/ (scoring, sweeps, operations) use them; flows/ (Prefect) orchestrate all three; cli/ is the top.
+LAYERS = {"tasks": 0, "bento": 0, "jobs": 1, "flows": 2, "cli": 3}
+
+
+@pytest.mark.parametrize("package", list(LAYERS))
+def test_no_import_runs_upward(package):
+    upward = sorted(f"{path.relative_to(REPO)} imports {module}"
+                    for path in (REPO / package).rglob("*.py")
+                    for module in imported_modules(path)
+                    if module.split(".")[0] in LAYERS and LAYERS[module.split(".")[0]] > LAYERS[package])
+    assert not upward, f"imports that run upward (tasks, bento < jobs < flows < cli): {upward}"
 
 
 def test_the_closure_follows_imports_inside_functions(tmp_path):

@@ -16,7 +16,7 @@ the quarantined share passes `score.max_bad_fraction` the run fails and writes n
     model.py   the shipped model (the champion's BentoML model: the ONNX file the Bento serves)
     reader.py  the input a chunk at a time, and its digest
     chunk.py   one chunk checked and scored (runs in this process or on a cluster worker)
-    tasks/common/engine.py  in process, or on a Dask cluster (shared with sweeps)
+    jobs/engine.py  in process, or on a Dask cluster (shared with sweeps)
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from tasks.common.atomic import write_json, write_with
 from tasks.common.errors import DataError
-from tasks.common import engine
-from tasks.score import reader
-from tasks.score.chunk import Limits, Scored, score_chunk
-from tasks.score.model import ShippedModel
+from jobs import engine
+from jobs.score import reader
+from jobs.score.chunk import Limits, Scored, score_chunk
+from jobs.score.model import ShippedModel
 
 log = logging.getLogger(__name__)
 

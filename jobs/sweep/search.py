@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tasks.common.config import Params
 from tasks.common.errors import ConfigError, PipelineError
-from tasks.sweep.study import abandoned, finished, requeue_stale, storage_spec
-from tasks.sweep.trial import TrialJob, run_one
+from jobs.sweep.study import abandoned, finished, requeue_stale, storage_spec
+from jobs.sweep.trial import TrialJob, run_one
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def sweep(params: Params, root: Path, prepared_dir: Path, out_root: Path, trials
     import optuna
     from filelock import FileLock, Timeout
 
-    from tasks.sweep.report import directions
-    from tasks.sweep.space import check
+    from jobs.sweep.report import directions
+    from jobs.sweep.space import check
 
     cfg = params.sweep
     trials, parallel = trials or cfg.trials, parallel or cfg.parallel
@@ -122,7 +122,7 @@ def _drive(study, job, target: int, parallel: int, address: str | None) -> None:
     """Start trials until `target` have finished: `parallel` at a time, each on a worker of its own."""
     from tqdm import tqdm
 
-    from tasks.common import engine
+    from jobs import engine
 
     done = lambda: min(len(finished(study.get_trials(deepcopy=False))), target)  # noqa: E731
     progress = tqdm(total=target, initial=done(), desc=f"sweep {study.study_name}", unit="trial")
@@ -215,7 +215,7 @@ def _finish(study, params: Params, folder: Path, parent: str, digest: str, secon
     from mlflow.tracking import MlflowClient
 
     from tasks.common.atomic import write_json, write_with
-    from tasks.sweep.report import pick, plot, trial_rows
+    from jobs.sweep.report import pick, plot, trial_rows
 
     objectives = tuple(params.sweep.objectives)
     requeued = _close_abandoned(study, parent)  # left by a dead worker during this sweep too (Optuna's heartbeat)

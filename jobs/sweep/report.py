@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.sweep.trial import DIRECTIONS
+from jobs.sweep.trial import DIRECTIONS
 
 UNITS = {"accuracy": "validation accuracy", "size": "size (KB)", "latency_b1": "latency b1 (ms)",
          "latency_b64": "latency b64 (ms)"}

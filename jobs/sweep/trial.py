@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.errors import PipelineError
-from tasks.sweep.study import StorageSpec
+from jobs.sweep.study import StorageSpec
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"accuracy": "maximize", "size": "minimize", "latency_b1": "minimize", "latency_b64": "minimize"}
@@ -77,7 +77,7 @@ def _objective(trial, job: TrialJob, params) -> list[float]:
     import optuna
 
     from tasks.common.config import with_overrides
-    from tasks.sweep.space import suggest
+    from jobs.sweep.space import suggest
     from tasks.train import RunHooks, train
 
     cfg = params.sweep

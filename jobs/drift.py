@@ -2,7 +2,7 @@
 
 Reads the service's /metadata (the training inputs' statistics, stored in the Bento at package time, with
 the data version they came from) and /recent_inputs (the last inputs it answered), and compares them with
-tasks/shipped/skew.py's rule. `python -m flows.drift` runs the same check as a Prefect flow that can start
+tasks/shipped/skew.py's rule. `mlops drift` runs the same check as a Prefect flow that can start
 retraining.
 """
 

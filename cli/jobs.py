@@ -1,0 +1,87 @@
+"""`mlops score` and `mlops sweep`: the jobs that are not stages, each as a Prefect flow (flows/score.py,
+flows/sweep.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    score = commands.add_parser(
+        "score", help="score new data with the champion's shipped model; the output versioned and tracked",
+        description="Score a table, an image folder or a drop folder of tables with the champion's shipped model "
+                    "(or --model), write a versioned output under score.output, track it with DVC and MLflow. "
+                    "Exit codes: 0 scored or already scored, 2 bad input, 3 no model to score with.")
+    score.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, a folder of PNG/JPEG images, or a "
+                                                      "drop folder of table files (each scored once)")
+    score.add_argument("--root", type=Path, default=Path.cwd(), help="the project (params.yaml, MLflow store, DVC)")
+    score.add_argument("--model", help="a BentoML model NAME:VERSION (default: the champion's)")
+    score.add_argument("--address", help="a Dask scheduler (tcp://host:8786), or `local` to start one here; "
+                                         "default: score in this process")
+    score.add_argument("--no-push", action="store_true", help="track the output with DVC but do not push it")
+    score.set_defaults(run=run_score)
+
+    sweep = commands.add_parser(
+        "sweep", help="a parallel hyperparameter and compression search; its pick goes through the gate",
+        description="Run the Optuna study over sweep.space on the validated data version, then a pipeline run with "
+                    "the picked trial's overrides, which the gate decides. Exit codes: 0 done, 1 the pipeline run "
+                    "failed, 2 bad params or data.")
+    sweep.add_argument("--trials", type=int, default=0, help="finished trials to reach (default: sweep.trials)")
+    sweep.add_argument("--parallel", type=int, default=0, help="trials at once (default: sweep.parallel)")
+    sweep.add_argument("--address", help="a Dask scheduler (tcp://host:8786); default: a local cluster of "
+                                         "--parallel workers (in this process when 1)")
+    sweep.add_argument("--name", default="", help="the study (default: from the data version and the search space; "
+                                                  "the same name continues a killed or finished sweep)")
+    sweep.add_argument("--root", type=Path, default=Path.cwd(), help="the project (params.yaml, data, MLflow store)")
+    sweep.add_argument("--no-pipeline", action="store_true", help="search only: no pipeline run with the pick")
+    sweep.add_argument("--no-push", action="store_true", help="the pipeline run does not push data to the remote")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a sweep.* key for this sweep only (repeatable), e.g. --set sweep.objectives=[accuracy]")
+    sweep.set_defaults(run=run_sweep, parser=sweep)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from flows.score import render, score_batch
+    from tasks.common.errors import DataError
+    from tasks.score.model import NoModel
+
+    try:
+        results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
+                              push_to_remote=not args.no_push)
+    except DataError as err:
+        print(f"scoring stopped: {err}", file=sys.stderr)
+        return 2
+    except NoModel as err:
+        print(f"no model to score with: {err}", file=sys.stderr)
+        return 3
+    print("\n".join(render(result) for result in results))
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from flows.overrides import parse_assignment
+
+    settings = dict(parse_assignment(item) for item in args.set)
+    if args.trials < 0 or args.parallel < 0:
+        args.parser.error("--trials and --parallel must be positive")
+    from flows.dag import StageFailed
+    from flows.sweep import DataNotReady, render, sweep_flow
+    from tasks.common.errors import ConfigError, PipelineError
+
+    try:
+        outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,
+                             run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push, settings=settings)
+    except (ConfigError, DataNotReady) as err:
+        print(f"sweep refused: {err}", file=sys.stderr)
+        return 2
+    except (PipelineError, StageFailed) as err:
+        print(f"sweep failed: {err}", file=sys.stderr)
+        return 1
+    print(render(outcome["sweep"]))
+    if outcome["pipeline"]:
+        from flows.summary import render as render_pipeline
+
+        print(render_pipeline(outcome["pipeline"]))
+    return 0
