@@ -35,7 +35,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     from tasks.common import tracking
     from tasks.common.dataset import prepared_meta
-    from tasks.compress.variants import export_onnx, quantize_dynamic_int8, quantize_int8, servable
+    from tasks.compress.variants import export_onnx, servable
     from tasks.nn.checkpoint import load_checkpoint
     from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
 
@@ -67,14 +67,7 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
             log.info("compress: %s is %.4f below fp32 on validation, over the budget: no larger ratio is tried",
                      prefix.rstrip("-"), fp32_val - rows[-1]["val_accuracy"])
             break
-        kinds = []
-        for method in cfg.calibrations:  # calibrators clip activation ranges differently: measure, don't guess
-            quantize_int8(fp32_path, variants_dir / f"{prefix}int8-{method}-onnx.onnx", calibration, method)
-            kinds.append(f"int8-{method}-onnx")
-        if _linear_share(net) >= 0.5:  # dynamic int8 only touches linear layers; on a conv net it changes nothing
-            quantize_dynamic_int8(fp32_path, variants_dir / f"{prefix}int8-dynamic-onnx.onnx")
-            kinds.append("int8-dynamic-onnx")
-        for kind in kinds:
+        for kind in _quantized(fp32_path, net, variants_dir, prefix, calibration, cfg.calibrations):
             path = variants_dir / f"{prefix}{kind}.onnx"
             rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net), *measured(onnx_predictor(path, threads))))
     table = _relative_to_baseline(rows)
@@ -94,6 +87,23 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         mlflow.set_tags({"compress.chosen": chosen["variant"], "compress.reason": reason})
     log.info("compress: %s", reason)
     return CompressResult(chosen["variant"], reason, table)
+
+
+def _quantized(fp32_path: Path, net, variants_dir: Path, prefix: str, calibration: np.ndarray,
+               methods: list[str]) -> list[str]:
+    """The int8 variants of one fp32 ONNX model, written beside it: static, one per calibration method (they clip
+    activation ranges differently: measured, not guessed), and dynamic where linear layers dominate (on a conv net
+    it changes nothing); their kinds."""
+    from tasks.compress.variants import quantize_dynamic_int8, quantize_int8
+
+    kinds = []
+    for method in methods:
+        quantize_int8(fp32_path, variants_dir / f"{prefix}int8-{method}-onnx.onnx", calibration, method)
+        kinds.append(f"int8-{method}-onnx")
+    if _linear_share(net) >= 0.5:
+        quantize_dynamic_int8(fp32_path, variants_dir / f"{prefix}int8-dynamic-onnx.onnx")
+        kinds.append("int8-dynamic-onnx")
+    return kinds
 
 
 def _pruned(model, payload, train, val, params: Params):

@@ -38,7 +38,6 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     from tasks.common.dataset import prepared_meta
     from tasks.evaluate.baselines import fit_baselines, leaderboard
     from tasks.evaluate.champion import champion_scores
-    from tasks.evaluate.plots import plot_confusion, plot_misclassified, plot_reliability
     from tasks.nn.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(train_dir / "model.pt")
@@ -55,27 +54,13 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed)
     board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
     best = max(baselines, key=lambda b: b.accuracy)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "per_class.json", per_class)
-    write_json(out_dir / "confused_pairs.json", {"pairs": pairs})
-    write_json(out_dir / "leaderboard.json", {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in board})
-    names = np.asarray(classes, dtype=object)
-    write_with(out_dir / "predictions.csv", lambda tmp: _write_csv(tmp, {"actual": names[test.y], "predicted": names[predicted]}))
-    write_with(out_dir / "calibration.csv", lambda tmp: _write_csv(tmp, {k: [b[k] for b in bins] for k in bins[0]}))
-    images = np.asarray(test.x) if data.kind == "images" else None  # tables: no pictures
-    plots = {"confusion_matrix.png": lambda tmp: plot_confusion(tmp, test.y, predicted, classes),
-             "reliability.png": lambda tmp: plot_reliability(tmp, bins, ece),
-             "misclassified.png": lambda tmp: plot_misclassified(tmp, images, test.y, probabilities, classes)}
-    for name, draw in plots.items():
-        write_with(out_dir / name, draw)
-
+    logged = _write_files(out_dir, test, probabilities, data.kind, classes, metrics, per_class, pairs, board, bins, ece)
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json") as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({f"test_recall_class_{metric_safe(k)}": v["recall"] for k, v in per_class.items()})
         mlflow.log_metrics({f"baseline_{b.name}_accuracy": b.accuracy for b in baselines})
         mlflow.log_table({k: [row.get(k) for row in board] for k in board[0]}, artifact_file="evaluation/leaderboard.json")
-        for name in ("per_class.json", "confused_pairs.json", "predictions.csv", "calibration.csv", *plots):
+        for name in logged:
             mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
         challenger = Scores(predicted == test.y, _recalls(per_class))
         pinned = {"test_split.md5": directory_md5(prepared_dir / "test"),  # what both models were scored on
@@ -88,21 +73,52 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
             decision = decide(params.evaluate, version, challenger, champion, (best.name, best.correct))
             if decision.previous_champion != version:  # the champion itself, re-evaluated, stays champion only
                 mlflow.MlflowClient().set_registered_model_alias(name, registry.CHALLENGER, version)
-        gate_tags = {"gate.passed": str(decision.passed).lower(), "gate.reason": decision.reason,
-                     "gate.challenger_version": version, "gate.champion_version": decision.previous_champion or "none",
-                     "gate.test": decision.test or "none"}
-        # The run trained exactly this version (one version per run and weights), so its tags are this version's.
-        mlflow.set_tags({**pinned, **gate_tags})
-        # the vocabulary travels with the version: output i is data.classes[i]
-        for key, value in {**pinned, **gate_tags, **tracking.data_tags(data)}.items():
-            mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
-        numbers = {"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement,
-                   "gate_statistic": decision.statistic, "gate_p_value": decision.p_value,
-                   "gate_lower_bound": decision.lower_bound}
-        mlflow.log_metrics({k: v for k, v in numbers.items() if v is not None})
+        _record_decision(name, version, decision, pinned, tracking.data_tags(data))
     GateResult(**decision.model_dump(), **pinned).write(out_dir / "gate.json")
     log.info("test accuracy %.4f; model version %s: %s", metrics["accuracy"], version, decision.reason)
     return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.passed, decision.reason)
+
+
+def _write_files(out_dir: Path, test, probabilities: np.ndarray, kind: str, classes: list, metrics: dict,
+                 per_class: dict, pairs: list, board: list[dict], bins: list[dict], ece: float) -> list[str]:
+    """The evaluation's files in `out_dir` (metrics, per class, confused pairs, leaderboard, predictions,
+    calibration, plots); the names of those logged to MLflow under `evaluation/`."""
+    from tasks.evaluate.plots import plot_confusion, plot_misclassified, plot_reliability
+
+    predicted = probabilities.argmax(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "per_class.json", per_class)
+    write_json(out_dir / "confused_pairs.json", {"pairs": pairs})
+    write_json(out_dir / "leaderboard.json", {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in board})
+    names = np.asarray(classes, dtype=object)
+    write_with(out_dir / "predictions.csv", lambda tmp: _write_csv(tmp, {"actual": names[test.y], "predicted": names[predicted]}))
+    write_with(out_dir / "calibration.csv", lambda tmp: _write_csv(tmp, {k: [b[k] for b in bins] for k in bins[0]}))
+    images = np.asarray(test.x) if kind == "images" else None  # tables: no pictures
+    plots = {"confusion_matrix.png": lambda tmp: plot_confusion(tmp, test.y, predicted, classes),
+             "reliability.png": lambda tmp: plot_reliability(tmp, bins, ece),
+             "misclassified.png": lambda tmp: plot_misclassified(tmp, images, test.y, probabilities, classes)}
+    for name, draw in plots.items():
+        write_with(out_dir / name, draw)
+    return ["per_class.json", "confused_pairs.json", "predictions.csv", "calibration.csv", *plots]
+
+
+def _record_decision(name: str, version: str, decision, pinned: dict, data_tags: dict) -> None:
+    """The gate's decision as tags and metrics of the active run, and as tags of the model version, with the test
+    split both models were scored on and the data's vocabulary (output i is data.classes[i])."""
+    import mlflow
+
+    gate_tags = {"gate.passed": str(decision.passed).lower(), "gate.reason": decision.reason,
+                 "gate.challenger_version": version, "gate.champion_version": decision.previous_champion or "none",
+                 "gate.test": decision.test or "none"}
+    # The run trained exactly this version (one version per run and weights), so its tags are this version's.
+    mlflow.set_tags({**pinned, **gate_tags})
+    for key, value in {**pinned, **gate_tags, **data_tags}.items():
+        mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
+    numbers = {"champion_test_accuracy": decision.champion_accuracy, "improvement": decision.improvement,
+               "gate_statistic": decision.statistic, "gate_p_value": decision.p_value,
+               "gate_lower_bound": decision.lower_bound}
+    mlflow.log_metrics({k: v for k, v in numbers.items() if v is not None})
 
 
 def calibration(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:

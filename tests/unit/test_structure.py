@@ -133,3 +133,61 @@ def test_the_front_and_the_service_name_the_same_warm_up_token_variable():
                     and any(getattr(t, "id", "") == "WARM_UP_TOKEN_ENV" for t in node.targets))
 
     assert constant("bento/front/supervisor.py") == constant("bento/service/guard.py") == "BENTO_WARM_UP_TOKEN"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_stage_code_lives_in_named_modules_and_no_function_is_long():
+    """tasks/<stage>/__init__.py only re-exports (the code is in modules named for what they hold), and no function
+    in tasks/ or jobs/ runs over MAX_FUNCTION_LINES lines: a newcomer reads one thing at a time."""
+    stages = [path.parent.name for path in (REPO / "tasks").glob("*/__main__.py")]
+    assert len(stages) == len(DVC)
+    for stage in stages:
+        tree = ast.parse((REPO / "tasks" / stage / "__init__.py").read_text())
+        code = [node for node in tree.body if not isinstance(node, (ast.Expr, ast.ImportFrom, ast.Assign))]
+        assert not code, f"tasks/{stage}/__init__.py holds code ({[type(n).__name__ for n in code]}), not re-exports"
+    long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for package in ("tasks", "jobs") for path in sorted((REPO / package).rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def _layout_map() -> dict[str, str]:
+    """README's Layout block: each entry's folder (a line that starts with one) and its description."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Layout\n.*?```\n(.*?)```", readme, re.S).group(1)
+    entries: dict[str, str] = {}
+    folder = None
+    for line in block.splitlines():
+        match = re.match(r"(\S+/)\s+(.*)", line)
+        if match:
+            folder = match.group(1)
+            entries[folder] = match.group(2)
+        elif folder and line.startswith(" "):
+            entries[folder] += " " + line.strip()
+    return entries
+
+
+def test_the_readmes_layout_map_matches_the_tree():
+    """Every folder the map names exists and every module it names is in that folder; every package of the project
+    (and every sub-package of tasks/, bento/ and jobs/) is on the map."""
+    import re
+
+    entries = _layout_map()
+    for folder, text in entries.items():
+        base = REPO / folder.split("<")[0]
+        assert base.is_dir(), f"README layout: {folder} does not exist"
+        for module in re.findall(r"\b([a-z_]+\.py)\b", text):
+            assert any(base.rglob(module)), f"README layout: {folder} names {module}, which is not in it"
+    named = " ".join([*entries, *entries.values()])
+    packages = [p.parent for p in REPO.glob("*/__init__.py")] + [p.parent for top in ("tasks", "bento", "jobs")
+                                                                for p in (REPO / top).glob("*/__init__.py")]
+    stages = {path.parent for path in (REPO / "tasks").glob("*/__main__.py")}
+    missing = [str(p.relative_to(REPO)) for p in packages
+               if p not in stages and f"{p.relative_to(REPO)}/" not in named and f"{p.name}/" not in named]
+    assert not missing, f"packages the README's layout map does not mention: {missing}"
