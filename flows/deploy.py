@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.common.errors import PipelineError
+from tasks.common.errors import ConfigError
 
 
 def on_project_server(root: Path, port: int, command: Callable[[str], int]) -> int:
@@ -87,7 +87,7 @@ def _schedule(args: argparse.Namespace):
     if args.interval is None:
         return Cron(args.cron, timezone="UTC")
     if args.interval < 1:
-        raise PipelineError(f"--interval must be at least 1 second; got {args.interval:g}")
+        raise ConfigError(f"--interval must be at least 1 second; got {args.interval:g}")
     first = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=FIRST_INTERVAL_RUN_S)
     return Interval(datetime.timedelta(seconds=args.interval), anchor_date=first, timezone="UTC")
 

@@ -31,6 +31,8 @@ DEFAULT_PORT = 4200  # Prefect's own default, so the UI is where Prefect's docum
 class ServerUnavailable(PipelineError):
     """The project's Prefect server could not be started or reached."""
 
+    exit_code = 2
+
 
 @dataclass(frozen=True)
 class Server:
