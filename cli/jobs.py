@@ -14,8 +14,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Score a table, an image folder or a drop folder of tables with the champion's shipped model "
                     "(or --model), write a versioned output under score.output, track it with DVC and MLflow. "
                     "Exit codes: 0 scored or already scored, 2 bad input, 3 no model to score with.")
-    score.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, a folder of PNG/JPEG images, or a "
-                                                      "drop folder of table files (each scored once)")
+    score.add_argument("--input", required=True, help="a CSV, TSV or Parquet file, a folder of PNG/JPEG images, a "
+                                                      "folder with images.npy or IDX files, or a drop folder of table "
+                                                      "files (each scored once)")
     score.add_argument("--root", type=Path, default=Path.cwd(), help="the project (params.yaml, MLflow store, DVC)")
     score.add_argument("--model", help="a BentoML model NAME:VERSION (default: the champion's)")
     score.add_argument("--address", help="a Dask scheduler (tcp://host:8786), or `local` to start one here; "
@@ -45,7 +46,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from flows.score import render, score_batch
     from tasks.common.errors import DataError
-    from tasks.score.model import NoModel
+    from jobs.score.model import NoModel
 
     try:
         results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
@@ -69,6 +70,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     from flows.dag import StageFailed
     from flows.sweep import DataNotReady, render, sweep_flow
     from tasks.common.errors import ConfigError, PipelineError
+    from tasks.common.params_journal import recover
+
+    recovered = recover(args.root.resolve())  # trials read params.yaml: a killed run's overrides undone first
+    if recovered:
+        print(recovered)
 
     try:
         outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,

@@ -35,6 +35,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.label and not args.data:
         args.parser.error("--label goes with --data")
     root = args.root.resolve()
+    from tasks.common.params_journal import recover
+
+    recovered = recover(root)  # before anything reads params.yaml: a killed run's overrides, undone
+    if recovered:
+        print(recovered)
     if args.data:
         from flows.dataset import adopt
 

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.common.params_journal import PIPELINE_LOCK as LOCK_FILE  # one pipeline run per workspace
+
 
 @dataclass(frozen=True)
 class StageRun:
@@ -141,7 +143,6 @@ def push_data(root: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "push", "-q"], cwd=root, check=True)
 
 
-LOCK_FILE = ".pipeline.lock"  # held by a pipeline run for its whole length: one run per workspace
 
 
 def nothing_to_do(root: Path, push: bool) -> bool:

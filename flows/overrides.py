@@ -1,4 +1,5 @@
-"""Per-run parameter overrides: dotted keys applied to params.yaml for one run, then the file is put back.
+"""Per-run parameter overrides: dotted keys applied to params.yaml for one run, then the file is put back, byte for
+byte, even after a kill (tasks/common/params_journal.py).
 
 The file is edited with ruamel.yaml's round trip (comments and layout kept) and checked against
 tasks/common/config.py before any stage runs, so a misspelt key or an ill-typed value fails the run at once.
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks.common.atomic import write_with
+from tasks.common import params_journal
 from tasks.common.errors import ConfigError
 
 
@@ -79,14 +80,14 @@ def _checked_text(original: str, overrides: dict[str, Any]) -> str:
 @contextmanager
 def applied(params_file: Path, overrides: dict[str, Any] | None) -> Iterator[None]:
     """params.yaml with `overrides` for the duration of the block, checked first (a misspelt key or an ill-typed
-    value is refused, naming it); the original text is restored after."""
+    value is refused, naming it); the user's bytes are restored after. A journal (tasks/common/params_journal.py)
+    holds them meanwhile, so a kill that skips the restore is undone at the next start."""
     if not overrides:
         yield
         return
-    original = params_file.read_text()
-    text = _checked_text(original, overrides)
-    write_with(params_file, lambda tmp: tmp.write_text(text))
+    text = _checked_text(params_file.read_text(), overrides)
+    params_journal.override(params_file, text, overrides)
     try:
         yield
     finally:
-        write_with(params_file, lambda tmp: tmp.write_text(original))
+        params_journal.restore(params_file)

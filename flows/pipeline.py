@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.dag import LOCK_FILE, StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order
 from flows.summary import failure_markdown, markdown, summarize
+from tasks.common import params_journal
 from tasks.common.errors import PipelineError
 
 
@@ -83,6 +84,9 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
     runs: list[StageRun] = []
     stage = "params"
     try:
+        recovered = params_journal.recover(root_path, lock_held=True)  # a killed run's overrides, undone
+        if recovered:
+            get_run_logger().warning(recovered)
         with override.applied(root_path / "params.yaml", overrides):
             config = load_params(root_path / "params.yaml")
             knobs = config.pipeline

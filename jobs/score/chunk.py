@@ -38,6 +38,8 @@ class Scored:
 def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: Limits) -> Scored:
     if meta.get("kind", "images") == "table":
         positions, inputs, quarantined, imputed = _table_inputs(chunk, meta, limits)
+    elif isinstance(chunk.data, np.ndarray):  # images.npy or IDX rows
+        positions, inputs, quarantined, imputed = _array_inputs(chunk, meta)
     else:
         positions, inputs, quarantined, imputed = _image_inputs(chunk, meta, limits)
     classes = len(meta["classes"])
@@ -103,6 +105,27 @@ def _out_of_range(row: dict, encoded: np.ndarray, spec: dict, meta: dict, margin
         return (f"column '{column['column']}': outside the training range widened by {margin:g} std devs "
                 f"[{low:.6g}, {high:.6g}] (got {row[column['column']]})")
     return ""
+
+
+def _array_inputs(chunk, meta: dict):
+    """Stored intensities (images.npy, IDX) → the served inputs of the images that pass: finite, within the model's
+    scale [0, pixel_max], not constant; a reason for each that does not."""
+    shape = tuple(int(d) for d in meta["served_shape"])
+    pixel_max = float(meta["pixel_max"])
+    positions, images, quarantined = [], [], []
+    for position, image in enumerate(np.asarray(chunk.data, np.float64).reshape(len(chunk.data), *shape)):
+        low, high = (float(image.min()), float(image.max())) if np.isfinite(image).all() else (None, None)
+        if low is None:
+            quarantined.append((chunk.ids[position], "NaN or infinite intensities"))
+        elif low < 0 or high > pixel_max:
+            quarantined.append((chunk.ids[position], f"intensities outside the model's scale [0, {pixel_max:g}] "
+                                                     f"(got {low:g} to {high:g})"))
+        elif high == low:
+            quarantined.append((chunk.ids[position], f"a constant image (got every pixel {low:g})"))
+        else:
+            positions.append(position)
+            images.append(image)
+    return positions, np.asarray(images, np.float32).reshape(-1, *shape), quarantined, 0
 
 
 def _image_inputs(chunk, meta: dict, limits: Limits):

@@ -3,10 +3,14 @@ same file the champion's Bento serves (no copy, no second export)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.errors import PipelineError
+
+
+log = logging.getLogger(__name__)
 
 
 class NoModel(PipelineError):
@@ -74,16 +78,69 @@ def stored_model(tag: str) -> ShippedModel:
 
 
 def champion_model(root: Path, params) -> ShippedModel:
-    """The newest BentoML model stored for the registry's current `champion` version."""
+    """The newest BentoML model stored for the registry's current `champion` version; on a machine whose store lacks
+    it (a new worker, another BENTOML_HOME, a cleaned store), imported first from the registry: the champion's
+    compressed ONNX version and the stored model's metadata logged on its run (the package stage)."""
     import bentoml
 
     from tasks.common import registry, tracking
     from tasks.common.errors import PromotionError
 
     tracking.use_store(root)
+    name = params.evaluate.registered_model
+    champion = registry.champion_version(name)
+    if champion is None:
+        raise NoModel(f"{name} has no champion yet: run the pipeline (mlops run), or name a model (--model NAME:VERSION)")
+    from bentoml.exceptions import NotFound
+
     try:
-        newest = registry.newest_for_champion(params.evaluate.registered_model,
-                                              bentoml.models.list(params.package.bento_model), "BentoML model")
-    except PromotionError as err:
-        raise NoModel(f"{err} (--model NAME:VERSION)") from err
+        stored = bentoml.models.list(params.package.bento_model)
+    except NotFound:  # none of that name in this store at all
+        stored = []
+    try:
+        newest = registry.newest_for_champion(name, stored, "BentoML model")
+    except PromotionError:
+        return _imported(name, champion, params.package.bento_model)
     return ShippedModel(Path(newest.path_of("model.onnx")), _normalised(newest.info.metadata), str(newest.tag))
+
+
+def _imported(name: str, champion: str, bento_model: str) -> ShippedModel:
+    """The champion's shipped model rebuilt in this machine's BentoML store from what the registry holds."""
+    import json
+    import os
+    import tempfile
+
+    import bentoml
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tasks.common.registry import compressed_name
+    from tasks.package.stage import STORED_MODEL_ARTIFACT
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(name, champion)
+    compressed = version.tags.get("compressed.version")
+    missing = (f"champion {name} v{champion} has no shipped model in this machine's BentoML store "
+               f"({os.environ.get('BENTOML_HOME', '~/bentoml')}) and the registry cannot rebuild it")
+    if not compressed:
+        raise NoModel(f"{missing}: the version has no compressed model registered (its run never packaged it); run "
+                      "the pipeline (mlops run) where the data is, or name a model (--model NAME:VERSION)")
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        try:
+            stored = json.loads(Path(mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=STORED_MODEL_ARTIFACT, dst_path=tmp)).read_text())
+            folder = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{compressed_name(name)}/{compressed}", dst_path=f"{tmp}/model"))
+        except (MlflowException, OSError) as err:
+            raise NoModel(f"{missing}: {str(err).splitlines()[0]}; run the pipeline (mlops run) on a machine with "
+                          "the data, or name a model (--model NAME:VERSION)") from err
+        import onnx
+
+        shipped = onnx.load(str(folder / "model.onnx"))  # MLflow stores the weights beside it (external data)
+        with bentoml.models.create(name=bento_model, labels=stored["labels"], metadata=stored["metadata"]) as model:
+            onnx.save_model(shipped, str(Path(model.path) / "model.onnx"), save_as_external_data=False)  # one file,
+            # as package stores it: the scorer hands its bytes to ONNX Runtime
+    log.warning("champion %s v%s was not in this machine's BentoML store: imported from the registry (%s v%s) as %s",
+                name, champion, compressed_name(name), compressed, model.tag)
+    return stored_model(str(model.tag))  # as saved in the store (the block above built it in a temporary folder)
+

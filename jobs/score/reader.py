@@ -1,6 +1,7 @@
-"""New data read a chunk at a time, in the forms training data comes in: a table file (CSV, TSV, Parquet) or a
-folder of PNG/JPEG images (any nesting; no labels needed). Only one chunk is held at a time: memory does not grow
-with the input."""
+"""New data read a chunk at a time, in every form training data comes in (no labels needed): a table file (CSV, TSV,
+Parquet), a folder of PNG/JPEG images (any nesting), a folder with `images.npy` (N×H×W or N×H×W×3, memory-mapped),
+or a folder of MNIST-format `*-images-idx3-ubyte[.gz]` files. Only one chunk is held at a time (IDX files are read
+whole: gzip cannot be mapped)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,58 @@ class Chunk:
     data: object  # a DataFrame of raw rows, or a list of image files' bytes
 
 
+ARRAY_KINDS = ("arrays", "idx")  # images held as arrays: the rows are numbered, not files
+
+
 def input_kind(path: Path) -> str:
+    """`table`, `images` (image files), `arrays` (images.npy) or `idx` (IDX image files)."""
     if path.is_dir():
+        names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+        if "images.npy" in names:
+            return "arrays"
+        if any("-images-idx3-ubyte" in name for name in names):
+            return "idx"
         return "images"
     if path.suffix.lower() in TABLE_SUFFIXES:
         return "table"
-    raise DataError(f"{path}: expected a CSV, TSV or Parquet file, or a folder of PNG/JPEG images")
+    raise DataError(f"{path}: expected a CSV, TSV or Parquet file, or a folder of PNG/JPEG images, images.npy or "
+                    "IDX files")
+
+
+def idx_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "-images-idx3-ubyte" in p.name)
+
+
+def input_files(path: Path) -> list[str] | None:
+    """The files of a folder input that make its content, relative to it (None for a table file)."""
+    kind = input_kind(path)
+    if kind == "table":
+        return None
+    if kind == "arrays":
+        return ["images.npy"]
+    return idx_files(path) if kind == "idx" else image_files(path)
+
+
+def image_array(path: Path, name: str):
+    """One images file of an `arrays` or `idx` input, as N×H×W[×3] (images.npy memory-mapped), checked as ingest
+    checks it."""
+    import numpy as np
+
+    from tasks.ingest.sources import read_idx_file
+
+    file = path / name
+    if name == "images.npy":
+        try:
+            images = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:  # truncated, not an .npy file, or a pickle (refused)
+            raise DataError(f"{file} is not a readable .npy array: {err}") from err
+    else:
+        images = read_idx_file(file)
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))) or images.size == 0:
+        raise DataError(f"{file}: expected N×H×W (grayscale) or N×H×W×3 (RGB) images, found shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise DataError(f"{file}: images must be real numbers, found dtype {images.dtype}")
+    return images
 
 
 def image_files(folder: Path) -> list[str]:
@@ -46,11 +93,11 @@ def image_files(folder: Path) -> list[str]:
 
 
 def digest(path: Path, files: list[str] | None = None) -> str:
-    """SHA-256 of the input's content (a folder: each image's relative path and bytes, `files` when listed
+    """SHA-256 of the input's content (a folder: each of its files' relative path and bytes, `files` when listed
     already), read in blocks."""
     sha = hashlib.sha256()
     if path.is_dir():
-        files = files if files is not None else image_files(path)
+        files = files if files is not None else input_files(path)
     for name in files if path.is_dir() else [None]:
         file = path / name if name is not None else path
         if name is not None:
@@ -63,6 +110,9 @@ def digest(path: Path, files: list[str] | None = None) -> str:
 
 def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Chunk]:
     """The input `rows` rows (or files: `files` when listed already) at a time, in order."""
+    if path.is_dir() and input_kind(path) in ARRAY_KINDS:
+        yield from _array_chunks(path, rows, files if files is not None else input_files(path))
+        return
     if path.is_dir():
         files = files if files is not None else image_files(path)
         for index, start in enumerate(range(0, len(files), rows)):
@@ -82,6 +132,20 @@ def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Ch
     for index, frame in enumerate(frames):
         yield Chunk(index, list(range(start, start + len(frame))), frame)
         start += len(frame)
+
+
+def _array_chunks(path: Path, rows: int, files: list[str]) -> Iterator[Chunk]:
+    """Images held as arrays, `rows` at a time across the files in order, numbered from 0; a chunk's data is an
+    N×H×W[×3] array of the stored intensities."""
+    import numpy as np
+
+    index, start = 0, 0
+    for name in files:
+        images = image_array(path, name)
+        for offset in range(0, len(images), rows):
+            batch = np.asarray(images[offset:offset + rows])
+            yield Chunk(index, list(range(start, start + len(batch))), batch)
+            index, start = index + 1, start + len(batch)
 
 
 def columns(path: Path) -> list[str]:

@@ -21,6 +21,7 @@ the quarantined share passes `score.max_bad_fraction` the run fails and writes n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -68,6 +69,35 @@ def version_dir(root: Path, output: str, input_path: Path, digest: str, model: S
     return root / output / f"{input_path.stem}-{digest[:12]}" / f"{model.name}-v{model.version}"
 
 
+def _check_shape(input_path: Path, files: list[str], model: ShippedModel) -> None:
+    """Arrays are scored as stored (no resizing, as ingest takes them): each file's image shape must be the served
+    one (H×W, or H×W×C for colour)."""
+    served = tuple(int(d) for d in model.meta["served_shape"])
+    for name in files:
+        shape = reader.image_array(input_path, name).shape[1:]
+        if shape != served and shape + (1,) != served:
+            raise DataError(f"{input_path / name}: images of shape {shape}, but model {model.tag} takes {served} "
+                            "(arrays are scored as stored: resize them, or give a folder of image files)")
+
+
+def _resumable(partial: Path, shaped_by: dict) -> None:
+    """Keep the chunks a killed run finished only if everything that shaped them (input, model, chunking, checks) is
+    what this run uses; otherwise start over, saying why. Chunks are numbered: with another `score.chunk_rows`,
+    chunk 3 is other rows, and reusing it would duplicate some rows and drop others."""
+    record = partial / "shaped_by.json"
+    if partial.is_dir():
+        before = json.loads(record.read_text()) if record.is_file() else None
+        if before != shaped_by:
+            changed = sorted(k for k in shaped_by if (before or {}).get(k) != shaped_by[k]) if before else ["unknown"]
+            log.warning("scoring starts over: the finished chunks in %s were made with other %s (%s then, %s now)",
+                        partial, ", ".join(changed), {k: (before or {}).get(k) for k in changed},
+                        {k: shaped_by.get(k) for k in changed})
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not record.is_file():
+        write_json(record, shaped_by)
+
+
 def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixels: int,
           address: str | None = None) -> ScoreResult:
     began = time.monotonic()
@@ -75,11 +105,13 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     if not input_path.exists():
         raise DataError(f"{input_path}: no such file or folder")
     kind = reader.input_kind(input_path)
-    if kind != model.kind:
+    if ("images" if kind in reader.ARRAY_KINDS else kind) != model.kind:
         raise DataError(f"{input_path} holds {kind}, but model {model.tag} takes {model.kind}")
     if kind == "table":
         _check_columns(input_path, model)
-    files = reader.image_files(input_path) if kind == "images" else None  # listed once
+    files = reader.input_files(input_path)  # listed once
+    if kind in reader.ARRAY_KINDS:
+        _check_shape(input_path, files, model)
     digest = reader.digest(input_path, files)
     about = {"name": model.name, "version": model.version, "variant": model.variant, "tag": model.tag}
     target = version_dir(root, cfg.output, input_path, digest, model)
@@ -89,9 +121,11 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
         return ScoreResult(**{**done, "already_scored": True})
     partial = target.with_name(target.name + ".partial")
     parts = partial / "parts"
+    limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels)
+    _resumable(partial, {"input_digest": digest, "model": model.tag, "chunk_rows": cfg.chunk_rows,
+                         "limits": dataclasses.asdict(limits)})
     parts.mkdir(parents=True, exist_ok=True)
     finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
-    limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels)
     todo = (c for c in reader.chunks(input_path, cfg.chunk_rows, files) if c.index not in finished)
     constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
                  "input_digest": digest}

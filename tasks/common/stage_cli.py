@@ -28,6 +28,9 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging()
     layout = Layout(args.root.resolve())
+    from tasks.common.params_journal import recover
+
+    recover(layout.root)  # under `dvc repro` alone: a killed run's overrides undone before this stage reads them
     try:
         from tasks.common.config import load_params
 

@@ -27,6 +27,9 @@ class PackageResult:
     bento_tag: str
 
 
+STORED_MODEL_ARTIFACT = "bentoml/stored_model.json"  # on the training run: the BentoML model's metadata and labels
+
+
 def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, train_dir: Path,
             bento_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> PackageResult:
     """Save `compress_dir/model.onnx` as a BentoML model and build the Bento that serves it."""
@@ -69,6 +72,9 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
                                                   table, choice.variant, run)
         metadata["compressed_model"] = {"name": registry.compressed_name(params.evaluate.registered_model),
                                         "version": compressed}
+        # what the BentoML model is made of beside the ONNX file (registered above): another machine whose store
+        # lacks it rebuilds it from these two (jobs/score/model.py)
+        mlflow.log_dict({"metadata": metadata, "labels": labels}, STORED_MODEL_ARTIFACT)
         result = build_bento(compress_dir / "model.onnx", metadata, labels, params.package, bento_dir)
         mlflow.set_tags({"bento.model_tag": result.model_tag, "bento.tag": result.bento_tag,
                          "compressed.version": compressed})

@@ -5,6 +5,7 @@ scheduler and two worker processes on loopback), killed mid-way, and through the
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,55 @@ def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(mod
     assert summary["scored"] == 300 and summary["model"]["tag"] == digits.tag
 
 
+def _write_idx(path: Path, images: np.ndarray) -> None:
+    """MNIST's IDX format: magic (0, 0, 0x08 = uint8, ndim), big-endian dimensions, the bytes."""
+    header = bytes([0, 0, 0x08, images.ndim]) + b"".join(d.to_bytes(4, "big") for d in images.shape)
+    path.write_bytes(header + images.astype(np.uint8).tobytes())
+
+
+def test_images_npy_and_idx_files_score_as_ingest_reads_them(models, tmp_path):
+    """The array forms ingest takes: images.npy (memory-mapped, any float or integer dtype) and IDX files, scored as
+    stored (the model's 8×8 at 0..16); NaN, out-of-scale and constant images are quarantined with their reasons, a
+    wrong image shape refuses the input by name."""
+    from sklearn.datasets import load_digits
+
+    from jobs.score import predictions_of, score
+    from tasks.common.errors import DataError
+    from tasks.nn.latency import onnx_predictor
+
+    digits, _, _, _ = models
+    images = load_digits().images[1400:1600]  # 200 unseen digits, 8×8, intensities 0..16
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    bad = images[:3].copy()
+    bad[0, 0, 0], bad[1, 0, 0], bad[2] = np.nan, 17, 5
+    np.save(arrays / "images.npy", np.concatenate([images, bad]))
+    scored = score(arrays, digits, tmp_path / "a", _cfg(chunk_rows=64), 16_000_000)
+    assert (scored.rows, scored.scored, scored.quarantined, scored.chunks) == (203, 200, 3, 4)
+    quarantine = pd.read_parquet(Path(scored.output) / "quarantine.parquet")
+    assert list(quarantine["row"]) == [200, 201, 202] and list(quarantine["reason"]) == [
+        "NaN or infinite intensities", "intensities outside the model's scale [0, 16] (got 0 to 17)",
+        "a constant image (got every pixel 5)"]
+    ours = predictions_of(scored)
+    assert list(ours["row"]) == list(range(200))
+    expected = onnx_predictor(digits.onnx_path)(images.astype(np.float32))
+    np.testing.assert_allclose(ours[[f"p_{c}" for c in DIGIT_CLASSES]].to_numpy(), expected, atol=1e-6)
+    assert (ours["label"] == [DIGIT_CLASSES[y] for y in load_digits().target[1400:1600]]).mean() > 0.8  # a small test model
+
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    _write_idx(idx / "t10k-images-idx3-ubyte", images[:100])
+    _write_idx(idx / "u20k-images-idx3-ubyte", images[100:])
+    from_idx = score(idx, digits, tmp_path / "b", _cfg(chunk_rows=64), 16_000_000)
+    assert (from_idx.rows, from_idx.scored, from_idx.quarantined) == (200, 200, 0)
+    pd.testing.assert_frame_equal(predictions_of(from_idx).drop(columns="input_digest"),
+                                  ours.drop(columns="input_digest"))
+
+    np.save(arrays / "images.npy", np.zeros((4, 28, 28)))
+    with pytest.raises(DataError, match=r"images of shape \(28, 28\), but model .* takes \(8, 8\)"):
+        score(arrays, digits, tmp_path / "c", _cfg(), 16_000_000)
+
+
 def test_bad_table_rows_are_quarantined_with_reasons_and_too_many_fail_the_run(models, tmp_path):
     from jobs.score import TooManyBadRows, predictions_of, score, version_dir
     from jobs.score.reader import digest
@@ -162,7 +212,7 @@ print(score(Path(sys.argv[4]), model, Path(sys.argv[5]), cfg, 16_000_000).output
 """
 
 
-def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_output(models, tmp_path):
+def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_output(models, tmp_path, caplog):
     from jobs.score import predictions_of, score
 
     digits, _, _, _ = models
@@ -178,6 +228,13 @@ def test_a_killed_run_resumes_from_its_finished_chunks_and_ends_with_the_same_ou
     killed.wait()
     done_before = len(list(parts.glob("chunk-*.json")))
     assert 20 <= done_before < 200, f"{done_before} chunks were finished when it was killed"
+    # the same kill, resumed with another score.chunk_rows: chunk 3 is other rows now, so nothing is reused
+    shutil.copytree(tmp_path / "resumed", tmp_path / "rechunked")
+    with caplog.at_level("WARNING"):
+        rechunked = score(folder, digits, tmp_path / "rechunked", _cfg(chunk_rows=3), 16_000_000)
+    assert rechunked.resumed_chunks == 0 and rechunked.chunks == 133
+    assert "starts over" in caplog.text and "chunk_rows ({'chunk_rows': 2} then, {'chunk_rows': 3} now)" in caplog.text
+    pd.testing.assert_frame_equal(predictions_of(rechunked), predictions_of(whole))
     resumed = score(folder, digits, tmp_path / "resumed", _cfg(chunk_rows=2), 16_000_000)
     assert resumed.resumed_chunks == done_before and resumed.chunks == 200
     pd.testing.assert_frame_equal(predictions_of(resumed), predictions_of(whole))

@@ -1,0 +1,63 @@
+"""Faults on a copy of the session's trained project: a run killed (SIGKILL to its process group, as an OOM killer
+or `kill -9` would) while it ran with overrides; the next ordinary run puts the user's params.yaml back byte for
+byte, says so, and finishes the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tasks.common.params_journal import JOURNAL
+from tests.support.processes import MLOPS, copy_trained, project_env, run_in
+
+
+@pytest.fixture(scope="module")
+def project(trained_project, tmp_path_factory, prefect_api):
+    base = tmp_path_factory.mktemp("e2e-faults")
+    return copy_trained(trained_project, base), project_env(base, prefect_api)
+
+
+def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(project):
+    root, env = project
+    original = (root / "params.yaml").read_bytes()
+    run = subprocess.Popen([MLOPS, "run", "--no-push", "--set", "train.epochs=3"], cwd=root, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in run.stdout:
+            seen.append(line)
+            if "Running stage 'train'" in line:  # overridden, and the train stage started on it
+                os.killpg(run.pid, signal.SIGKILL)
+                break
+    finally:
+        run.kill()
+        run.wait()
+    assert any("Running stage 'train'" in line for line in seen), "".join(seen[-40:])
+    assert (root / JOURNAL).is_file() and (root / "params.yaml").read_bytes() != original  # what the kill left
+    after = run_in(root, env, MLOPS, "run", "--no-push")
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+    assert "params.yaml restored byte for byte" in after.stdout and '"train.epochs": 3' in after.stdout
+    assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
+    status = run_in(root, env, "dvc", "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout  # the job finished
+
+
+def test_a_machine_whose_bentoml_store_lacks_the_champion_scores_with_it_from_the_registry(project, tmp_path):
+    """A new worker pointed at the project's tracking store: its empty BentoML store gets the champion's shipped model
+    from the registry (the compressed ONNX version and the stored model's metadata), once, and scores with it."""
+    from tests.integration.test_score import _digit_folder
+
+    root, env = project
+    empty = {**env, "BENTOML_HOME": str(tmp_path / "new-machine-bentoml")}
+    folder = _digit_folder(tmp_path / "tonight", 40, extra=False)
+    done = run_in(root, empty, MLOPS, "score", "--input", str(folder), "--no-push")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "imported from the registry (digits-classifier-compressed v1)" in done.stdout + done.stderr
+    assert "40 of 40 rows scored, 0 quarantined, with digits-classifier v1" in done.stdout
+    assert list((tmp_path / "new-machine-bentoml" / "models" / "digits-classifier").iterdir())
+    again = run_in(root, empty, MLOPS, "score", "--input", str(_digit_folder(tmp_path / "later", 20, extra=False)),
+                   "--no-push")
+    assert again.returncode == 0 and "imported" not in again.stdout + again.stderr, again.stderr[-2000:]
