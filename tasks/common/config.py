@@ -68,8 +68,8 @@ class PrepareParams(Section):
 
 class ValidateParams(Section):
     min_rows_per_class: int = Field(20, ge=1)
-    max_class_imbalance: float = Field(5.0, ge=1)  # largest class / smallest class, in rows
-    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)  # share of images that repeat another image
+    max_class_imbalance: float = Field(10.0, ge=1)  # largest class / smallest class, in rows: a minority of 10 % passes
+    max_duplicate_fraction: float = Field(0.1, ge=0, le=1)  # share of a split's examples that repeat another one
     max_leaked_fraction: float = Field(0.0, ge=0, le=1)  # share of val/test examples identical to a training example
     drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
     max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
@@ -107,6 +107,7 @@ class TrainParams(Section):
     weight_decay: float = Field(0.0001, ge=0)
     schedule: Literal["cosine", "onecycle"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weight: Literal["none", "balanced"] = "none"  # balanced: each class's loss weighted by 1 / its train rows
     augment: AugmentParams = AugmentParams()
     patience: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -125,7 +126,7 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     registered_model: str = ""  # empty: <base.name>-classifier
-    min_accuracy: float = Field(0.97, ge=0, le=1)
+    min_accuracy: float = Field(0.0, ge=0, le=1)  # an absolute floor, off (0) unless set: the baselines are the bar
     min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
     max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
     significance: float = Field(0.05, gt=0, lt=1)  # the paired test's level: a gain this likely by chance is not one

@@ -101,11 +101,24 @@ def worse_than_baseline(params: EvaluateParams, challenger: Scores, baseline: tu
             "evaluate.must_beat_baseline)")
 
 
+def _first_bar(params: EvaluateParams, baseline: tuple[str, np.ndarray] | None) -> str:
+    """What a first model cleared: the baselines fitted on the same split (the default bar), and the absolute floor
+    when one is set."""
+    bars = []
+    if baseline is not None and params.must_beat_baseline:
+        name, correct = baseline
+        bars.append(f"not significantly worse than the best baseline ({name.replace('_', ' ')} "
+                    f"{float(np.mean(correct)):.4f}) on the same test split")
+    if params.min_accuracy > 0:
+        bars.append(f"above min_accuracy {params.min_accuracy}")
+    return " and ".join(bars) or "no bar set (evaluate.must_beat_baseline false, min_accuracy 0)"
+
+
 def decide(params: EvaluateParams, version: str, challenger: Scores, champion: Champion | None,
            baseline: tuple[str, np.ndarray] | None = None) -> GateDecision:
-    """Let `version` through only if it clears `min_accuracy`, is not significantly worse than the best baseline
-    (`baseline`: its name and which test examples it got right) and, against a champion scored on the same
-    test split, its gain is at least `min_improvement`, significant at `significance` by the paired test,
+    """Let `version` through only if it clears `min_accuracy` (0, off, by default), is not significantly worse than
+    the best baseline (`baseline`: its name and which test examples it got right) and, against a champion scored on
+    the same test split, its gain is at least `min_improvement`, significant at `significance` by the paired test,
     and no class's recall drops by more than `max_class_regression`."""
     previous = champion.version if champion else None
     accuracy = challenger.accuracy
@@ -118,8 +131,8 @@ def decide(params: EvaluateParams, version: str, challenger: Scores, champion: C
         return Decision(version, True, f"v{version} is the champion already: the same run and weights, re-evaluated "
                                        "(nothing new was registered)", previous)
     if champion is None:
-        return Decision(version, True, f"test accuracy {accuracy:.4f}, the first model above min_accuracy "
-                                       f"{params.min_accuracy}", None)
+        return Decision(version, True, f"test accuracy {accuracy:.4f}, the first model: {_first_bar(params, baseline)}",
+                        None)
     if champion.scores is None:
         return Decision(version, False, f"champion v{previous} cannot score this test split ({champion.problem}); "
                                         "register under a new evaluate.registered_model to start a new line", previous)

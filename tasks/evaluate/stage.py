@@ -177,12 +177,19 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
-    """Accuracy and macro precision/recall/F1, plus the per-class report keyed by class name."""
-    from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
+    """Accuracy, balanced accuracy (the mean of the classes' recalls: what an imbalanced table is judged on) and macro
+    precision/recall/F1, plus the per-class report keyed by class name."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        classification_report,
+        precision_recall_fscore_support,
+    )
 
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
     metrics = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),
         "f1_macro": float(f1),

@@ -8,12 +8,12 @@ import numpy as np
 
 
 def train_epoch(model, optimizer, scaler, x, y, order, batch_size, *, scheduler=None, augment=None, use_amp=False,
-                amp_dtype=None, label_smoothing=0.0, loss_fn=None) -> tuple[float, float]:
+                amp_dtype=None, label_smoothing=0.0, loss_fn=None, class_weight=None) -> tuple[float, float]:
     """One pass over `x[order]` in batches; returns mean loss and accuracy (one device sync, at the end).
 
     `x` is a tensor on the device, or a host array (a memory-mapped split) read batch by batch; `y` and
     `order` are on the device. `loss_fn(logits, idx)` replaces cross-entropy on `y[idx]` (distillation
-    needs the batch's indices).
+    needs the batch's indices). `class_weight`: one loss weight per class (a tensor on the device), or None.
     """
     import torch
     import torch.nn.functional as F
@@ -28,7 +28,8 @@ def train_epoch(model, optimizer, scaler, x, y, order, batch_size, *, scheduler=
         inputs = inputs if augment is None else augment(inputs)
         with torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext():
             logits = model(inputs)
-            loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing) if loss_fn is None else loss_fn(logits, idx)
+            loss = (F.cross_entropy(logits, y[idx], weight=class_weight, label_smoothing=label_smoothing)
+                    if loss_fn is None else loss_fn(logits, idx))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -1,4 +1,5 @@
-"""Stage `prepare`: a seeded, stratified train/val/test split of the raw data, as model-ready arrays.
+"""Stage `prepare`: a seeded, stratified train/val/test split of the raw data, as model-ready arrays; identical
+examples always land in the same split, so val and test never hold a copy of a training example.
 
 Images are scaled to [0, 1] by the intensity of full white (N×C×H×W). A table's features are imputed, standardised and one-hot encoded
 by an encoder fitted on the train split only (N×F); each split's original rows are kept beside the arrays
@@ -39,7 +40,8 @@ def prepare(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path) -> P
     pixel_max = data.pixel_max if params.pixel_max == "auto" else float(params.pixel_max)
     x = (images / np.float32(pixel_max)).astype(np.float32)
     x = x[:, None, :, :] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # N×C×H×W
-    splits = split_stratified(x, labels, params.val_fraction, params.test_fraction, seed, data.classes)
+    splits = split_stratified(x, labels, params.val_fraction, params.test_fraction, seed, data.classes,
+                              groups=example_keys(x))
     for name, split in splits.items():
         save_split(out_dir / name, split)
         (out_dir / name / "rows.parquet").unlink(missing_ok=True)
@@ -57,7 +59,10 @@ def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Pat
 
     frame = pd.read_parquet(raw_dir / "table.parquet")
     labels = frame[LABEL].to_numpy(np.int64)
-    parts = split_stratified(np.arange(len(frame)), labels, params.val_fraction, params.test_fraction, seed, data.classes)
+    features = frame.drop(columns=[LABEL])  # identical rows, whatever their label, go to one split
+    groups = pd.util.hash_pandas_object(features, index=False).to_numpy()
+    parts = split_stratified(np.arange(len(frame)), labels, params.val_fraction, params.test_fraction, seed, data.classes,
+                             groups=groups)
     tables = {name: frame.iloc[part.x].reset_index(drop=True) for name, part in parts.items()}
     encoder = fit_encoder(tables["train"])  # imputation medians, scales and categories from train rows only
     for name, table in tables.items():
@@ -71,27 +76,44 @@ def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Pat
 
 
 def split_stratified(
-    x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int, names: list[str] | None = None
+    x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int, names: list[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Split]:
-    """Two stratified cuts: test off the whole set, then val off the rest."""
+    """Two stratified cuts: test off the whole set, then val off the rest. With `groups` (one key per row: identical
+    examples share it), whole groups are cut, so no example of val or test is identical to a training one: real
+    data holds duplicates (the same message sent twice, the same customer row exported twice), and a row split would
+    put copies on both sides. A group is stratified by its first row's label."""
     from sklearn.model_selection import train_test_split
 
-    classes, counts = np.unique(y, return_counts=True)
+    keys = np.arange(len(y)) if groups is None else groups
+    _, first, member = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # groups numbered by first appearance: data without duplicates splits as row by row
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    first, member = first[order], rank[member.ravel()]
+    group_y = y[first]
+    classes, counts = np.unique(group_y, return_counts=True)
     name = (lambda k: names[k]) if names else str  # noqa: E731
-    if len(classes) < 2:
-        raise DataError(f"need at least 2 classes to split, found {[name(k) for k in classes.tolist()]}")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"need at least 2 classes to split, found {[name(k) for k in np.unique(y).tolist()]}")
     rare = {name(k): int(c) for k, c in zip(classes.tolist(), counts) if c < 3}
     if rare:
-        raise DataError(f"classes with fewer than 3 rows, too few to stratify into train/val/test: {rare} "
-                        "(rows per class)")
-    idx = np.arange(len(y))
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+        raise DataError(f"classes with fewer than 3 distinct examples, too few to stratify into train/val/test: {rare} "
+                        "(distinct examples per class; identical rows count once)")
+    idx = np.arange(len(first))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=group_y, random_state=seed)
     val_share = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
-    return {
-        name: Split(x=x[np.sort(part)], y=y[np.sort(part)])
-        for name, part in (("train", train), ("val", val), ("test", test))
-    }
+    train, val = train_test_split(rest, test_size=val_share, stratify=group_y[rest], random_state=seed)
+    rows = {name: np.flatnonzero(np.isin(member, part)) for name, part in (("train", train), ("val", val), ("test", test))}
+    return {name: Split(x=x[part], y=y[part]) for name, part in rows.items()}
+
+
+def example_keys(x: np.ndarray) -> np.ndarray:
+    """One key per example: identical examples (the same values, as training sees them) share it."""
+    import hashlib
+
+    flat = np.ascontiguousarray(x).reshape(len(x), -1)
+    return np.array([hashlib.md5(row.tobytes()).hexdigest() for row in flat])
 
 
 def run(params: Params, layout: Layout) -> PrepareResult:

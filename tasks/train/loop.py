@@ -41,6 +41,7 @@ class Fit:
     val: tuple
     input_shape: tuple
     n_classes: int
+    class_weight: Any = None  # one loss weight per class on the device (train.class_weight: balanced), or None
 
 
 @dataclass
@@ -81,7 +82,8 @@ def build(params: Params, prepared_dir: Path, world, n_classes: int) -> Fit:
                scheduler=build_schedule(cfg, optimizer, math.ceil(len(y_train) / world.size / batch)),
                scaler=torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16),
                augment=_augmenter(cfg, device) if x_train.ndim == 4 else None, use_amp=use_amp, amp_dtype=amp_dtype,
-               batch=batch, train=(x_train, y_train), val=(x_val, y_val), input_shape=input_shape, n_classes=n_classes)
+               batch=batch, train=(x_train, y_train), val=(x_val, y_val), input_shape=input_shape, n_classes=n_classes,
+               class_weight=_class_weight(cfg.class_weight, y_train, n_classes))
 
 
 def resume(fit: Fit, path: Path, fingerprint: str) -> Progress:
@@ -130,7 +132,8 @@ def run_epoch(fit: Fit, epoch: int) -> dict:
     tick = time.perf_counter()
     loss, acc = train_epoch(fit.net, fit.optimizer, fit.scaler, x_train, y_train, order, fit.batch,
                             scheduler=fit.scheduler, augment=fit.augment, use_amp=fit.use_amp,
-                            amp_dtype=fit.amp_dtype, label_smoothing=cfg.label_smoothing)
+                            amp_dtype=fit.amp_dtype, label_smoothing=cfg.label_smoothing,
+                            class_weight=fit.class_weight)
     seconds = time.perf_counter() - tick
     val_loss, val_acc = evaluate_loss(fit.model, x_val, y_val, cfg.batch_size)
     return {"epoch": epoch + 1, "train_loss": mean_over_ranks(loss, world, fit.device),
@@ -147,6 +150,20 @@ def record(fit: Fit, progress: Progress, row: dict) -> bool:
         progress.best = {"loss": row["val_loss"], "epoch": row["epoch"], "state": copy.deepcopy(fit.model.state_dict()),
                          "accuracy": row["val_accuracy"]}
     return progress.epochs_run - progress.best["epoch"] >= fit.params.train.patience
+
+
+def _class_weight(policy: str, y_train, n_classes: int):
+    """`balanced`: n / (classes × rows of the class) per class, as scikit-learn's class_weight="balanced" (a class
+    the train split lacks gets 1); `none`: None (every example counts the same)."""
+    import torch
+
+    if policy == "none":
+        return None
+    counts = torch.bincount(y_train, minlength=n_classes).float()
+    present = counts > 0
+    weights = torch.ones(n_classes, device=y_train.device)
+    weights[present] = len(y_train) / (int(present.sum()) * counts[present])
+    return weights
 
 
 def _load_data(prepared_dir: Path, device, preload_max_mb: float):

@@ -38,3 +38,14 @@ def describe(split: str, pairs: list[tuple[int, int]], rows: int) -> str:
     """`3 of 360 test rows are identical to train rows (test row 5 = train row 17, ...)`."""
     shown = ", ".join(f"{split} row {i} = train row {j}" for i, j in pairs[:5])
     return f"{len(pairs)} of {rows} {split} rows are identical to train rows ({shown}{', …' if len(pairs) > 5 else ''})"
+
+
+def conflicting_labels(hashes: list[str], labels: np.ndarray, names: list[str]) -> dict:
+    """Identical examples that carry different labels, over the whole version: how many, and the first few with
+    their labels. Not a failure (two annotators can disagree), but a model cannot learn both: a data owner wants to
+    know. prepare keeps each such group in one split."""
+    seen: dict[str, set[int]] = {}
+    for h, label in zip(hashes, labels.tolist()):
+        seen.setdefault(h, set()).add(int(label))
+    conflicts = [sorted(found) for found in seen.values() if len(found) > 1]
+    return {"examples": len(conflicts), "labels_of_first": [[names[k] for k in found] for found in conflicts[:5]]}

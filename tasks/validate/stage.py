@@ -77,7 +77,7 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     failures += _leakage(prepared_dir, kind, params.max_leaked_fraction)
     docs = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     result = ValidateResult(success=not failures, failures=failures, data_docs=docs)
-    report = {**_report(result), "contract": found}
+    report = {**_report(result), "contract": found, "conflicting_labels": _conflicts(prepared_dir, kind, data.classes)}
     if root is not None and experiment is not None:
         report["mlflow_run_id"] = _log_to_mlflow(root, experiment, prepared_dir, result, report)
     write_json(Path(out_dir) / "report.json", report)
@@ -102,6 +102,17 @@ def _leakage(prepared_dir: Path, kind: str, max_fraction: float) -> list[Failure
             failures.append(Failure(split, "no_leakage_from_train", "rows", leakage.describe(split, pairs, len(held_out)),
                                     f"max_leaked_fraction={max_fraction:g}"))
     return failures
+
+
+def _conflicts(prepared_dir: Path, kind: str, names: list[str]) -> dict:
+    """Identical examples with different labels in this version (reported, and logged, not refused)."""
+    hashes = [h for s in SPLITS for h in leakage.example_hashes(prepared_dir / s, kind)]
+    labels = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
+    found = leakage.conflicting_labels(hashes, labels, names)
+    if found["examples"]:
+        log.warning("%d example(s) appear more than once with different labels (e.g. %s): a model can learn only one "
+                    "of them; each is kept in one split", found["examples"], found["labels_of_first"][0])
+    return found
 
 
 def _reference(prepared_dir: Path, kind: str, names: list[str]) -> dict:

@@ -54,6 +54,9 @@ def test_a_csv_with_text_classes_categories_and_gaps_is_served_by_class_name(pro
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "params.yaml: ingest.path = 'data/sources/loans.csv'" in done.stdout
     assert "/predict_rows" in done.stdout and "approved, declined, review" in done.stdout  # the summary's hint
+    # default settings took a real export: 30 rows twice (one decided differently), `review` ~1/7 of `declined`
+    report = json.loads((root / "artifacts/validate/report.json").read_text())
+    assert report["success"] and report["conflicting_labels"]["examples"] == 1
     client, champion = _champion(root, "loans-classifier")  # named from the data, not digits-classifier
     assert json.loads(champion.tags["data.classes"]) == made["loans"]["classes"]
     assert client.get_experiment_by_name("loans-pipeline") is not None

@@ -37,8 +37,31 @@ def test_split_is_stratified():
 
 def test_a_class_too_small_to_split_is_named():
     y = np.array([0] * 50 + [1] * 50 + [7])
-    with pytest.raises(DataError, match=r"\{'7': 1\} \(rows per class\)"):
+    with pytest.raises(DataError, match=r"\{'7': 1\} \(distinct examples per class"):
         split_stratified(np.zeros((101, 1, 2, 2), np.float32), y, 0.2, 0.2, seed=0)
+
+
+def test_identical_examples_land_in_one_split_and_data_without_copies_splits_as_before():
+    """Real data repeats itself: every copy of an example goes to the split its first copy went to, whatever its
+    label, so val and test hold no copy of a training example; stratification and sizes hold; data without copies
+    is cut exactly as a row split would cut it."""
+    from tasks.prepare.stage import example_keys
+
+    rng = np.random.default_rng(3)
+    distinct = rng.random((400, 1, 4, 4), dtype=np.float32)
+    copies = rng.integers(0, 400, 200)  # 200 copies of 400 examples, some copied several times
+    x = np.concatenate([distinct, distinct[copies]])
+    y = np.concatenate([np.repeat([0, 1], [340, 60]), np.repeat([0, 1], [340, 60])[copies]])
+    y[-1] = 1 - y[-1]  # a copy with a conflicting label still travels with its example
+    parts = split_stratified(x, y, 0.15, 0.2, seed=0, groups=example_keys(x))
+    keys = {name: set(example_keys(part.x)) for name, part in parts.items()}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert sum(len(part) for part in parts.values()) == 600
+    assert len(keys["test"]) == 80 and len(keys["val"]) == 60  # 20 % and 15 % of the 400 distinct examples
+    assert 0.1 < parts["test"].y.mean() < 0.2  # the 15 % minority class in every split
+    plain = split_stratified(distinct, y[:400], 0.15, 0.2, seed=0)
+    grouped = split_stratified(distinct, y[:400], 0.15, 0.2, seed=0, groups=example_keys(distinct))
+    assert all(np.array_equal(plain[name].x, grouped[name].x) for name in plain)
 
 
 def test_arrays_source_round_trips(tmp_path, params):

@@ -16,13 +16,15 @@ import numpy as np
 COLOURS = {"ember": (0.95, 0.25, 0.35), "moss": (0.25, 0.58, 0.15), "sky": (0.20, 0.40, 1.00)}
 
 
-def loans_csv(path: Path, rows: int = 360, seed: int = 0) -> dict:
-    """A loans table: numeric and categorical columns, a few missing values, the class in `decision` as text
-    (approved / declined / review). The class follows the numbers (income, debt) and the region."""
+def loans_csv(path: Path, rows: int = 600, seed: int = 0, duplicates: int = 30) -> dict:
+    """A loans table as real exports are: numeric and categorical columns, a few missing values, the class in
+    `decision` as text (approved / declined / review), `review` a minority about an eighth the size of the largest
+    class, and `duplicates` rows exported twice (one of them with another decision). The class follows the numbers
+    (income, debt) and the region."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    decision = rng.choice(["approved", "declined", "review"], size=rows)
+    decision = rng.choice(["approved", "declined", "review"], size=rows, p=[0.47, 0.47, 0.06])
     centre = {"approved": (80.0, 10.0), "declined": (30.0, 40.0), "review": (55.0, 25.0)}
     income = np.array([centre[d][0] for d in decision]) + rng.normal(0, 4, rows)
     debt = np.array([centre[d][1] for d in decision]) + rng.normal(0, 3, rows)
@@ -31,6 +33,10 @@ def loans_csv(path: Path, rows: int = 360, seed: int = 0) -> dict:
                           "age": rng.integers(21, 70, rows), "decision": decision})
     frame.loc[rng.choice(rows, rows // 50, replace=False), "income_k"] = np.nan  # a few missing values
     frame.loc[rng.choice(rows, rows // 50, replace=False), "region"] = None
+    copies = frame.iloc[rng.choice(rows, duplicates, replace=False)].copy()
+    copies.iloc[0, copies.columns.get_loc("decision")] = "declined" if copies.iloc[0]["decision"] != "declined" \
+        else "approved"  # the same applicant, decided differently: reported by validate, kept in one split
+    frame = pd.concat([frame, copies], ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return {"label": "decision", "classes": ["approved", "declined", "review"], "frame": frame}

@@ -54,7 +54,7 @@ SMALL = _pair(300, 5, 3, 12)  # +2 examples: a gain, not a significant one
 
 @pytest.mark.parametrize("challenger, champion, passed, reason", [
     (_scores(np.array([True] * 80 + [False] * 20)), None, False, "below min_accuracy 0.9"),
-    (_scores(CLEAR[0]), None, True, "the first model above min_accuracy"),
+    (_scores(CLEAR[0]), None, True, "the first model: above min_accuracy 0.9"),
     (_scores(CLEAR[0]), Champion("1", None, "RuntimeError: shapes"), False, "champion v1 cannot score this test split"),
     (_scores(CLEAR[1]), Champion("1", _scores(CLEAR[0])), False, "below min_improvement 0.005"),
     (_scores(SMALL[0]), Champion("1", _scores(SMALL[1])), False, "not significant at 0.05"),
@@ -85,3 +85,25 @@ def test_a_network_significantly_worse_than_the_best_baseline_is_not_promoted():
     assert decide(allowed, "1", _scores(network), None, ("logistic_regression", baseline)).passed
     close = decide(GATE, "1", _scores(SMALL[1]), None, ("logistic_regression", SMALL[0]))  # worse, not significantly
     assert close.passed
+
+
+def test_by_default_a_first_model_is_judged_against_the_baselines_not_a_fixed_accuracy():
+    """A real table's first model at 0.86 that matches the best baseline is promoted (no floor set the digits'
+    way); one significantly worse than the baseline is refused; a floor, when set, still applies."""
+    defaults = EvaluateParams()
+    assert defaults.min_accuracy == 0 and defaults.must_beat_baseline
+    rng = np.random.default_rng(0)
+    baseline = rng.random(2000) < 0.87  # gradient boosting: 0.87
+    network = baseline.copy()  # 0.865: wrong on 35 the baseline gets right, right on 25 it gets wrong: within chance
+    network[np.flatnonzero(baseline)[:35]] = False
+    network[np.flatnonzero(~baseline)[:25]] = True
+    matched = decide(defaults, "1", _scores(network), None, ("gradient_boosting", baseline))
+    assert matched.passed and abs(np.mean(network) - 0.86) < 0.01
+    assert "the first model: not significantly worse than the best baseline (gradient boosting 0.8" in matched.reason
+    worse = baseline.copy()
+    worse[np.flatnonzero(baseline)[:200]] = False  # 0.77: far below
+    refused = decide(defaults, "1", _scores(worse), None, ("gradient_boosting", baseline))
+    assert not refused.passed and "significantly worse than the gradient boosting baseline" in refused.reason
+    floored = defaults.model_copy(update={"min_accuracy": 0.9})
+    assert "below min_accuracy 0.9" in decide(floored, "1", _scores(network), None, ("gradient_boosting", baseline)).reason
+
