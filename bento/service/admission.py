@@ -110,6 +110,9 @@ async def _images_of(body: bytes) -> np.ndarray | None:
     while not text.startswith("]", position):
         try:
             value, position = _DECODER.raw_decode(text, position)
+        except RecursionError:  # thousands of nested brackets: no image is that deep, and no parser should recurse
+            raise InvalidArgument(f"images: image {len(images)} is nested too deeply to be an image "
+                                  f"(an image is {len(IMAGE_SHAPE)} levels of lists)") from None
         except ValueError:
             return None  # broken JSON: BentoML's parser names the problem
         images.append(_one_input(value, len(images)))

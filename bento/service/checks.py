@@ -4,6 +4,8 @@ counted as skew."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Annotated
 
 import numpy as np
@@ -55,7 +57,7 @@ def read_npy(body: bytes) -> np.ndarray:
     if dtype.hasobject or dtype.fields is not None or not np.issubdtype(dtype, np.number) \
             or np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"images must be real numbers; got dtype {dtype}")
-    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    count = math.prod(shape)  # exact integers: a header declaring (10**400,) or (10**200, 10**200) cannot overflow
     payload = len(body) - stream.tell()
     if count * dtype.itemsize != payload:
         raise ValueError(f"the header declares shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} bytes), but "

@@ -45,6 +45,7 @@ def read_table(path: Path, label_column: str) -> pd.DataFrame:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from err
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: not a readable {suffix[1:]} table ({err})") from err
+    _refuse_duplicate_columns(path, suffix, frame)
     label_column = label_column or _label_column(path, frame)
     if label_column not in frame.columns:
         raise DataError(f"{path}: no label column '{label_column}' (ingest.label_column); columns are {list(frame.columns)}")
@@ -59,6 +60,24 @@ def read_table(path: Path, label_column: str) -> pd.DataFrame:
     if frame.shape[1] < 2:
         raise DataError(f"{path}: has no feature columns besides the label")
     return frame
+
+
+def _refuse_duplicate_columns(path: Path, suffix: str, frame: pd.DataFrame) -> None:
+    """Two columns of one name: pandas keeps the second as `name.1`, so a second label column would become a
+    feature holding the answer. Refused by name (the header itself is read: `.1` may be a real name too)."""
+    from collections import Counter
+
+    if suffix in (".parquet", ".pq"):
+        names = [str(c) for c in frame.columns]
+    else:
+        import csv
+
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            names = next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), [])
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise DataError(f"{path}: the header names {repeated} more than once: rename the copies (a second label "
+                        "column would be learnt from as a feature)")
 
 
 def _label_column(path: Path, frame: pd.DataFrame) -> str:

@@ -32,6 +32,10 @@ def encode_labels(values, where: str) -> tuple[np.ndarray, Vocabulary]:
     import pandas as pd
 
     labels = pd.Series(np.asarray(values, dtype=object) if not isinstance(values, pd.Series) else values)
+    nested = next((v for v in labels if isinstance(v, (list, tuple, dict, set, np.ndarray))), None)
+    if nested is not None:
+        raise DataError(f"{where}: the labels hold {type(nested).__name__}s (e.g. {str(nested)[:60]}), not one class "
+                        "per row: give a column of class names or ids")
     if labels.isna().any():
         raise DataError(f"{where}: {int(labels.isna().sum())} row(s) have no label")
     codes, distinct = pd.factorize(labels)  # names and order are worked out once per distinct value, not per row
@@ -64,8 +68,13 @@ def _sort_keys(labels, where: str) -> list[tuple[int, float | str]]:
     return keys
 
 
+MAX_NUMBER_DIGITS = 300  # longer integer text is a name (a float holds no more, and int() refuses 4,300+ digits)
+
+
 def _is_integer_text(text: str) -> bool:
-    return text.lstrip("+-").isdigit()
+    """ASCII digits only: "²" and "٣" are digits to str.isdigit, not to int()."""
+    digits = text.lstrip("+-")
+    return digits.isascii() and digits.isdigit() and len(digits) <= MAX_NUMBER_DIGITS
 
 
 def _check_is_classification(classes: list[str], rows: int, where: str) -> None:

@@ -6,7 +6,8 @@ source holds them: integers, text, booleans), or raises DataError naming the fil
 
 from __future__ import annotations
 
-import gzip
+import math
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -71,9 +72,9 @@ def read_idx_file(path: Path) -> np.ndarray:
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from err
+            raw = _gunzip(raw, path)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -82,7 +83,7 @@ def read_idx_file(path: Path) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: dimensions whose product overflows int64 cannot wrap
     if len(raw) - header != expected:
         raise DataError(f"{path}: truncated or padded IDX data: shape {shape} needs {expected} bytes, found {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
@@ -109,6 +110,9 @@ def read_image_folder(folder: Path, size: tuple[int, ...], channels: int | str,
                 colour_files += image.mode in COLOUR_MODES
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{path}: not a readable PNG or JPEG image ({err})") from err
+        except Exception as err:  # noqa: BLE001 - a header that claims billions of pixels (DecompressionBombError),
+            # a chunk length that is garbage (SyntaxError), ...: the file is named, never a traceback
+            raise DataError(f"{path}: not a usable PNG or JPEG image ({type(err).__name__}: {str(err)[:200]})") from err
     size = tuple(size) or _capped(sizes.most_common(1)[0][0], max_side)
     names = [name for _, name in files]
     if channels != "auto":
@@ -179,15 +183,41 @@ def _progress(items, description: str):
     return tqdm(items, desc=description, unit="file")
 
 
+MAX_INFLATED_BYTES = 4 * 2**30  # a gzip IDX file may inflate to this; more is a bomb (or a file for another tool)
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """`raw` inflated, a block at a time, refused beyond MAX_INFLATED_BYTES (a 4 MB bomb inflates to terabytes)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out, size, pending = [], 0, raw
+    while not inflater.eof:
+        block = inflater.decompress(pending, 1 << 24)
+        if not block and not inflater.unconsumed_tail and not inflater.eof:
+            raise DataError(f"{path}: a truncated gzip stream")
+        size += len(block)
+        if size > MAX_INFLATED_BYTES:
+            raise DataError(f"{path}: inflates to more than {MAX_INFLATED_BYTES / 2**30:g} GiB: refused (a gzip bomb, "
+                            "or not MNIST-format data)")
+        out.append(block)
+        pending = inflater.unconsumed_tail
+    return b"".join(out)
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    """An .npy array, its header checked against the file's length before anything is allocated (memory-mapped,
+    then read): a 100-byte file declaring petabytes is refused, as are pickles and .npz archives."""
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise DataError(f"{path}: the file is empty (0 bytes)")
-        return np.load(path, allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray):  # an .npz archive under an .npy name
+            raise DataError(f"{path}: an .npz archive, not one array: save each array with numpy.save")
+        return np.array(mapped)
     except FileNotFoundError as err:
         raise DataError(f"{path} not found") from err
-    except (ValueError, EOFError, OSError) as err:  # truncated or not an .npy file (pickles are refused too)
-        raise DataError(f"{path} is not a readable .npy array: {err}") from err
+    except (ValueError, EOFError, OSError, OverflowError, MemoryError) as err:  # truncated, declared larger than the
+        # file, not an .npy file, a pickle
+        raise DataError(f"{path} is not a readable .npy array: {type(err).__name__}: {str(err)[:200]}") from err
 
 
 def _checked(images_path: Path, images: np.ndarray, labels_path: Path, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

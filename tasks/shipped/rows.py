@@ -16,6 +16,9 @@ MAX_ENCODED = 1e6  # an encoded value further than this many training standard d
                    # output would overflow to NaN on it, and no real row is that far out
 
 
+_FLOAT_MAX = int(np.finfo(np.float64).max)
+
+
 class BadRow(ValueError):
     """A row that cannot be encoded; the message names the row and the column."""
 
@@ -42,6 +45,9 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
                 value = column["fill"]
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadRow(f"row {i}, column '{column['column']}': expected a number or null, got {value!r}")
+            elif isinstance(value, int) and abs(value) > _FLOAT_MAX:  # hundreds of digits: no float holds it
+                raise BadRow(f"row {i}, column '{column['column']}': an integer too large for any number "
+                             f"({value.bit_length()} bits)")
             elif not math.isfinite(value):
                 raise BadRow(f"row {i}, column '{column['column']}': {value} is not a finite number")
             encoded = (float(value) - column["mean"]) / column["scale"]

@@ -140,6 +140,8 @@ def test_a_npy_body_is_answered_with_npy_probabilities_equal_to_the_in_process_m
     (_npy(np.zeros((1, 8, 8), np.float32)).replace(b"(1, 8, 8)", b"(1, 8, 8 "), "not a readable .npy file"),
     (_npy(np.zeros((1, 8, 8), np.float32)).replace(b"(1, 8, 8)", b"(10**9, 8, 8)".ljust(9)[:9]), "not a readable"),
     (_declaring(np.zeros((1, 8, 8), np.float32), "(100000000000, 8, 8)"), "the header declares shape (100000000000, 8, 8)"),
+    (_declaring(np.zeros((1, 8, 8), np.float32), "(10**400,)"), "the header declares shape (1000000000"),  # no overflow
+    (_declaring(np.zeros((1, 8, 8), np.float32), "(10**200, 10**200)"), "the header declares shape (1000000000"),
     (_npy(np.zeros((4, 8, 8), np.float32))[:-10], "but 1014 bytes follow it"),
     (_npy(np.array([["a"] * 8] * 8)[None]), "images must be real numbers; got dtype <U1"),
     (_npy(np.zeros((2, 7, 8), np.float32)), "images must have shape (N, 8, 8); got (2, 7, 8)"),
@@ -202,6 +204,11 @@ _MANY = [[[1.0] * 8] * 8] * 600  # 192 KB of JSON
     (_large(_MANY + [[[99.0] * 8] * 8]), 400, "pixel values must lie in [0, 16]"),
     (_large(_MANY, b', "note": "true"'), 200, ""),  # another key: BentoML's own parser, the same answer
     (_large(_MANY, b"]"), 400, "Invalid JSON"),
+    # 100,000 nested brackets (200 KB): refused, not a RecursionError (500); a small deep body too
+    ({"content": b'{"images": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "headers": {"content-type": "application/json"}},
+     400, "image 0 is nested too deeply to be an image"),
+    ({"content": b'{"images": [' + b"[" * 5_000 + b"]" * 5_000 + b"]}", "headers": {"content-type": "application/json"}},
+     400, "images"),
     ({"content": b'{"images": "' + b"0" * (3 * 1024 * 1024) + b'"}', "headers": {"content-type": "application/json"}},
      413, "for /predict (JSON for 1024 inputs of shape (8, 8)): send fewer per request, or bulk data as .npy"),
     ({"content": b"{}", "headers": {"content-type": "text/plain"}}, 415, "/predict takes a body of type application/json"),
@@ -234,6 +241,18 @@ def _blank_png(side: int) -> bytes:
     return out.getvalue()
 
 
+def _scan_bomb() -> bytes:
+    """A 72 KB progressive 4000×4000 JPEG whose last scan is repeated 300 times: within the pixel budget, and about
+    4 s of CPU per decode (each scan is decoded in full)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (4000, 4000), 128).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    last_scan = data[data.rfind(b"\xff\xda"):-2]
+    return data[:-2] + last_scan * 300 + b"\xff\xd9"
+
+
 def _broken_png() -> bytes:
     """A PNG whose first chunk's length field is garbage: Pillow raises SyntaxError, not OSError, on it."""
     good = _png(np.zeros((8, 8)))
@@ -256,6 +275,7 @@ def _broken_png() -> bytes:
     ({"files": {"image": ("b.png", _broken_png(), "image/png")}}, 400, "not a readable PNG or JPEG image"),
     ({"files": {"image": ("big.png", _blank_png(4100), "image/png")}}, 400,
      "4100×4100 pixels; the limit is 16,000,000 pixels"),
+    ({"files": {"image": ("scans.jpg", _scan_bomb(), "image/jpeg")}}, 400, "a JPEG of 306 scans; the limit is 16"),
 ])
 def test_hostile_uploads_get_a_4xx_and_the_connection_stays_usable(service, request_kwargs, status, message):
     answer = service.post("/predict_image", **request_kwargs)
@@ -516,6 +536,8 @@ def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_ro
         assert about["classes"] == TABLE_CLASSES and about["input_shape"] == [5] and about["kind"] == "table"
         for bad, message in (({"rows": [{"width": "wide", "height": 1, "stroke": "thin"}]}, "column 'width': expected a number"),
                              ({"rows": [{"width": 1, "stroke": "thin"}]}, "missing columns ['height']"),
+                             ({"rows": [{"width": 10**400, "height": 1, "stroke": "thin"}]},
+                              "column 'width': an integer too large for any number"),
                              ({"rows": []}, "rows"), ({"rows": "all of them"}, "rows")):
             refused = httpx.post(f"{url}/predict_rows", json=bad, timeout=30)
             assert refused.status_code == 400 and message in refused.json()["error"], (bad, refused.text)

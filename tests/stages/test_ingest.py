@@ -219,3 +219,101 @@ def test_the_source_kind_is_told_from_the_path(tmp_path):
     assert detect_source(tmp_path / "arr") == "arrays"
     with pytest.raises(DataError, match="cannot tell what this file holds"):
         detect_source(tmp_path / "notes.txt")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose IHDR is rewritten to claim width×height (its CRC fixed): a decompression bomb's
+    header, refused before any pixel is decoded."""
+    import io
+    import zlib
+
+    out = io.BytesIO()
+    Image.new("L", (8, 8)).save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _hostile_arrays(folder, kind):
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.zeros(4, np.int64))
+    if kind == "petabytes":  # a header declaring 2**50 float64 images, then 64 bytes
+        from numpy.lib import format as npy
+        import io
+
+        header = io.BytesIO()
+        npy.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2**50, 8, 8)})
+        (folder / "images.npy").write_bytes(header.getvalue() + b"\0" * 64)
+    elif kind == "npz":
+        with (folder / "images.npy").open("wb") as handle:
+            np.savez(handle, images=np.zeros((4, 8, 8)))
+
+
+def _hostile_idx(folder, kind):
+    folder.mkdir()
+    header = struct.pack(">BBBB", 0, 0, 0x08, 3)
+    if kind == "overflow":  # dimensions whose product overflows int64
+        blob = header + struct.pack(">3I", 2**31, 2**31, 2**31) + b"\0" * 16
+    elif kind == "corrupt":  # a gzip stream whose deflate data is garbage
+        good = bytearray(gzip.compress(header + struct.pack(">3I", 4, 8, 8) + bytes(256)))
+        good[12:20] = b"\xff" * 8
+        blob = bytes(good)
+    (folder / "train-images-idx3-ubyte").write_bytes(blob)
+    (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 0x08, 1, 4) + bytes(4))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: _hostile_arrays(f, "petabytes"), "images.npy is not a readable .npy array: ValueError: mmap length"),
+    (lambda f: _hostile_arrays(f, "npz"), "images.npy: an .npz archive, not one array"),
+    (lambda f: _hostile_idx(f, "overflow"), "truncated or padded IDX data: shape (2147483648, 2147483648, 2147483648)"),
+    (lambda f: _hostile_idx(f, "corrupt"), "train-images-idx3-ubyte: cannot read (error: Error -3 while decompressing"),
+])
+def test_a_hostile_array_or_idx_file_is_a_data_error_naming_it(tmp_path, make, message):
+    make(tmp_path / "data")
+    with pytest.raises(DataError) as info:
+        _ingest(tmp_path, path="data")
+    assert message in str(info.value) and not info.value.retryable
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    from tasks.ingest import sources
+
+    monkeypatch.setattr(sources, "MAX_INFLATED_BYTES", 2**20)  # the same rule at 1 MiB instead of 4 GiB
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 100_000, 8, 8)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(100_000 * 64)))
+    with pytest.raises(DataError, match=r"inflates to more than 0.000976562 GiB: refused \(a gzip bomb"):
+        sources.read_idx_file(folder / "train-images-idx3-ubyte.gz")
+
+
+def test_an_image_whose_header_claims_billions_of_pixels_is_named(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 40).save(tmp_path / "imgs" / name / "ok.png")
+    (tmp_path / "imgs" / "a" / "bomb.png").write_bytes(_png_claiming(20_000, 20_000))
+    with pytest.raises(DataError, match=r"bomb.png: not a usable PNG or JPEG image \(DecompressionBombError"):
+        _ingest(tmp_path, source="images", path="imgs")
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["²", "1", "2"] * 10, None),  # a superscript digit is a name, not the number 2
+    (["1" * 5000, "1", "2"] * 10, None),  # 5,000 digits: a name (int() refuses it, no float holds it)
+    ([[1, 2], [3], [4]] * 10, "the labels hold lists"),
+])
+def test_labels_that_are_not_plain_numbers_are_names_or_refused_by_name(labels, message):
+    from tasks.ingest.labels import encode_labels
+
+    if message:
+        with pytest.raises(DataError, match=message):
+            encode_labels(labels, "x")
+        return
+    _, vocabulary = encode_labels(labels, "x")
+    assert len(vocabulary.classes) == 3 and vocabulary.classes[:2] == ["1", "2"]
+
+
+def test_a_second_label_column_is_refused_not_learnt_from(tmp_path):
+    (tmp_path / "loans.csv").write_text("income,label,debt,label\n1,yes,2,yes\n3,no,4,no\n")
+    with pytest.raises(DataError, match=r"the header names \['label'\] more than once"):
+        _ingest(tmp_path, source="table", path="loans.csv")
