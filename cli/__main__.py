@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cli import drift, jobs, pipeline, registry, reproduce, schedule, serving
@@ -24,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as flows/__init__.py: MLflow's INFO is its chatter
     try:
         return args.run(args)
     except KeyboardInterrupt:

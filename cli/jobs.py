@@ -57,8 +57,14 @@ def run_score(args: argparse.Namespace) -> int:
     except NoModel as err:
         print(f"no model to score with: {err}", file=sys.stderr)
         return 3
-    print("\n".join(render(result) for result in results))
-    return 0
+    rejected = [result for result in results if result.get("rejected")]
+    scored = [result for result in results if not result.get("rejected")]
+    if scored:
+        print("\n".join(render(result) for result in scored))
+    for result in rejected:  # a drop folder's other files were scored; exit 2 says some were not
+        print(f"scoring stopped: {result['rejected']}" if len(results) == 1 else f"not scored: {result['rejected']}",
+              file=sys.stderr)
+    return 2 if rejected else 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:

@@ -14,3 +14,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # "database is locked" traceback when it races the first migration). The project's own server turns it off too
 # (flows/prefect_server.py).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# MLflow logs its database migrations and model registrations at INFO, on every run against a fresh store: its
+# warnings and errors are what a person needs to see (it reads this when it is first imported).
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

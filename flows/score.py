@@ -26,9 +26,14 @@ def score_input(input: str, root: str, model: str | None, address: str | None) -
     from jobs.score import score
     from jobs.score.model import champion_model, stored_model
 
+    from tasks.common.errors import DataError
+
     params = load_params(Path(root) / "params.yaml")
     shipped = stored_model(model) if model else champion_model(Path(root), params)
-    result = score(Path(input), shipped, Path(root), params.score, params.package.max_image_pixels, address)
+    try:
+        result = score(Path(input), shipped, Path(root), params.score, params.package.max_image_pixels, address)
+    except DataError as err:  # this input is bad: set aside with its reason, the others are still scored
+        return {"input": input, "rejected": str(err)[:2000]}
     return vars(result)
 
 
@@ -67,7 +72,9 @@ def score_batch(input: str, root: str = ".", model: str | None = None, address: 
     results = []
     for one in inputs_in(Path(input).resolve()):
         result = score_input(str(one), root, model, address)
-        if result["already_scored"]:
+        if result.get("rejected"):
+            get_run_logger().warning("not scored: %s", result["rejected"])
+        elif result["already_scored"]:
             get_run_logger().info("already scored: %s with %s v%s → %s (nothing to do)", one, result["model"]["name"],
                                   result["model"]["version"], result["output"])
         else:
@@ -81,9 +88,11 @@ def inputs_in(path: Path) -> list[Path]:
     """`path` itself, or for a folder holding table files (and no images) each of those files, in name order."""
     from jobs.score.reader import IMAGE_SUFFIXES, TABLE_SUFFIXES
 
+    from jobs.score.reader import readable
+
     if not path.is_dir():
         return [path]
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in path.iterdir() if not p.name.startswith(".") and readable(p, path)]
     tables = sorted(p for p in files if p.suffix.lower() in TABLE_SUFFIXES)
     if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
         return tables
@@ -97,6 +106,8 @@ def _headline(result: dict) -> str:
 
 def render(result: dict) -> str:
     """The run's report (Prefect artifact, and the end-of-run summary)."""
+    if result.get("rejected"):
+        return f"# Not scored: {result['input']}\n\n{result['rejected']}\n"
     drift = result.get("drift") or {}
     lines = [f"# Batch scoring of {result['input']}", "", _headline(result), "",
              f"- output: `{result['output']}` (predictions.parquet, quarantine.parquet, summary.json)"

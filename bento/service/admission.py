@@ -29,13 +29,19 @@ RETRY_AFTER_S = 1
 BUSY = "the service is busy: it holds as many requests as it can take; retry after {} s"
 PARSE_INLINE_BYTES = 128 * 1024  # a smaller JSON body is parsed in one go (a few milliseconds at most)
 YIELD_EVERY_S = 0.002  # a large one hands the event loop back this often
+# A request with a body counts for at least this much from its arrival (so that a thousand arriving at once cannot
+# all be let in), then for the bytes it has sent: a declared size reserves no more than this.
+RESERVED_BYTES = 64 * 1024
 
 
 class Admission(traffic.MaxConcurrencyMiddleware):
     """BentoML's limit on requests in progress, answering 503 + Retry-After (BentoML's answers 429); and a budget of
-    request bytes in progress (their declared Content-Length, or the size limit for a chunked body), since a
-    1024-image request is a thousand times the work of a single image: beyond it, 503 at arrival too. One request
-    is always let in, however large, so that no size within the limits is starved."""
+    request body bytes in progress, counted as they arrive: beyond it, a request with a body is answered 503 at
+    arrival too (a 1024-image request is a thousand times the work of one image). A declared Content-Length reserves
+    nothing (an upload that declares 8 MB and sends nothing held the whole budget until BentoML's 30 s timeout), a
+    body that stalls `body_timeout_seconds` between two parts is answered 408 and dropped, and requests without a
+    body (health, /metadata, /metrics) never wait on the budget. One request is always let in, however large, so
+    that no size within the limits is starved."""
 
     def __init__(self, app, max_concurrency: int, skip_paths=None) -> None:
         super().__init__(app, max_concurrency, skip_paths)
@@ -47,13 +53,66 @@ class Admission(traffic.MaxConcurrencyMiddleware):
         size = _declared_size(scope)
         if size > body_limit(scope["path"]):  # the guard refuses it (413) without reading it
             return await self.app(scope, receive, send)
-        if self._semaphore.locked() or (self.in_progress and self.in_progress + size > self.budget):
+        if self._semaphore.locked() or (size and self.in_progress and self.in_progress + size > self.budget):
             return await busy(send)
-        self.in_progress += size
+        if not size:
+            return await super().__call__(scope, receive, send)
+        held = [min(size, RESERVED_BYTES)]  # what this request counts for now: a window, then the bytes it sent
+        self.in_progress += held[0]
         try:
-            await super().__call__(scope, receive, send)
+            async with self._semaphore:  # a place from arrival: its body is read holding it (for at most the timeout)
+                body = await self._read(receive, held, body_limit(scope["path"]))
+                if body is None:
+                    return await _answer(send, 408, f"the request body stalled for {args.body_timeout_seconds:g} s: "
+                                                    "send it without pauses")
+                if body is not _GONE:
+                    await self.app(scope, _replay(body), send)
         finally:
-            self.in_progress -= size
+            self.in_progress -= held[0]
+
+    async def _read(self, receive, held: list[int], limit: int):
+        """The body, counted against the budget as it arrives (at least its reserved window); None when it stalls,
+        _GONE when the client left. Past `limit` it stops reading: the guard refuses what it was handed (413)."""
+        parts, received = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), args.body_timeout_seconds)
+            except TimeoutError:
+                return None
+            if message["type"] != "http.request":
+                return _GONE
+            parts.append(message.get("body", b""))
+            received += len(parts[-1])
+            grown = max(received, held[0]) - held[0]
+            held[0] += grown
+            self.in_progress += grown
+            if not message.get("more_body") or received > limit:
+                return b"".join(parts)
+
+
+_GONE = object()  # the client disconnected before its body was whole
+
+
+def _replay(body: bytes):
+    """A receive that hands on the body read already, then waits on the client (for its disconnect)."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _answer(send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _declared_size(scope) -> int:

@@ -26,6 +26,7 @@ class ServiceArgs(BaseModel):
     max_request_mb: float = 8.0
     max_concurrent_requests: int = 32
     max_inflight_mb: float = 2.0
+    body_timeout_seconds: float = 10.0
     max_image_pixels: int = 16_000_000
     access_log: bool = False
     tracing: bool = False

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from bento.service.guard import API_KEY_ENV, OPEN_PATHS, OTHER_KIND
 
 REFUSED = {401: "missing or wrong X-API-Key (when the service runs with BENTO_API_KEY)",
+           408: "the request body stalled for body_timeout_seconds between two of its parts",
            413: "request body above max_request_mb",
            415: "a body of a type this endpoint does not take",
            503: "the service is busy (max_concurrent_requests in progress): retry after the Retry-After seconds"}

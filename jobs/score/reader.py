@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,18 +78,33 @@ def image_array(path: Path, name: str):
     return images
 
 
+def readable(path: Path, folder: Path) -> bool:
+    """A regular file, or a symlink to one inside `folder`: never a FIFO or a device (reading one blocks for ever or
+    never ends: `x.png` → /dev/zero), nor a link out of the folder (`x.png` → /etc/passwd), nor a dangling link."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # follows links: what would be read
+            return False
+        return not path.is_symlink() or path.resolve().is_relative_to(folder.resolve())
+    except OSError:  # dangling, or unreadable
+        return False
+
+
 def image_files(folder: Path) -> list[str]:
-    """The image files under `folder` as paths relative to it, sorted; hidden files and folders left out."""
+    """The image files under `folder` as paths relative to it, sorted; hidden files and folders, and anything that
+    is not a regular file inside the folder (`readable`), left out."""
     import os
 
     found = []
-    for top, folders, files in os.walk(folder):
+    for top, folders, files in os.walk(folder):  # does not descend into linked folders
         folders[:] = [f for f in folders if not f.startswith(".")]
         prefix = os.path.relpath(top, folder)
         found += [name if prefix == "." else f"{prefix}/{name}" for name in files
-                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+                  and readable(Path(top) / name, folder)]
     if not found:
-        raise DataError(f"{folder}: no PNG or JPEG files in it")
+        raise DataError(f"{folder}: no PNG or JPEG files in it (regular files, or links to them inside the folder)")
     return sorted(found)
 
 
@@ -122,16 +138,33 @@ def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Ch
     import pandas as pd
 
     separator = TABLE_SUFFIXES[path.suffix.lower()]
-    if separator is None:
-        import pyarrow.parquet as pq
+    with _readable_table(path):
+        if separator is None:
+            import pyarrow.parquet as pq
 
-        frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=rows))
-    else:
-        frames = pd.read_csv(path, sep=separator, chunksize=rows)
-    start = 0
-    for index, frame in enumerate(frames):
-        yield Chunk(index, list(range(start, start + len(frame))), frame)
-        start += len(frame)
+            frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=rows))
+        else:
+            frames = pd.read_csv(path, sep=separator, chunksize=rows)
+        start = 0
+        for index, frame in enumerate(frames):
+            yield Chunk(index, list(range(start, start + len(frame))), frame)
+            start += len(frame)
+
+
+@contextmanager
+def _readable_table(path: Path) -> Iterator[None]:
+    """A table that cannot be read as one (a ragged row, UTF-16 text, an empty file, a fake Parquet file) is a
+    DataError naming it, not a parser's traceback."""
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        yield
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: the file is empty (no header, no rows)") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable {path.suffix[1:]} table ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else ''})") from err
 
 
 def _array_chunks(path: Path, rows: int, files: list[str]) -> Iterator[Chunk]:
@@ -153,8 +186,9 @@ def columns(path: Path) -> list[str]:
     import pandas as pd
 
     separator = TABLE_SUFFIXES[path.suffix.lower()]
-    if separator is None:
-        import pyarrow.parquet as pq
+    with _readable_table(path):
+        if separator is None:
+            import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
-    return list(pd.read_csv(path, sep=separator, nrows=0).columns)
+            return list(pq.read_schema(path).names)
+        return list(pd.read_csv(path, sep=separator, nrows=0).columns)

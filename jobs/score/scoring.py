@@ -65,8 +65,11 @@ class ScoreResult:
     seconds: float = 0.0
 
 
+MAX_NAME = 100  # characters of the input's name kept in its output folder's (a 250-character name: ENAMETOOLONG)
+
+
 def version_dir(root: Path, output: str, input_path: Path, digest: str, model: ShippedModel) -> Path:
-    return root / output / f"{input_path.stem}-{digest[:12]}" / f"{model.name}-v{model.version}"
+    return root / output / f"{input_path.stem[:MAX_NAME]}-{digest[:12]}" / f"{model.name}-v{model.version}"
 
 
 def _check_shape(input_path: Path, files: list[str], model: ShippedModel) -> None:
@@ -104,6 +107,8 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     input_path = Path(input_path)
     if not input_path.exists():
         raise DataError(f"{input_path}: no such file or folder")
+    if not input_path.is_dir() and not reader.readable(input_path, input_path.parent):
+        raise DataError(f"{input_path}: not a regular file (a FIFO, a device, or a link out of its folder): not read")
     kind = reader.input_kind(input_path)
     if ("images" if kind in reader.ARRAY_KINDS else kind) != model.kind:
         raise DataError(f"{input_path} holds {kind}, but model {model.tag} takes {model.kind}")

@@ -44,7 +44,7 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
             if _missing(value):
                 value = column["fill"]
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BadRow(f"row {i}, column '{column['column']}': expected a number or null, got {value!r}")
+                raise BadRow(f"row {i}, column '{column['column']}': expected a number or null, got {_shown(value)}")
             elif isinstance(value, int) and abs(value) > _FLOAT_MAX:  # hundreds of digits: no float holds it
                 raise BadRow(f"row {i}, column '{column['column']}': an integer too large for any number "
                              f"({value.bit_length()} bits)")
@@ -61,12 +61,19 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
             value = row[column["column"]]
             if not _missing(value) and not isinstance(value, (str, int, float)):  # bool is an int: "True" as trained
                 raise BadRow(f"row {i}, column '{column['column']}': expected a category (text, a number or a boolean "
-                             f"used as one) or null, got {value!r}")
+                             f"used as one) or null, got {_shown(value)}")
             value = column["fill"] if _missing(value) else str(value)
             if value in column["categories"]:
                 out[i, offset + column["categories"].index(value)] = 1.0
             offset += len(column["categories"])
     return out
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value as an error message quotes it: cut to `limit` characters (a message goes to logs, MLflow, a DVC
+    remote: neither a megabyte of text nor a whole cell of someone's data belongs there)."""
+    text = repr(value) if not isinstance(value, (list, dict)) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _missing(value) -> bool:

@@ -5,6 +5,7 @@ scheduler and two worker processes on loopback), killed mid-way, and through the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -274,3 +275,39 @@ def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does
     missing = run_in(root, env, MLOPS, "score", "--input", str(tmp_path / "nothing-here"),
                      "--model", digits.tag, timeout=600)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names_the_rest(models, tmp_path,
+                                                                                          prefect_api):
+    """A drop folder as the world fills it: each bad file set aside with its reason (a ragged row, UTF-16 text, an
+    empty file, a fake Parquet file), the files that are not regular files inside the folder never opened (a FIFO
+    that would block for ever, links to /dev/zero and out of the folder, a dangling link), a 250-character name
+    scored under a bounded output name; no traceback, exit 2 because some were not scored."""
+    _, table, store_env, _ = models
+    root = project_copy(tmp_path / "project")
+    env = {**project_env(tmp_path, prefect_api), "BENTOML_HOME": store_env["BENTOML_HOME"]}
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    good = pd.DataFrame(table_rows(50, seed=3))
+    good.to_csv(drop / "good.csv", index=False)
+    good.to_csv(drop / (("n" * 246) + ".csv"), index=False)
+    (drop / "ragged.csv").write_text("width,height,stroke\n1.5,6,thin\n2,7,bold,extra,cells\n")
+    (drop / "utf16.csv").write_bytes(good.to_csv(index=False).encode("utf-16"))
+    (drop / "empty.csv").write_bytes(b"")
+    (drop / "fake.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    os.mkfifo(drop / "fifo.csv")
+    (drop / "zero.csv").symlink_to("/dev/zero")
+    (drop / "passwd.csv").symlink_to("/etc/passwd")
+    (drop / "gone.csv").symlink_to(drop / "nothing-there.csv")
+    done = run_in(root, env, MLOPS, "score", "--input", str(drop), "--model", table.tag, "--no-push", timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-3000:]
+    assert out.count("50 of 50 rows scored, 0 quarantined") == 2  # good.csv, and the long name
+    for name, why in (("ragged.csv", "not a readable csv table (ParserError"), ("utf16.csv", "not a readable csv table"),
+                      ("empty.csv", "the file is empty"), ("fake.parquet", "not a readable parquet table")):
+        assert f"not scored: {drop / name}: {why}" in done.stderr, (name, done.stderr[-3000:])
+    for name in ("fifo.csv", "zero.csv", "passwd.csv", "gone.csv"):
+        assert name not in out  # never listed, never opened
+    assert "Traceback" not in out
+    long_output = next((root / "predictions").glob("nnnn*"))
+    assert len(long_output.name) == 100 + 1 + 12
