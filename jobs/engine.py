@@ -49,6 +49,30 @@ def connect(address: str, workers: int = 0):
         with Client(address, timeout="30s") as client:
             yield client
         return
-    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
-        yield client
+    cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        # The work is done and its results are in: how the workers wind down is Dask's business. A worker whose
+        # process is slow to exit (threads a trial's libraries left) is killed after a grace period, and the comms
+        # to it then close mid-write: Dask logs that with a traceback, on a run that went well.
+        with _quiet("distributed", "tornado", "asyncio"):
+            cluster.close(timeout=10)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    import logging
+
+    known = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in names]  # their children
+    loggers = [logging.getLogger(name) for name in {*names, *known}]  # too: Dask sets some levels of its own
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
