@@ -190,17 +190,17 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
 
 
 def _close_abandoned(study, parent: str) -> list[int]:
-    """End the MLflow runs of abandoned trials as KILLED (their process died, so their runs still say RUNNING),
-    found by their tags: a trial that died before its first epoch never wrote its run id into the study; the
-    abandoned trials' numbers."""
+    """End the MLflow runs of abandoned trials as KILLED, found by their tags (a trial that died before its first
+    epoch never wrote its run id into the study): their process died, so their runs still say RUNNING, or FINISHED
+    when it died between the end of training and the study recording the trial (which runs again); the abandoned
+    trials' numbers."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     numbers = abandoned(study.get_trials(deepcopy=False))
     if numbers:
         experiment = client.get_run(parent).info.experiment_id
-        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}' "
-                                                     "and attributes.status = 'RUNNING'"):
+        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'"):
             if run.data.tags.get("sweep.trial") in {str(n) for n in numbers}:
                 client.set_tag(run.info.run_id, "sweep.state", "requeued")
                 client.set_terminated(run.info.run_id, "KILLED")
