@@ -66,7 +66,7 @@ class Admission(traffic.MaxConcurrencyMiddleware):
                     return await _answer(send, 408, f"the request body stalled for {args.body_timeout_seconds:g} s: "
                                                     "send it without pauses")
                 if body is not _GONE:
-                    await self.app(scope, _replay(body), send)
+                    await self.app(scope, replay(body), send)
         finally:
             self.in_progress -= held[0]
 
@@ -93,8 +93,8 @@ class Admission(traffic.MaxConcurrencyMiddleware):
 _GONE = object()  # the client disconnected before its body was whole
 
 
-def _replay(body: bytes):
-    """A receive that hands on the body read already, then waits on the client (for its disconnect)."""
+def replay(body: bytes):
+    """A receive that hands on a body read already, then says the client is gone (the guard uses it too)."""
     sent = False
 
     async def receive():

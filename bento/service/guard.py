@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from bento.service.admission import busy
+from bento.service.admission import busy, replay
 from bento.service.build import IMAGE_SHAPE, KIND, args, body_limit
 from bento.service.monitoring import WARM_UP
 
@@ -75,7 +75,7 @@ class Guard:
             problem = await _multipart_problem(scope, body, UPLOADS.get(scope["path"]))
             if problem:
                 return await _reply(send, 400, problem)
-            return await self.app(scope, _replay(body), send)
+            return await self.app(scope, replay(body), send)
         if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # A chunked body has no declared length: read it up to the limit, then hand it on.
             messages, size = [], 0
@@ -87,10 +87,10 @@ class Guard:
                     return await _reply(send, 413, _too_large(scope["path"], "request body", limit))
                 if message["type"] != "http.request" or not message.get("more_body"):
                     break
-            replay = iter(messages)
+            replayed = iter(messages)
 
             async def receive_replayed():
-                return next(replay, None) or await receive()
+                return next(replayed, None) or await receive()
 
             return await self.app(scope, receive_replayed, send)
         return await self.app(scope, receive, send)
@@ -119,26 +119,13 @@ async def _body(receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes):
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
 async def _multipart_problem(scope, body: bytes, upload_field: str | None) -> str:
     """What is wrong with a multipart body (unparseable; for an upload endpoint, no file in its field), or ""."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
     try:
-        form = await Request(scope, _replay(body)).form(max_files=4, max_fields=16)
+        form = await Request(scope, replay(body)).form(max_files=4, max_fields=16)
     except Exception as err:  # noqa: BLE001 - python-multipart and Starlette raise several kinds for a broken body
         return f"malformed multipart/form-data body: {str(err) or type(err).__name__}"
     try:
