@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test test-fast bench repro ui serve schedule schedule-status clean
+.PHONY: install browser run test test-fast bench repro ui serve schedule schedule-status clean
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .   # the `mlops` command (cli/)
 	touch $(STAMP)
+
+# The validation report's browser test opens it in Debian's Chromium (Playwright drives it; it downloads no browser).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:  ## Debian's chromium, when missing (apt-get; sudo unless root)
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser test (apt-get)"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
 run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or DATA=path [LABEL=column] [NEW=1]
 	$(BIN)/mlops run $(if $(DATA),--data "$(DATA)") $(if $(LABEL),--label "$(LABEL)") $(if $(NEW),--new-dataset) $(ARGS)
@@ -29,10 +36,10 @@ run: install  ## the whole pipeline as a Prefect flow: on the bundled digits, or
 TEST_WORKERS ?= 3
 PYTEST := OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-test: install  ## every test, offline, on CPU (tests/: unit, stages, serving, integration, e2e)
+test: install browser  ## every test, offline, on CPU (tests/: unit, stages, serving, integration, e2e)
 	$(PYTEST) $(ARGS)
 
-test-fast: install  ## the unit and stage tests not marked slow: the edit-test loop (under 3 minutes)
+test-fast: install browser  ## the unit and stage tests not marked slow: the edit-test loop (under 3 minutes)
 	$(PYTEST) tests/unit tests/stages -m "not slow" $(ARGS)
 
 bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minutes; not a test)

@@ -64,7 +64,7 @@ def _figures(result: object) -> dict:
     """The result's small fields (a long table or a list of failures stays in the stage's own files)."""
     if not dataclasses.is_dataclass(result):
         return {}
-    shown = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("table", "failures")}
+    shown = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("table", "failures", "checks")}
     return {k: v.item() if hasattr(v, "item") else v for k, v in shown.items()}  # NumPy scalars as Python numbers
 
 

@@ -4,10 +4,10 @@ The code is in stage.py (the core and its shell) and the modules beside it; this
 """
 
 from tasks.validate.stage import (
-    Failure,
+    Check,
     ValidateResult,
     validate,
     run,
 )
 
-__all__ = ["Failure", "ValidateResult", "validate", "run"]
+__all__ = ["Check", "ValidateResult", "validate", "run"]

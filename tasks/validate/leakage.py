@@ -37,7 +37,8 @@ def leaked(train: list[str], held_out: list[str]) -> list[tuple[int, int]]:
 def describe(split: str, pairs: list[tuple[int, int]], rows: int) -> str:
     """`3 of 360 test rows are identical to train rows (test row 5 = train row 17, ...)`."""
     shown = ", ".join(f"{split} row {i} = train row {j}" for i, j in pairs[:5])
-    return f"{len(pairs)} of {rows} {split} rows are identical to train rows ({shown}{', …' if len(pairs) > 5 else ''})"
+    found = f"{len(pairs)} of {rows} {split} rows are identical to train rows"
+    return f"{found} ({shown}{', …' if len(pairs) > 5 else ''})" if pairs else found
 
 
 def conflicting_labels(hashes: list[str], labels: np.ndarray, names: list[str]) -> dict:

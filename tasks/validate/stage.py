@@ -4,55 +4,60 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.common.atomic import write_json
+from tasks.common.atomic import write_json, write_with
 from tasks.common.config import Params, ValidateParams
 from tasks.common.dataset import SPLITS, load_split
 from tasks.common.errors import ValidationFailed
 from tasks.common.layout import Layout
-from tasks.validate import contract, leakage, suites
+from tasks.validate import contract, leakage, offline_docs, report_page, suites
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Failure:
+class Check:
+    """One check of a data version: an expectation of the suite, or the contract or leakage check beside them."""
     split: str
     expectation: str
     column: str | None
     observed: str
-    limit: str = ""  # what the expectation demands, e.g. "min_value=20"
+    limit: str = ""  # what the check demands, e.g. "min_value=20"
+    passed: bool = False
+    page: str = ""  # the Great Expectations page that shows it, relative to the Data Docs site
 
 
 @dataclass(frozen=True)
 class ValidateResult:
     success: bool
-    failures: list[Failure] = field(default_factory=list)
-    data_docs: Path | None = None
+    failures: list[Check] = field(default_factory=list)
+    data_docs: Path | None = None  # Great Expectations' index: every validation of the project
+    report: Path | None = None  # this version's report: what failed first, then every check
+    checks: list[Check] = field(default_factory=list)
 
 
 def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root: Path | None = None,
              experiment: str | None = None) -> ValidateResult:
-    """Check every split against the suite, write Data Docs and `report.json`; raise if any check fails.
+    """Check every split against the suite, write the report, Data Docs and `report.json`; raise if any check fails.
 
-    With `root` and `experiment`, the outcome and the Data Docs are also logged to MLflow as a run of their
-    own (tagged `stage=validate`), pass or fail, before anything is raised.
+    With `root` and `experiment`, the outcome and the pages are also logged to MLflow as a run of their own (tagged
+    `stage=validate`), pass or fail, before anything is raised.
     """
     import great_expectations as gx  # seconds to import: only here
 
     from tasks.common.dataset import prepared_meta
 
+    started = time.time()
     data = prepared_meta(prepared_dir)
     kind = data.kind
-    context = gx.get_context(mode="file", project_root_dir=out_dir)
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # our own log lines say enough
+    context = _context(gx, Path(out_dir))
     source = context.data_sources.add_or_update_pandas("prepared")
     reference_path = Path(out_dir) / "reference.json"
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
@@ -60,48 +65,94 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
         log.info("the reference predates data contracts: drift is not checked, and this version sets the contract")
         reference = None
     found = contract.contract_of(data)
-    broken = contract.differences(reference["contract"], found) if reference is not None else []
-    failures = [Failure("contract", "data_contract", p.split(":")[0], p.split(": ", 1)[1], "the frozen contract")
-                for p in broken]
+    checks, broken = _contract_checks(reference, found)
     if broken:  # another dataset: its drift against this one means nothing
         reference = None
-    elif reference is None:
-        log.info("no reference data version yet: drift is not checked, and this version sets the data contract: %s",
-                 json.dumps(found)[:500])
     for split_name in SPLITS:
         for asset_name, frame, suite in _tables(split_name, prepared_dir / split_name, kind, params, reference, data.classes):
-            failures += _run_checkpoint(gx, context, source, asset_name, frame, suite, split_name)
+            checks += _run_checkpoint(gx, context, source, asset_name, frame, suite, split_name)
     everything = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
     frame, suite = suites.version_class_checks(everything, params, data.classes)  # rows per class: over the version
-    failures += _run_checkpoint(gx, context, source, "all_class_counts", frame, suite, "all splits")
-    failures += _leakage(prepared_dir, kind, params.max_leaked_fraction)
-    docs = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    result = ValidateResult(success=not failures, failures=failures, data_docs=docs)
-    report = {**_report(result), "contract": found, "conflicting_labels": _conflicts(prepared_dir, kind, data.classes)}
+    checks += _run_checkpoint(gx, context, source, "all_class_counts", frame, suite, "all splits")
+    checks += _leakage(prepared_dir, kind, params.max_leaked_fraction)
+    failures = [c for c in checks if not c.passed]
+    conflicts = _conflicts(prepared_dir, kind, data.classes)
+    site = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site"
+    page = _pages(site, started, checks, broken, conflicts, prepared_dir, data)
+    result = ValidateResult(success=not failures, failures=failures, data_docs=site / "index.html", report=page,
+                            checks=checks)
+    report = {**_report(result), "contract": found, "conflicting_labels": conflicts}
     if root is not None and experiment is not None:
         report["mlflow_run_id"] = _log_to_mlflow(root, experiment, prepared_dir, result, report)
     write_json(Path(out_dir) / "report.json", report)
     if failures:
-        lines = "\n".join(_line(f) for f in failures)
+        lines = "\n".join(f"  - {report_page.error_line(f)}" for f in failures)
         hint = f"\n{contract.NEW_DATASET_HINT}" if broken else ""
-        raise ValidationFailed(f"{len(failures)} expectation(s) failed; Data Docs: {docs}\n{lines}{hint}")
+        raise ValidationFailed(f"{len(failures)} check(s) failed; report: {page}\n{lines}{hint}")
     # the last accepted version, and the contract (frozen: kept from the first accepted version)
     write_json(reference_path, {**_reference(prepared_dir, kind, data.classes), "contract": found})
-    log.info("all splits passed validation; Data Docs: %s", docs)
+    log.info("all splits passed validation; report: %s", page)
     return result
 
 
-def _leakage(prepared_dir: Path, kind: str, max_fraction: float) -> list[Failure]:
+def _context(gx, out_dir: Path):
+    """The project's file context: no progress bars, no analytics, no how-to buttons, our style sheet."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="file", project_root_dir=out_dir)
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # our own log lines say enough
+    context.enable_analytics(False)
+    site = context.list_data_docs_sites()["local_site"]
+    if site.get("show_how_to_buttons", True):  # a first-visit walkthrough modal and tutorial buttons
+        context.update_data_docs_site("local_site", {**site, "show_how_to_buttons": False})
+    styles = Path(context.plugins_directory) / "custom_data_docs" / "styles" / "data_docs_custom_styles.css"
+    write_with(styles, lambda tmp: shutil.copyfile(Path(__file__).parent / "data_docs.css", tmp))
+    return context
+
+
+def _contract_checks(reference: dict | None, found: dict) -> tuple[list[Check], list[str]]:
+    """The frozen data contract as checks: one per difference, or one that passed (or set the contract)."""
+    if reference is None:
+        log.info("no reference data version yet: drift is not checked, and this version sets the data contract: %s",
+                 json.dumps(found)[:500])
+        return [Check("contract", "data_contract", None, "this version sets the contract", "", passed=True)], []
+    broken = contract.differences(reference["contract"], found)
+    if not broken:
+        return [Check("contract", "data_contract", None, "matches", "the frozen contract", passed=True)], []
+    return [Check("contract", "data_contract", p.split(":")[0], p.split(": ", 1)[1], "the frozen contract")
+            for p in broken], broken
+
+
+def _pages(site: Path, started: float, checks: list[Check], broken: list[str], conflicts: dict, prepared_dir: Path,
+           data) -> Path:
+    """The report page, GX's pages made self-contained, and GX's index pointing at the report."""
+    notes = []
+    if conflicts["examples"]:
+        notes.append(f"{conflicts['examples']} example(s) appear more than once with different labels (e.g. "
+                     f"{conflicts['labels_of_first'][0]}): a model can learn only one of them; each is kept in one split")
+    about = {"validated": report_page.now(), "kind": data.kind, "classes": len(data.classes),
+             "rows": ", ".join(f"{s} {len(load_split(prepared_dir / s, mmap=True))}" for s in SPLITS),
+             "prepared data": str(prepared_dir)}
+    page = report_page.write(site / "report.html", checks, hint=contract.NEW_DATASET_HINT if broken else "",
+                             notes=notes, about=about)
+    report_page.link_from_index(site / "index.html", checks)
+    left = offline_docs.make_offline(site, since=started)
+    if left:  # a Great Expectations upgrade that names another CDN: vendor/README.md says what to add
+        log.warning("Data Docs still load %d remote asset(s) (offline they will not render whole): %s", len(left),
+                    "; ".join(left[:3]))
+    return page
+
+
+def _leakage(prepared_dir: Path, kind: str, max_fraction: float) -> list[Check]:
     """Val and test examples identical to training examples, beyond `max_fraction` of the split: named by row."""
     train = leakage.example_hashes(prepared_dir / "train", kind)
-    failures = []
+    checks = []
     for split in ("val", "test"):
         held_out = leakage.example_hashes(prepared_dir / split, kind)
         pairs = leakage.leaked(train, held_out)
-        if len(pairs) > max_fraction * len(held_out):
-            failures.append(Failure(split, "no_leakage_from_train", "rows", leakage.describe(split, pairs, len(held_out)),
-                                    f"max_leaked_fraction={max_fraction:g}"))
-    return failures
+        checks.append(Check(split, "no_leakage_from_train", "rows", leakage.describe(split, pairs, len(held_out)),
+                            f"max_leaked_fraction={max_fraction:g}", passed=len(pairs) <= max_fraction * len(held_out)))
+    return checks
 
 
 def _conflicts(prepared_dir: Path, kind: str, names: list[str]) -> dict:
@@ -169,7 +220,7 @@ def _log_to_mlflow(root: Path, experiment: str, prepared_dir: Path, result: Vali
         return run.info.run_id
 
 
-def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_name) -> list[Failure]:
+def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_name) -> list[Check]:
     if asset_name in source.get_asset_names():
         asset = source.get_asset(asset_name)
         batch = asset.batch_definitions[0]
@@ -191,28 +242,27 @@ def _run_checkpoint(gx, context, source, asset_name, frame, expectations, split_
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    failures = []
-    for run in outcome.run_results.values():
+    checks = []
+    for identifier, run in outcome.run_results.items():
+        page = _page_of(context, identifier)
         for res in run.results:
-            if not res.success:
-                cfg = res.expectation_config
-                failures.append(
-                    Failure(
-                        split=split_name,
-                        expectation=cfg.type,
-                        column=cfg.kwargs.get("column"),
-                        observed=_missing(frame, cfg) or _observed(res.result),
-                        limit=_limit(cfg.kwargs),
-                    )
-                )
-    return failures
+            cfg = res.expectation_config
+            checks.append(Check(split=split_name, expectation=cfg.type, column=cfg.kwargs.get("column"),
+                                observed=(not res.success and _missing(frame, cfg)) or _observed(res.result),
+                                limit=_limit(cfg.kwargs), passed=bool(res.success), page=page))
+    return checks
 
 
-def _line(failure: Failure) -> str:
-    if failure.split == "contract":
-        return f"  - data contract, {failure.column}: {failure.observed}"
-    return (f"  - {failure.split}: {failure.expectation}({failure.column or ''}) observed {failure.observed}; "
-            f"limit: {failure.limit}")
+def _page_of(context, identifier) -> str:
+    """The Data Docs page of one validation result, relative to the site's root (where the report lives)."""
+    from urllib.parse import unquote, urlparse
+
+    for site in context.get_docs_sites_urls(resource_identifier=identifier, only_if_exists=False):
+        path = Path(unquote(urlparse(site["site_url"]).path))
+        parts = path.parts
+        if "local_site" in parts:
+            return Path(*parts[parts.index("local_site") + 1:]).as_posix()
+    return ""
 
 
 def _limit(kwargs: dict) -> str:
@@ -242,7 +292,9 @@ def _missing(frame, cfg) -> str:
 
 def _observed(result: dict) -> str:
     if "observed_value" in result:
-        return str(result["observed_value"])
+        return "as expected" if result["observed_value"] is None else str(result["observed_value"])
+    if result.get("unexpected_count") == 0:
+        return "no unexpected value"
     if result.get("unexpected_index_list") and isinstance(result["unexpected_index_list"][0], dict):
         named = [f"class {row.get('class')!r}: {value}" for row, value in
                  zip(result["unexpected_index_list"], result.get("unexpected_list", []))][:10]
@@ -250,13 +302,15 @@ def _observed(result: dict) -> str:
     if "partial_unexpected_list" in result:
         sample = result["partial_unexpected_list"][:5]
         return f"{result.get('unexpected_count')} unexpected value(s), e.g. {sample}"
-    return str(result)
+    return str(result) if result else "as expected"
 
 
 def _report(result: ValidateResult) -> dict:
     return {
         "success": result.success,
         "failures": [vars(f) for f in result.failures],
+        "checks": [vars(c) for c in result.checks],
+        "report": str(result.report) if result.report else None,
         "data_docs": str(result.data_docs) if result.data_docs else None,
     }
 
