@@ -5,11 +5,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_MD5 = "model.md5"  # the registered weights' file hash (artifacts/train/model.pt): what makes a version
+CHECKPOINT = "checkpoint/model.pt"  # in the version's run: its weights, loadable without running any code
 
 
 def registered_version(name: str, run_id: str, model_md5: str) -> str | None:
@@ -21,9 +23,12 @@ def registered_version(name: str, run_id: str, model_md5: str) -> str | None:
     return str(min(int(v.version) for v in same)) if same else None
 
 
-def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: str, run, model_md5: str) -> str:
+def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: str, run, checkpoint: Path,
+                     model_md5: str) -> str:
     """Log `model` with signature and input example, register it under `name`, tag it with the run's lineage.
 
+    The training checkpoint goes with it (`checkpoint/model.pt`, tensors only): what the gate loads a champion
+    from, with the project's own code, instead of executing whatever a registry entry's flavour names.
     Idempotent: weights already registered from this run (same file hash) keep their version; a stage re-run
     with nothing new to register registers nothing.
     """
@@ -33,6 +38,7 @@ def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: 
     existing = registered_version(name, run.info.run_id, model_md5)
     if existing:
         return existing
+    mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT.rsplit("/", 1)[0])
     signature = infer_signature(np.asarray(example_x), example_y)
     # Stated, not inferred: inference re-imports the model in a subprocess (seconds) and drops torch's +cpu label anyway.
     requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in ("torch", "numpy")]

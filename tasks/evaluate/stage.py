@@ -68,7 +68,7 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         name = params.evaluate.registered_model
         with registry.promotion_lock():  # register and decide against one champion, not one moving meanwhile
             version = registry.log_and_register(model, test.x[:4], probabilities[:4], name, run,
-                                                file_md5(train_dir / "model.pt"))
+                                                train_dir / "model.pt", file_md5(train_dir / "model.pt"))
             champion = champion_scores(name, lambda predict: _scores(predict, test, classes))
             decision = decide(params.evaluate, version, challenger, champion, (best.name, best.correct))
             if decision.previous_champion != version:  # the champion itself, re-evaluated, stays champion only

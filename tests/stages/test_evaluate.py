@@ -141,3 +141,31 @@ def test_the_stage_registers_nothing_while_another_process_holds_the_promotion_l
     versions = client.search_model_versions(f"name='{params.evaluate.registered_model}'")
     assert [str(v.version) for v in versions] == ["1"]
     assert versions[0].creation_timestamp >= released_ms  # registered only after the other process let go
+
+
+def test_a_champion_whose_registry_entry_runs_code_is_refused_without_running_it(tmp_path):
+    """A poisoned entry on a shared tracking server: a pyfunc model whose loader module is shipped in its `code/`
+    folder. MLflow's loader would import it (the test shows it does); the gate reads the entry and refuses it."""
+    from tasks.common.tracking import configure
+    from tasks.evaluate.champion import champion_scores
+
+    configure(tmp_path, "poisoned")
+    marker = tmp_path / "executed"
+    module = tmp_path / "poison_loader.py"
+    module.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                      "def _load_pyfunc(path):\n    raise RuntimeError('never a model')\n")
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\0" * 8)
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", loader_module="poison_loader", data_path=str(data),
+                                code_paths=[str(module)], registered_model_name="digits-classifier")
+    move_champion("digits-classifier", "1", "promote", "a poisoned entry")
+    scored = []
+    champion = champion_scores("digits-classifier", lambda predict: scored.append(predict))
+    assert champion.version == "1" and champion.scores is None and not scored
+    assert "is not a model this project registered, so it is not loaded" in champion.problem
+    assert "loader module 'poison_loader'" in champion.problem and "a code folder" in champion.problem
+    assert not marker.exists()
+    with pytest.raises(Exception):  # what loading it through MLflow's pyfunc flavour does: the module runs
+        mlflow.pyfunc.load_model("models:/digits-classifier@champion")
+    assert marker.read_text() == "ran"
