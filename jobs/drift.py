@@ -18,17 +18,24 @@ class ServiceUnreadable(Exception):
     """The service did not answer /metadata or /recent_inputs as a Bento of this project does."""
 
 
-def check(url: str, max_shift: float, min_samples: int, api_key: str = "") -> dict:
-    """The drift report: {"drifted", "score", "worst", "statistics", "samples", "data_version", "violations", ...}."""
+def check(url: str, max_shift: float, min_samples: int, api_key: str = "", operator_key: str = "") -> dict:
+    """The drift report: {"drifted", "score", "worst", "statistics", "samples", "data_version", "violations", ...}.
+
+    /recent_inputs shows what clients sent: the service opens it only to its operator key (X-Operator-Key)."""
     import httpx
 
     from tasks.shipped.skew import drift
 
     headers = {"X-API-Key": api_key} if api_key else {}
+    if operator_key:
+        headers["X-Operator-Key"] = operator_key
     try:
         with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as http:
             about = http.get("/metadata").raise_for_status().json()
             recent = http.get("/recent_inputs").raise_for_status().json()
+    except httpx.HTTPStatusError as err:  # its answer says why (e.g. 403: BENTO_OPERATOR_KEY not set here)
+        raise ServiceUnreadable(f"{url}: {err.request.url.path} answered {err.response.status_code}: "
+                                f"{err.response.text[:300]}") from err
     except (httpx.HTTPError, ValueError) as err:
         raise ServiceUnreadable(f"{url}: {err!r}") from err
     expected = about.get("expectations") or {}
@@ -61,8 +68,10 @@ def render(report: dict) -> str:
 
 
 def check_configured(url: str, root: Path | str) -> dict:
-    """`check` with the project's `drift` params and the API key from BENTO_API_KEY (as the service reads it)."""
+    """`check` with the project's `drift` params and the keys from BENTO_API_KEY and BENTO_OPERATOR_KEY (as the
+    service reads them)."""
     from tasks.common.config import load_params
 
     cfg = load_params(Path(root).resolve() / "params.yaml").drift
-    return check(url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""))
+    return check(url, cfg.max_shift, cfg.min_samples, os.environ.get("BENTO_API_KEY", ""),
+                 os.environ.get("BENTO_OPERATOR_KEY", ""))

@@ -8,7 +8,8 @@
                          the class `classes[k]` of /metadata (bulk clients)
     GET  /metadata       model name, registry version, variant, class names in output order, input shape, metrics,
                          lineage, skew counts
-    GET  /recent_inputs  the last `recent_inputs` inputs served (for `mlops drift`)
+    GET  /recent_inputs  the last `recent_inputs` inputs served (for `mlops drift`): only with the header
+                         `X-Operator-Key` = BENTO_OPERATOR_KEY where the service runs (403 otherwise; off without one)
     and BentoML's /livez, /readyz, /metrics (Prometheus) and /docs (OpenAPI).
 
 The model is the ONNX file stored with the BentoML model whose tag the build passed in, run by ONNX Runtime:
@@ -219,7 +220,8 @@ class DigitsClassifier:
     @routes.get("/recent_inputs")
     def recent_inputs(self) -> RecentInputs:
         """The last inputs this worker answered (at most `recent_inputs` of them): what `mlops drift`
-        compares with the training data."""
+        compares with the training data. Operators only: send `X-Operator-Key` (BENTO_OPERATOR_KEY where the
+        service runs); 403 without it, and always when the service has none."""
         kept = SEEN.latest()
         return RecentInputs(kind=KIND, count=len(kept), inputs=kept)
 

@@ -13,6 +13,8 @@ from bento.service.build import IMAGE_SHAPE, KIND, args, body_limit
 from bento.service.monitoring import WARM_UP
 
 API_KEY_ENV = "BENTO_API_KEY"
+OPERATOR_KEY_ENV = "BENTO_OPERATOR_KEY"  # opens what only an operator may read: other clients' inputs
+OPERATOR_PATHS = ("/recent_inputs",)
 WARM_UP_TOKEN_ENV = "BENTO_WARM_UP_TOKEN"  # set by the serving front for the Bentos it starts (bento/front)
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
 OPEN_PREFIXES = ("/static_content/", "/assets/")  # the docs UIs' own files: the UI must load to ask for the key
@@ -28,7 +30,8 @@ OTHER_KIND = {"images": ("/predict_rows",), "table": ("/predict_image",)}.get(KI
 
 
 class Guard:
-    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the request size limit (413), a multipart
+    """ASGI middleware: the API key when BENTO_API_KEY is set (401), the operator key BENTO_OPERATOR_KEY for
+    /recent_inputs (403; off without one), the request size limit (413), a multipart
     body without a boundary (400, where BentoML's parser would answer 500), and one shape for every error answer:
     a JSON object whose `error` names the problem (BentoML answers a validation error with a generic `error` and
     the reasons in `detail`, and its InvalidArgument with a one-element list)."""
@@ -36,6 +39,7 @@ class Guard:
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.key = os.environ.get(API_KEY_ENV, "").encode()
+        self.operator_key = os.environ.get(OPERATOR_KEY_ENV, "").encode()
         self.warm_up_token = os.environ.get(WARM_UP_TOKEN_ENV, "").encode()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -47,6 +51,8 @@ class Guard:
             # Only the front that started this process knows the token: a client cannot hide its inputs from
             # drift monitoring by calling itself a warm-up. This request's context only (a task per request).
             WARM_UP.set(True)
+        if scope["path"] in OPERATOR_PATHS:  # the client key does not open it: every client's inputs are there
+            return await self._operator_only(scope, receive, send, headers.get(b"x-operator-key", b""))
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
                                             f"(the value of {API_KEY_ENV} where the service runs)")
@@ -93,6 +99,16 @@ class Guard:
                 return next(replayed, None) or await receive()
 
             return await self.app(scope, receive_replayed, send)
+        return await self.app(scope, receive, send)
+
+
+    async def _operator_only(self, scope, receive, send, key: bytes) -> None:
+        if not self.operator_key:
+            return await _reply(send, 403, f"{scope['path']} is off: it shows what clients sent. Set {OPERATOR_KEY_ENV} "
+                                           "where the service runs and send that value as X-Operator-Key")
+        if not hmac.compare_digest(key, self.operator_key):
+            return await _reply(send, 403, f"missing or wrong X-Operator-Key: {scope['path']} needs the value of "
+                                           f"{OPERATOR_KEY_ENV} where the service runs (a client's X-API-Key does not open it)")
         return await self.app(scope, receive, send)
 
 

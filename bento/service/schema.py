@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from bento.service.guard import API_KEY_ENV, OPEN_PATHS, OTHER_KIND
 
 REFUSED = {401: "missing or wrong X-API-Key (when the service runs with BENTO_API_KEY)",
+           403: "GET /recent_inputs without the operator's X-Operator-Key (the value of BENTO_OPERATOR_KEY where the "
+                "service runs; off when none is set)",
            408: "the request body stalled for body_timeout_seconds between two of its parts",
            413: "request body above max_request_mb",
            415: "a body of a type this endpoint does not take",

@@ -173,6 +173,7 @@ def test_the_built_bento_serves_the_in_process_predictions_over_http(project):
     from tasks.nn.latency import onnx_predictor
 
     root, env, _ = project
+    env = {**env, "BENTO_OPERATOR_KEY": "operator-s3cret"}  # the service's and `mlops drift`'s: /recent_inputs
     tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
     port = free_port()
     server = subprocess.Popen(["bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],

@@ -26,6 +26,7 @@ from tests.support.bento_builder import DIGIT_CLASSES
 from tests.support.processes import REPO, stop
 from tests.support.servers import serve_bento
 WARM_UP_TOKEN = "the-fronts-own-token"  # as the serving front gives each Bento it starts
+OPERATOR = {"X-Operator-Key": "the-operators-own-key"}  # BENTO_OPERATOR_KEY of the module's service
 NPY_TYPE = {"content-type": "application/x-npy"}
 
 
@@ -39,7 +40,8 @@ def built(bento_store, tmp_path_factory):
 def served(built):
     """The Bento served for this module's tests: an HTTP client to it, and its process (its log at `.log_path`)."""
     tag, _, env, base = built
-    server, url = serve_bento(tag, {**env, "BENTO_WARM_UP_TOKEN": WARM_UP_TOKEN}, base)
+    server, url = serve_bento(tag, {**env, "BENTO_WARM_UP_TOKEN": WARM_UP_TOKEN,
+                                    "BENTO_OPERATOR_KEY": OPERATOR["X-Operator-Key"]}, base)
     with httpx.Client(base_url=url, timeout=30) as http:
         yield http, server
     stop(server)
@@ -449,25 +451,41 @@ def test_inputs_unlike_the_training_data_are_answered_counted_and_kept_for_drift
     assert refused_after["value_range"] - refused.get("value_range", 0) == 1
     for check, grew in (("constant_image", 3), ("pixel_mean", 3), ("value_range", 1)):
         assert _prometheus(metrics_after, check) - _prometheus(metrics, check) == grew, check
-    recent = service.get("/recent_inputs").json()
+    recent = service.get("/recent_inputs", headers=OPERATOR).json()
     assert recent["kind"] == "images" and recent["count"] >= 8
     np.testing.assert_array_equal(np.array(recent["inputs"][-8:]), np.concatenate([usual, blank]))
     # the serving front's warm-up requests (its token: bento/front/supervisor.py) are answered, not counted, not kept
     warm = service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": WARM_UP_TOKEN})
     assert warm.status_code == 200 and _skew(service)[0] == after
-    assert service.get("/recent_inputs").json() == recent
+    assert service.get("/recent_inputs", headers=OPERATOR).json() == recent
     # a client calling itself a warm-up is counted and kept like any other: it cannot hide inputs from drift checks
     for claimed in ("1", "true", WARM_UP_TOKEN[:-1]):
         assert service.post("/predict", json={"images": blank.tolist()}, headers={"X-Warm-Up": claimed}).status_code == 200
     assert _skew(service)[0].get("constant_image", 0) - after.get("constant_image", 0) == 9
-    np.testing.assert_array_equal(np.array(service.get("/recent_inputs").json()["inputs"][-9:]), np.zeros((9, 8, 8)))
+    np.testing.assert_array_equal(np.array(service.get("/recent_inputs", headers=OPERATOR).json()["inputs"][-9:]), np.zeros((9, 8, 8)))
+
+
+def test_recent_inputs_are_an_operators_only(service):
+    """Every client's last inputs: the operator key opens them, nothing else does (a client's API key included)."""
+    for headers in ({}, {"X-Operator-Key": "guess"}, {"X-API-Key": OPERATOR["X-Operator-Key"]},
+                    {"X-Operator-Key": OPERATOR["X-Operator-Key"][:-1]}):
+        refused = service.get("/recent_inputs", headers=headers)
+        assert refused.status_code == 403 and "X-Operator-Key" in refused.json()["error"], headers
+        assert "\"inputs\"" not in refused.text and "\"count\"" not in refused.text
+    assert service.get("/recent_inputs", headers=OPERATOR).json()["kind"] == "images"
+    documented = service.get("/docs.json").json()["paths"]["/recent_inputs"]["get"]["responses"]
+    assert "403" in documented
 
 
 def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
     tag, _, env, base = built
-    server, url = serve_bento(tag, {**env, "BENTO_API_KEY": "s3cret"}, base)
+    no_operator = {k: v for k, v in env.items() if k != "BENTO_OPERATOR_KEY"}
+    server, url = serve_bento(tag, {**no_operator, "BENTO_API_KEY": "s3cret"}, base)
     try:
         one = {"images": [[[0.0] * 8] * 8]}
+        # no operator key where it runs: /recent_inputs is off, whatever a client sends
+        off = httpx.get(f"{url}/recent_inputs", headers={"X-API-Key": "s3cret", "X-Operator-Key": ""})
+        assert off.status_code == 403 and "is off" in off.json()["error"]
         assert httpx.post(f"{url}/predict", json=one).status_code == 401
         refused = httpx.post(f"{url}/predict", json=one, headers={"X-API-Key": "wrong"})
         assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]
