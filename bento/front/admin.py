@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import os
 import re
 import secrets
@@ -16,6 +17,9 @@ from bento.front.supervisor import BackendFailed
 
 
 ADMIN_TOKEN_ENV = "FRONT_ADMIN_TOKEN"
+# The admin token goes to loopback only, or to the hosts this variable lists (comma-separated), set by whoever runs
+# the pipeline: rollout.admin_url is a param any run's overrides can set, so it must not be able to send the token away.
+ADMIN_HOSTS_ENV = "FRONT_ADMIN_HOSTS"
 TOKEN_FILE = "admin-token"  # in the front's log folder (<root>/.serving), readable by its owner only
 # A Bento tag as BentoML writes one (name, optionally :version): never a path, an option or a URL.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(:[A-Za-z0-9_.-]{1,128})?")
@@ -117,8 +121,9 @@ async def serve(tag: str, host: str, port: int, admin_port: int, log_dir: Path, 
             await runner.setup()
             await web.TCPSite(runner, bind_host, bind_port).start()
             runners.append(runner)
-        print(f"serving {tag} on http://{host}:{port} (admin on http://127.0.0.1:{admin_port}, token {token}: "
-              f"send Authorization: Bearer <token>; also in {log_dir / TOKEN_FILE})", flush=True)
+        # the token itself is never printed: logs are read (and kept) by more people than may roll out models
+        print(f"serving {tag} on http://{host}:{port} (admin on http://127.0.0.1:{admin_port}: send "
+              f"Authorization: Bearer <the token in {log_dir / TOKEN_FILE}>)", flush=True)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +142,7 @@ def request_rollout(admin_url: str, tag: str, token: str, ready_timeout_s: float
     body = {"bento": tag} if ready_timeout_s is None else {"bento": tag, "ready_timeout_seconds": ready_timeout_s}
     try:
         answer = httpx.post(f"{admin_url.rstrip('/')}/rollout", json=body, timeout=(ready_timeout_s or 600) + 120,
-                            headers=_bearer(token))
+                            headers=_bearer(token, admin_url))
     except httpx.HTTPError as err:
         raise BackendFailed(f"the serving front at {admin_url} did not answer: {err!r}") from err
     body = answer.json()
@@ -152,13 +157,47 @@ def serving_status(admin_url: str, token: str) -> dict:
     import httpx
 
     try:
-        answer = httpx.get(f"{admin_url.rstrip('/')}/status", timeout=10, headers=_bearer(token))
+        answer = httpx.get(f"{admin_url.rstrip('/')}/status", timeout=10, headers=_bearer(token, admin_url))
         answer.raise_for_status()
         return answer.json()
     except (httpx.HTTPError, ValueError) as err:
         raise BackendFailed(f"no serving front answered at {admin_url}: {err!r}") from err
 
 
-def _bearer(token: str) -> dict:
-    """The admin request's credentials; none without a token (the front then answers 401, saying what to send)."""
+def _bearer(token: str, admin_url: str) -> dict:
+    """The admin request's credentials; none without a token (the front then answers 401, saying what to send).
+    AdminAddressRefused before anything is sent when `admin_url` is not loopback or a host FRONT_ADMIN_HOSTS lists."""
+    if token:
+        check_admin_url(admin_url)
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class AdminAddressRefused(BackendFailed):
+    """An admin address the token may not be sent to."""
+
+
+def check_admin_url(admin_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(admin_url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 (a malformed port raises here)
+    except ValueError as err:
+        raise AdminAddressRefused(f"rollout.admin_url {admin_url!r} is not a URL: {err}") from err
+    allowed = {h.strip().lower() for h in os.environ.get(ADMIN_HOSTS_ENV, "").split(",") if h.strip()}
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        raise AdminAddressRefused(f"rollout.admin_url {admin_url!r}: only http(s)://host:port, without credentials")
+    if not (_loopback(host) or host in allowed):
+        raise AdminAddressRefused(
+            f"rollout.admin_url {admin_url!r} is not a loopback address: the front's admin token is sent only to "
+            f"loopback or to a host listed in {ADMIN_HOSTS_ENV} where the pipeline runs (now: {sorted(allowed) or 'none'})")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -169,6 +169,7 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
     from mlflow.tracking import MlflowClient
 
     from tasks.common import tracking
+    from tasks.common.secrets import redact, redacted
 
     existing = study.user_attrs.get("mlflow_parent_run_id")
     experiment_id = tracking.configure(root, f"{params.base.experiment}-sweep")
@@ -177,10 +178,10 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
         client.update_run(existing, status="RUNNING")
         return existing
     run = client.create_run(experiment_id, run_name=study.study_name, tags={
-        "sweep.name": study.study_name, "sweep.storage": storage, "sweep.data_digest": study.user_attrs["data_digest"],
+        "sweep.name": study.study_name, "sweep.storage": redact(storage), "sweep.data_digest": study.user_attrs["data_digest"],
         "mlflow.note.content": "A sweep: one child run per trial (see the Child runs of this run); "
                                "sweep/front.png and sweep/trials.json hold the front."})
-    sweep = params.sweep.model_dump(mode="json")
+    sweep = redacted(params.sweep.model_dump(mode="json"))
     for key, value in {**{k: v for k, v in sweep.items() if k not in ("space", "trials", "parallel")},
                        **{f"space.{k}": json.dumps({a: b for a, b in v.items() if b not in (None, False, [])})
                           for k, v in sweep["space"].items()}}.items():

@@ -307,6 +307,12 @@ class Params(Section):
         """The resolved config, with the section names of params.yaml."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def recorded(self) -> dict:
+        """`as_dict()` as it may be recorded (MLflow, checkpoints, Bento metadata): URL passwords masked."""
+        from tasks.common.secrets import redacted
+
+        return redacted(self.as_dict())
+
 
 def with_overrides(params: Params, overrides: dict) -> Params:
     """`params` with each dotted key (`train.lr`) set to its value, checked like params.yaml itself."""

@@ -56,7 +56,7 @@ def package(params: Params, root: Path, compress_dir: Path, evaluate_dir: Path, 
             "classes": choice.classes,  # output i is classes[i]: every endpoint answers these names
             "metrics": metrics,
             "lineage": lineage,
-            "params": _without_nulls(params.as_dict()),  # BentoML's metadata refuses None (an unset key reads as it)
+            "params": _without_nulls(params.recorded()),  # BentoML's metadata refuses None (an unset key reads as it)
         }
         prepared_dir = prepared_dir or root / "data/prepared"
         data = prepared_meta(prepared_dir)

@@ -98,8 +98,8 @@ def _tracked(root: Path, params: Params, out_dir: Path, fit, progress, hooks: Ru
         if resumed is None:
             progress.run_id = run.info.run_id
             tracking.record_run(out_dir / "run.json", progress.run_id, experiment_id)
-            mlflow.log_params(_flatten(params.as_dict()))
-            mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.as_dict()),
+            mlflow.log_params(_flatten(params.recorded()))
+            mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.recorded()),
                              **device_tags(fit.device, fit.world), **tracking.data_tags(data)})
             mlflow.log_dict(data.model_dump(exclude={"encoding"}), "data/description.json")
         yield
@@ -141,7 +141,7 @@ def _finish(root, out_dir: Path, fit, progress, seconds: float, lineage: bool) -
 
     params, best, history = fit.params, progress.best, progress.history
     fit.model.load_state_dict(best["state"])
-    save_checkpoint(out_dir / "model.pt", fit.model, params=params.as_dict(), input_shape=fit.input_shape,
+    save_checkpoint(out_dir / "model.pt", fit.model, params=params.recorded(), input_shape=fit.input_shape,
                     n_classes=fit.n_classes, extra={"seed": params.base.seed, "epoch": best["epoch"],
                                                     "run_id": progress.run_id})
     summary = {"best_epoch": best["epoch"], "epochs_run": progress.epochs_run, "val_loss": best["loss"],

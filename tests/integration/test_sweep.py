@@ -4,6 +4,7 @@ parallel workers. The sweep's pick going through the gate is in tests/e2e/test_c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -186,6 +187,7 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
     from jobs.sweep.study import finished
 
     database, server = postgres.database("optuna"), mlflow_on_postgres
+    database = database.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it; nothing may record it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     cfg = _params(params, objectives=["accuracy"], storage=database, heartbeat_seconds=1)
     result = sweep(cfg, tmp_path, prepared, tmp_path / "sweeps", trials=3, parallel=2, address=dask_cluster)
@@ -203,6 +205,12 @@ def test_on_a_dask_scheduler_the_study_lives_in_postgresql_and_trials_log_throug
     assert {c.data.params["train.threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
     assert {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")} >= {"sweep/front.png"}
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps" / result.name / "journal.log").exists()
+    # the study's URL, password masked, in every param and tag the sweep and its trials recorded
+    for run in (parent, *children):
+        recorded = json.dumps({**run.data.params, **run.data.tags})
+        assert "hunter2" not in recorded, run.info.run_id
+    assert parent.data.params["storage"] == database.replace("hunter2", "***")
+    assert {c.data.params["sweep.storage"] for c in children} == {database.replace("hunter2", "***")}
 
 
 def test_on_postgresql_a_trial_whose_worker_dies_is_failed_by_its_heartbeat_and_run_again_once(

@@ -41,10 +41,12 @@ class Front:
         self.port, self.admin_port = free_port(), free_port()
         self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
         self.env, self.root = {**env, "FRONT_ADMIN_TOKEN": ADMIN_TOKEN}, root
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--bento", tag, "--port", str(self.port),
-             "--admin-port", str(self.admin_port), "--root", str(root)],
-            cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.printed = root / f"front-{self.port}.out"  # what it prints: never the token
+        with open(self.printed, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "serve", "--bento", tag, "--port", str(self.port),
+                 "--admin-port", str(self.admin_port), "--root", str(root)],
+                cwd=REPO, env=self.env, stdout=out, stderr=subprocess.PIPE, text=True)
         wait_until_healthy(self.process, f"{self.admin}/healthz", "the front")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
@@ -192,6 +194,24 @@ def test_the_admin_api_takes_only_its_token_json_and_a_bento_in_the_store(front,
     assert unknown.status_code == 400 and "no Bento 'digits_classifier:notbuilt'" in unknown.json()["error"]
     assert front.status()["bento"] == before and len(front.status()["history"]) == rolled  # nothing was started
     assert not list((front.root / ".serving").glob("*planted*")) and not list((front.root / ".serving").glob("*passwd*"))
+    printed = front.printed.read_text()
+    assert "serving " in printed and "admin-token" in printed and ADMIN_TOKEN not in printed
+
+
+def test_the_admin_token_goes_to_loopback_or_an_allow_listed_host_only(front, monkeypatch):
+    """rollout.admin_url is a param any run's overrides can set: it cannot send the token anywhere else."""
+    from bento.front.admin import AdminAddressRefused, check_admin_url, serving_status
+
+    assert serving_status(front.admin.replace("127.0.0.1", "localhost"), ADMIN_TOKEN)["bento"]
+    for url in ("http://10.1.2.3:3001", "http://admin.attacker.example:3001", "http://127.0.0.1.nip.io:3001",
+                "ftp://127.0.0.1:3001", "http://user:pw@127.0.0.1:3001", "http://127.0.0.1:99999"):
+        with pytest.raises(AdminAddressRefused, match="rollout.admin_url"):
+            serving_status(url, ADMIN_TOKEN)  # refused before any connection is made
+    monkeypatch.setenv("FRONT_ADMIN_HOSTS", "serving.internal, 10.1.2.3")
+    check_admin_url("http://10.1.2.3:3001")
+    check_admin_url("https://serving.internal:3001")
+    with pytest.raises(AdminAddressRefused, match="serving.internal"):
+        check_admin_url("http://admin.attacker.example:3001")
 
 
 def test_a_bento_not_ready_in_time_is_stopped_and_the_old_one_stays(bentos, front):
