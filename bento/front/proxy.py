@@ -19,6 +19,15 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 _FRONT_ONLY = {"x-warm-up"}
 
 
+def end_to_end(headers, dropped: set[str]):
+    """The headers to pass on: repeated ones kept apart (two Set-Cookie stay two), without the hop-by-hop ones,
+    those the message's own Connection header names among them (RFC 9110 §7.6.1)."""
+    from multidict import CIMultiDict
+
+    named = {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped | named)
+
+
 class Front:
     """Forwards requests to the current backend; `rollout` replaces it. One roll-out at a time."""
 
@@ -52,16 +61,19 @@ class Front:
         backend = self.backend
         if backend is None:
             return web.json_response({"error": "no service is running behind this front yet"}, status=503)
+        from yarl import URL
+
         backend.inflight += 1
         try:
-            dropped = (_HOP_BY_HOP - {"content-length"}) | _FRONT_ONLY
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
+            # the path exactly as the client sent it: decoded and normalised here, `/livez/%2e%2e/recent_inputs`
+            # would reach the back-end as `/recent_inputs`, past whatever the front decided on the raw path
+            target = URL(backend.url + request.raw_path, encoded=True)
             async with self.session.request(
-                    request.method, backend.url + request.rel_url.path_qs, headers=headers,
+                    request.method, target, headers=end_to_end(request.headers, _HOP_BY_HOP - {"content-length"} | _FRONT_ONLY),
                     data=request.content if request.body_exists else None, allow_redirects=False,
                     timeout=client_timeout(self.request_timeout_s)) as answer:
                 body = await answer.read()
-                out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                out = end_to_end(answer.headers, _HOP_BY_HOP)
                 out["X-Bento-Tag"] = backend.tag
                 return web.Response(status=answer.status, body=body, headers=out)
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:

@@ -251,3 +251,20 @@ def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(ben
     assert front.status()["bento"] == other
     with pytest.raises(BackendFailed, match="no serving front answered"):
         roll_out_champion(tmp_path, f"http://127.0.0.1:{free_port()}")
+
+
+def test_the_front_forwards_the_path_as_the_client_sent_it(front):
+    """`/livez/%2e%2e/recent_inputs`, decoded and normalised by the front, would reach the Bento as /recent_inputs."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
+    try:
+        for raw, status in (("/livez/%2e%2e/recent_inputs", 404), ("/livez/%2E%2E/%2e%2e/metadata", 404),
+                            ("/livez", 200), ("/metadata?x=%2F..%2F", 200)):
+            connection.request("GET", raw)
+            answer = connection.getresponse()
+            body = answer.read()
+            assert answer.status == status, (raw, answer.status, body[:200])
+            assert b'"inputs"' not in body
+    finally:
+        connection.close()
