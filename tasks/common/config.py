@@ -46,6 +46,7 @@ class IngestParams(Section):
     max_image_side: int = Field(64, ge=1)  # image folders with image_size empty: the longer side is scaled down to this
     channels: Literal["auto", 1, 3] = "auto"  # image folders: 1 grayscale, 3 RGB; auto: 3 if any image holds colour
     label_column: str = ""  # tables: the column holding the class; empty: the first named label, target, class, y, ...
+    max_table_mb: float = Field(1024, gt=0)  # tables: the most a table may take in memory, judged before reading it
 
     @model_validator(mode="after")
     def _sources_need_a_path(self) -> IngestParams:

@@ -18,6 +18,7 @@ from tasks.common.errors import DataError
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq"}
 LABEL_NAMES = ("label", "labels", "target", "class", "y", "species", "category", "outcome")  # tried in this order
 LABEL = "label"  # the raw data version names the label column this, whatever the source called it
+RESERVED = {LABEL, "row_md5"}  # names the pipeline gives its own columns (validate hashes each row into row_md5)
 
 
 def find_table(path: Path) -> Path:
@@ -30,12 +31,14 @@ def find_table(path: Path) -> Path:
     return found[0]
 
 
-def read_table(path: Path, label_column: str) -> pd.DataFrame:
+def read_table(path: Path, label_column: str, max_bytes: int = 2**30) -> pd.DataFrame:
     """The table at `path` with its label column (given, or found by a common name) renamed `label` and placed
-    last; the labels as the file holds them (text, numbers, booleans)."""
+    last; the labels as the file holds them (text, numbers, booleans). A table that would take more than
+    `max_bytes` in memory is refused before it is read."""
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"{path}: not a table (expected .csv, .tsv or .parquet, found '{suffix}')")
+    check_size(path, max_bytes)
     try:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
@@ -57,9 +60,39 @@ def read_table(path: Path, label_column: str) -> pd.DataFrame:
     if labels.isna().any():
         raise DataError(f"{path}: {int(labels.isna().sum())} row(s) have no label in '{label_column}'")
     frame[LABEL] = labels
+    clashing = sorted(str(c) for c in frame.columns[:-1] if str(c) in RESERVED)
+    if clashing:
+        raise DataError(f"{path}: feature column(s) {clashing} use a name the pipeline gives its own columns "
+                        f"({sorted(RESERVED)}): rename them")
     if frame.shape[1] < 2:
         raise DataError(f"{path}: has no feature columns besides the label")
     return frame
+
+
+def check_size(path: Path, max_bytes: int) -> None:
+    """Refuse a table whose contents would pass `max_bytes` in memory, from what it declares, before reading it: a
+    Parquet file's rows × columns (8 bytes a cell at least; 700 KB of Parquet can declare 100 million rows) and
+    its row groups' uncompressed sizes; a CSV's own length."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable parquet table ({str(err).splitlines()[0][:200]})") from err
+        declared = max(meta.num_rows * meta.num_columns * 8,
+                       sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
+        what = f"declares {meta.num_rows:,} rows × {meta.num_columns} columns"
+    else:
+        declared, what = path.stat().st_size, f"holds {path.stat().st_size:,} bytes"
+    if declared > max_bytes:
+        raise DataError(f"{path}: {what}, about {_mb(declared)} MB in memory, over ingest.max_table_mb "
+                        f"({_mb(max_bytes)} MB): refused before reading (raise it for a table this large)")
+
+
+def _mb(size: float) -> str:
+    return f"{size / 2**20:,.0f}" if size >= 10 * 2**20 else f"{size / 2**20:.2g}"
 
 
 def _refuse_duplicate_columns(path: Path, suffix: str, frame: pd.DataFrame) -> None:

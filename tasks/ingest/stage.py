@@ -59,7 +59,7 @@ def _ingest_table(params: IngestParams, root: Path, raw_dir: Path) -> IngestResu
     from tasks.common.tables import LABEL, feature_kinds, find_table, read_table
 
     path = find_table(root / params.path)
-    frame = read_table(path, params.label_column)
+    frame = read_table(path, params.label_column, max_bytes=int(params.max_table_mb * 2**20))
     frame[LABEL], vocabulary = encode_labels(frame[LABEL], f"{path}: labels")
     write_with(raw_dir / TABLE_FILE, lambda tmp: frame.to_parquet(tmp, index=False))
     numeric, categorical = feature_kinds(frame)

@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -316,4 +317,29 @@ def test_labels_that_are_not_plain_numbers_are_names_or_refused_by_name(labels, 
 def test_a_second_label_column_is_refused_not_learnt_from(tmp_path):
     (tmp_path / "loans.csv").write_text("income,label,debt,label\n1,yes,2,yes\n3,no,4,no\n")
     with pytest.raises(DataError, match=r"the header names \['label'\] more than once"):
+        _ingest(tmp_path, source="table", path="loans.csv")
+
+
+def test_a_parquet_file_declaring_more_rows_than_memory_allows_is_refused_before_reading(tmp_path):
+    """100 million rows of one repeated value: a file of under a megabyte that pandas would inflate to 1.6 GB."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 100_000_000
+    table = pa.table({"x": pa.repeat(pa.scalar(1.0), rows), "label": pa.repeat(pa.scalar("a"), rows)})
+    pq.write_table(table, tmp_path / "bomb.parquet", compression="zstd", row_group_size=rows // 4)
+    del table
+    assert (tmp_path / "bomb.parquet").stat().st_size < 2**20
+    began = time.monotonic()
+    with pytest.raises(DataError, match=r"bomb.parquet: declares 100,000,000 rows × 2 columns, about 1,526 MB in "
+                                        r"memory, over ingest.max_table_mb \(1,024 MB\): refused before reading"):
+        _ingest(tmp_path, source="table", path="bomb.parquet")
+    assert time.monotonic() - began < 5
+
+
+def test_a_csv_larger_than_max_table_mb_and_a_reserved_column_name_are_refused_by_name(tmp_path):
+    (tmp_path / "loans.csv").write_text("income,row_md5,label\n" + "1,x,yes\n2,y,no\n" * 2000)
+    with pytest.raises(DataError, match=r"loans.csv: holds 30,021 bytes, about 0.029 MB in memory, over ingest.max_table_mb \(0.01 MB\)"):
+        _ingest(tmp_path, source="table", path="loans.csv", max_table_mb=0.01)
+    with pytest.raises(DataError, match=r"feature column\(s\) \['row_md5'\] use a name the pipeline gives its own"):
         _ingest(tmp_path, source="table", path="loans.csv")
