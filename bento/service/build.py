@@ -27,6 +27,8 @@ class ServiceArgs(BaseModel):
     max_concurrent_requests: int = 32
     max_inflight_mb: float = 2.0
     body_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 10.0
+    max_connections_per_client: int = 128
     max_image_pixels: int = 16_000_000
     access_log: bool = False
     tracing: bool = False

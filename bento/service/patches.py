@@ -5,6 +5,11 @@ BentoML's public API carries what it can: the endpoints (`@bentoml.api`, `@bento
 What it cannot, BentoML 1.4 offers no hook for, so its own objects are replaced here, by name, before the server
 builds its app (the service module imports this first thing). A request passes them in this order:
 
+ 0. `uvicorn.config.HTTP_PROTOCOLS` (the HTTP server under BentoML; its connection, before any middleware) →
+    `connections.BoundedConnections`: uvicorn times nothing until a connection's first answer, so a client that
+    never ends its headers held the connection for ever (6,000 of them, all still open after 20 s), and one address
+    could open any number; here headers must arrive within `header_timeout_seconds` (408) and one address holds
+    at most `max_connections_per_client` connections (503).
  1. `bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware` (the outermost middleware) →
     `metric_labels.bounded_labels(...)`: its endpoint label is the raw path, so every path a client invents became
     a Prometheus series (20,000 random paths: /metrics timed out, a worker grew to about 2 GB).
@@ -23,7 +28,7 @@ builds its app (the service module imports this first thing). A request passes t
     API key, declares it.
 
 `check()` verifies, before anything is replaced, that each of these still exists with what the replacement relies
-on; a BentoML upgrade that renames or reshapes one fails with `BentoMLChanged` naming it, at `bentoml serve` and in
+on; a BentoML (or uvicorn) upgrade that renames or reshapes one fails with `BentoMLChanged` naming it, at `bentoml serve` and in
 tests/unit/test_bentoml_patches.py, instead of serving with a limit or a label silently gone.
 """
 
@@ -51,6 +56,11 @@ class Internal:
 
 
 INTERNALS = (
+    Internal("uvicorn.config", "HTTP_PROTOCOLS", ("auto", "httptools"),
+             "header timeouts and connections per client (connections.py)"),
+    Internal("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol",
+             ("connection_made", "connection_lost", "on_headers_complete", "on_response_complete", "self.pipeline",
+              "self.transport", "self.loop", "self.client"), "header timeouts and connections per client (connections.py)"),
     Internal("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware", ("__init__", "__call__"),
              "request metrics labelled by a bounded set of paths (metric_labels.py)"),
     Internal("bentoml._internal.server.http.traffic", "MaxConcurrencyMiddleware",
@@ -116,9 +126,14 @@ def install(service_paths) -> None:
     from bentoml._internal.marshal import dispatcher
     from bentoml._internal.server.http import instruments, traffic
 
+    from uvicorn import config as uvicorn_config
+
     from bento.service import admission, metric_labels, schema
     from bento.service.build import CappedWait, args
 
+    # read by uvicorn.Config.load(), which the worker runs after importing the service
+    uvicorn_config.HTTP_PROTOCOLS["auto"] = uvicorn_config.HTTP_PROTOCOLS["httptools"] = \
+        "bento.service.connections:BoundedConnections"
     instruments.RunnerTrafficMetricsMiddleware = metric_labels.bounded_labels(
         instruments.RunnerTrafficMetricsMiddleware, service_paths)
     traffic.MaxConcurrencyMiddleware = admission.Admission

@@ -213,6 +213,8 @@ class PackageParams(Section):
     max_concurrent_requests: int = Field(32, ge=1)  # in progress at once, all workers; more: 503 + Retry-After at arrival
     max_inflight_mb: float = Field(2.0, gt=0)  # request body bytes received and in progress, per worker; more: 503
     body_timeout_seconds: float = Field(10.0, gt=0)  # a body that stalls this long between two parts is answered 408
+    header_timeout_seconds: float = Field(10.0, gt=0)  # a request's headers must arrive within this (else 408, closed)
+    max_connections_per_client: int = Field(128, ge=1)  # open connections from one address, per worker; more: 503
     max_image_pixels: int = Field(16_000_000, ge=1)  # /predict_image: larger images are refused from their header (400)
     access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
     inline_inference: bool = True  # /predict's model call on the event loop (a fast model); false: a worker thread

@@ -669,6 +669,43 @@ def test_an_idle_upload_holds_no_budget_and_is_dropped_after_the_body_timeout(se
         idle.close()
 
 
+def test_half_sent_requests_are_closed_after_the_header_timeout_and_one_address_holds_a_bounded_number(service):
+    """One attacker (127.0.0.2) opens 200 connections and sends a request line but never ends its headers. Before,
+    all were held for ever. Now the 129th and later are answered 503 at once (package.max_connections_per_client),
+    the first 128 get 408 once package.header_timeout_seconds (10 s) pass, and another client (127.0.0.1) is
+    answered within 100 ms throughout."""
+    url = str(service.base_url).rstrip("/")
+    host, port = url.removeprefix("http://").split(":")
+    held = []
+    started = time.monotonic()
+    try:
+        for _ in range(200):
+            connection = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))
+            connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            held.append(connection)
+        turned_away = [c for c in held[128:] if _answer_on(c, timeout=5).startswith("HTTP/1.1 503")]
+        assert len(turned_away) == 72
+        slowest = 0.0
+        while time.monotonic() - started < 8:  # the others' turn while the 128 are held
+            tick = time.monotonic()
+            assert service.get("/metadata").status_code == 200
+            assert service.post("/predict", json={"images": [[[0.0] * 8] * 8]}).status_code == 200
+            slowest = max(slowest, time.monotonic() - tick)
+            time.sleep(0.2)
+        assert slowest < 0.1, slowest
+        answers = [_answer_on(c, timeout=15) for c in held[:128]]
+        assert all(a.startswith("HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
+        assert "the request headers did not arrive within 10 s" in answers[0]
+        assert 9 < time.monotonic() - started < 25
+        fresh = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))  # the address may again
+        fresh.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer_on(fresh, timeout=5).startswith("HTTP/1.1 200")
+        fresh.close()
+    finally:
+        for connection in held:
+            connection.close()
+
+
 def test_concurrent_predictions_during_the_first_upload_never_fail_across_restarts(built):
     """The first /predict_image of a fresh worker imported Pillow in a thread while BentoML's batch path inspected
     PIL.Image: concurrent /predict got 500 on every roll-out. Pillow is imported at start-up now."""
