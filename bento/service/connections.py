@@ -2,8 +2,10 @@
 
 uvicorn starts no timer until a connection's first response: a client that sends a request line and never ends its
 headers holds the connection, a file descriptor and a parser for ever (6,000 such connections were all still open
-after 20 s), and nothing limits how many one address opens. Here a connection must complete each request's headers
-within `header_timeout_seconds` of opening (or of its previous answer), or is answered 408 and closed; and one
+after 20 s), and nothing limits how many one address opens. Here a connection must complete its first request's
+headers within `header_timeout_seconds` of opening, and each later request's within that of its first byte (idle
+kept-alive connections stay uvicorn's keep-alive timeout's business), or is answered 408 and closed (a connection
+that never sent a byte is just closed); and one
 client address holds at most `max_connections_per_client` connections at once in a worker, the next one being
 answered 503 and closed at once."""
 
@@ -21,6 +23,7 @@ _OPEN: Counter = Counter()  # open connections per client address, in this worke
 class BoundedConnections(HttpToolsProtocol):
     _deadline = None
     _address = None
+    _begun = False  # a request's first bytes came, its headers are not complete yet
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -40,14 +43,16 @@ class BoundedConnections(HttpToolsProtocol):
             self._address = None
         super().connection_lost(exc)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        if self._deadline is None:  # a later request on a kept-alive connection: its headers, on their own clock
+            self._arm()
+
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._begun = False
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:  # the next request's headers, on their clock
-            self._arm()
 
     def _arm(self) -> None:
         self._disarm()
@@ -60,9 +65,13 @@ class BoundedConnections(HttpToolsProtocol):
 
     def _stalled(self) -> None:
         self._deadline = None
-        if not self.transport.is_closing():
-            self._refuse(408, f"the request headers did not arrive within {args.header_timeout_seconds:g} s "
-                              "(package.header_timeout_seconds)")
+        if self.transport.is_closing():
+            return
+        if not self._begun:  # opened and never used: nothing to answer
+            self.transport.close()
+            return
+        self._refuse(408, f"the request headers did not arrive within {args.header_timeout_seconds:g} s "
+                          "(package.header_timeout_seconds)")
 
     def _refuse(self, status: int, error: str) -> None:
         import json

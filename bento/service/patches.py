@@ -59,7 +59,7 @@ INTERNALS = (
     Internal("uvicorn.config", "HTTP_PROTOCOLS", ("auto", "httptools"),
              "header timeouts and connections per client (connections.py)"),
     Internal("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol",
-             ("connection_made", "connection_lost", "on_headers_complete", "on_response_complete", "self.pipeline",
+             ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete",
               "self.transport", "self.loop", "self.client"), "header timeouts and connections per client (connections.py)"),
     Internal("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware", ("__init__", "__call__"),
              "request metrics labelled by a bounded set of paths (metric_labels.py)"),

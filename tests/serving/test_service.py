@@ -678,11 +678,16 @@ def test_half_sent_requests_are_closed_after_the_header_timeout_and_one_address_
     host, port = url.removeprefix("http://").split(":")
     held = []
     started = time.monotonic()
+    kept = socket.create_connection((host, int(port)), source_address=("127.0.0.3", 0))  # a client between requests
+    kept.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _answer_on(kept).startswith("HTTP/1.1 200")
+    held.append(kept)
     try:
         for _ in range(200):
             connection = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))
             connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
             held.append(connection)
+        kept = held.pop(0)
         turned_away = [c for c in held[128:] if _answer_on(c, timeout=5).startswith("HTTP/1.1 503")]
         assert len(turned_away) == 72
         slowest = 0.0
@@ -697,6 +702,12 @@ def test_half_sent_requests_are_closed_after_the_header_timeout_and_one_address_
         assert all(a.startswith("HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
         assert "the request headers did not arrive within 10 s" in answers[0]
         assert 9 < time.monotonic() - started < 25
+        kept.settimeout(0.5)  # idle between requests is the keep-alive timeout's business: never an unasked 408
+        try:
+            assert b"408" not in kept.recv(65536)
+        except TimeoutError:
+            pass
+        kept.close()
         fresh = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))  # the address may again
         fresh.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _answer_on(fresh, timeout=5).startswith("HTTP/1.1 200")
