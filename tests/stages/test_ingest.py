@@ -343,3 +343,66 @@ def test_a_csv_larger_than_max_table_mb_and_a_reserved_column_name_are_refused_b
         _ingest(tmp_path, source="table", path="loans.csv", max_table_mb=0.01)
     with pytest.raises(DataError, match=r"feature column\(s\) \['row_md5'\] use a name the pipeline gives its own"):
         _ingest(tmp_path, source="table", path="loans.csv")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _reads_or_refuses(read, path, budget_s: float = 0.5) -> str:
+    """`read(path)`: "read" or "refused" (a DataError); anything else fails the test. CPU time under `budget_s`."""
+    began = time.process_time()
+    try:
+        read(path)
+        outcome = "read"
+    except DataError:
+        outcome = "refused"
+    took = time.process_time() - began
+    assert took < budget_s, f"{path.name}: {took:.2f} s of CPU"
+    return outcome
+
+
+def test_mutated_idx_and_gzip_headers_are_read_or_refused_by_name_quickly(tmp_path, digits):
+    """600 IDX files, gzipped or not, with their gzip and IDX headers (and some anywhere) broken: each is read or a
+    DataError, within 0.5 s of CPU; never another exception, never a hang."""
+    from tasks.ingest.sources import read_idx_file
+    from tests.support.mutants import mutants
+
+    images = digits[0][:50]
+    plain, packed = tmp_path / "plain-images-idx3-ubyte", tmp_path / "packed-images-idx3-ubyte.gz"
+    write_idx(plain, images, False)
+    write_idx(packed, images, True)
+    outcomes = []
+    for n, body in enumerate(mutants(plain.read_bytes(), 200, seed=5, region=(0, 16))
+                             + mutants(packed.read_bytes(), 200, seed=6, region=(0, 40))
+                             + mutants(packed.read_bytes(), 200, seed=7)):
+        suffix = ".gz" if body[:2] == GZIP_MAGIC else ""
+        path = tmp_path / f"m{n}-images-idx3-ubyte{suffix}"
+        path.write_bytes(body)
+        outcomes.append(_reads_or_refuses(read_idx_file, path))
+        path.unlink()
+    assert outcomes.count("refused") > 300 and "read" in outcomes
+
+
+def test_mutated_parquet_metadata_is_read_or_refused_by_name_quickly_by_ingest_and_scoring(tmp_path):
+    """300 Parquet files with their footer (the metadata: schema, row counts, offsets) broken, and 100 anywhere:
+    ingest and scoring each read them or refuse them with a DataError, within 0.5 s of CPU."""
+    import pandas as pd
+
+    from jobs.score.reader import chunks
+    from tasks.common.tables import read_table
+    from tests.support.mutants import mutants
+
+    frame = pd.DataFrame({"income": np.arange(60.0), "city": ["a", "b", "c"] * 20, "label": ["yes", "no"] * 30})
+    original = tmp_path / "table.parquet"
+    frame.to_parquet(original)
+    body = original.read_bytes()
+    footer = int.from_bytes(body[-8:-4], "little") + 8  # the metadata, its length and the magic
+    outcomes = []
+    for n, mutant in enumerate(mutants(body, 300, seed=8, region=(len(body) - footer, len(body)))
+                               + mutants(body, 100, seed=9)):
+        path = tmp_path / f"m{n}.parquet"
+        path.write_bytes(mutant)
+        outcomes.append(_reads_or_refuses(lambda p: read_table(p, "label"), path))
+        outcomes.append(_reads_or_refuses(lambda p: list(chunks(p, 16)), path))
+        path.unlink()
+    assert outcomes.count("refused") > 400 and "read" in outcomes
