@@ -51,7 +51,8 @@ class Guard:
             # Only the front that started this process knows the token: a client cannot hide its inputs from
             # drift monitoring by calling itself a warm-up. This request's context only (a task per request).
             WARM_UP.set(True)
-        if scope["path"] in OPERATOR_PATHS:  # the client key does not open it: every client's inputs are there
+        if scope["path"] in OPERATOR_PATHS and scope["method"] in ("GET", "HEAD"):  # the client key does not open
+            # it: every client's inputs are there (another method is refused by the router: 405)
             return await self._operator_only(scope, receive, send, headers.get(b"x-operator-key", b""))
         if self.key and not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
             return await _reply(send, 401, f"missing or wrong API key: send the header X-API-Key "
