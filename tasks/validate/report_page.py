@@ -109,7 +109,13 @@ def meaning(check) -> str:
         return f"{check.column}'s type"
     if "not_be_null" in check.expectation:
         return f"missing values in {check.column}"
-    return _MEANING.get(check.column or "", check.column or "")
+    if check.column in _MEANING:
+        return _MEANING[check.column]
+    if "values_to_be_between" in check.expectation:
+        return f"{check.column}'s values within the last accepted version's range"
+    if "values_to_be_in_set" in check.expectation:
+        return f"{check.column}'s values among those already seen"
+    return check.column or ""
 
 
 def now() -> str:
