@@ -80,7 +80,8 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
     variants = read("compress/variants.json")
     chosen = summary["compressed"]["variant"]
     versus = ("no champion before this run" if gate.get("champion_accuracy") is None else
-              f"champion v{gate['previous_champion']}: {gate['champion_accuracy']:.4f} on the same test split "
+              f"champion v{gate['previous_champion']}: {gate.get('champion_score') or gate['champion_accuracy']:.4f} "
+              f"{gate.get('metric', 'accuracy').replace('_', ' ')} on the same test split "
               f"({gate['improvement']:+.4f}; {gate['test']} p = {gate['p_value']:.4g}, one-sided lower bound on the "
               f"gain {gate['lower_bound']:+.4f})")
     lines = [

@@ -128,10 +128,11 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     registered_model: str = ""  # empty: <base.name>-classifier
     min_accuracy: float = Field(0.0, ge=0, le=1)  # an absolute floor, off (0) unless set: the baselines are the bar
-    min_improvement: float = Field(0.001, ge=-1, le=1)  # accuracy a challenger must gain over the champion
+    min_improvement: float = Field(0.001, ge=-1, le=1)  # what a challenger must gain over the champion (gate_metric)
     max_class_regression: float = Field(0.02, ge=0, le=1)  # largest drop in any class's recall that is tolerated
     significance: float = Field(0.05, gt=0, lt=1)  # the paired test's level: a gain this likely by chance is not one
     paired_test: Literal["mcnemar", "bootstrap"] = "mcnemar"  # tasks/evaluate/gate.py
+    gate_metric: Literal["accuracy", "balanced_accuracy"] = "accuracy"  # what the gate compares (champion, baselines)
     must_beat_baseline: bool = True  # a network significantly worse than the best baseline (same paired test) stays out
 
 

@@ -88,6 +88,8 @@ class GateDecision(Output):
     p_value: float | None = None
     lower_bound: float | None = None  # of the accuracy gain, one-sided at confidence 1 - significance
     class_regressions: dict[str, float] = {}
+    metric: str = "accuracy"  # what the gate compared (evaluate.gate_metric)
+    champion_score: float | None = None  # the champion's `metric` on this run's test split
 
 
 class GateResult(GateDecision):

@@ -53,7 +53,8 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     train = load_split(prepared_dir / "train", mmap=True)
     baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed)
     board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
-    best = max(baselines, key=lambda b: b.accuracy)
+    metric = params.evaluate.gate_metric  # the best baseline by what the gate compares
+    best = max(baselines, key=lambda b: Scores(b.correct, {}, test.y).score(metric))
     logged = _write_files(out_dir, test, probabilities, data.kind, classes, metrics, per_class, pairs, board, bins, ece)
     with tracking.resumed_run(root, params.base.experiment, train_dir / "run.json") as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
@@ -62,7 +63,7 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         mlflow.log_table({k: [row.get(k) for row in board] for k in board[0]}, artifact_file="evaluation/leaderboard.json")
         for name in logged:
             mlflow.log_artifact(str(out_dir / name), artifact_path="evaluation")
-        challenger = Scores(predicted == test.y, _recalls(per_class))
+        challenger = Scores(predicted == test.y, _recalls(per_class), np.asarray(test.y))
         pinned = {"test_split.md5": directory_md5(prepared_dir / "test"),  # what both models were scored on
                   "test_split.dvc_md5": tracking.dvc_hashes(root).get("dvc.data/prepared", "not tracked by DVC")}
         name = params.evaluate.registered_model
@@ -163,7 +164,7 @@ def _scores(predict, test, classes: list[str]):
     """A registered model's results on this test split, example by example (for the paired comparison)."""
     predicted = predict(np.ascontiguousarray(test.x)).argmax(1)
     _, per_class = classification_metrics(test.y, predicted, classes)
-    return Scores(predicted == test.y, _recalls(per_class))
+    return Scores(predicted == test.y, _recalls(per_class), np.asarray(test.y))
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

@@ -107,3 +107,55 @@ def test_by_default_a_first_model_is_judged_against_the_baselines_not_a_fixed_ac
     floored = defaults.model_copy(update={"min_accuracy": 0.9})
     assert "below min_accuracy 0.9" in decide(floored, "1", _scores(network), None, ("gradient_boosting", baseline)).reason
 
+
+
+def _imbalanced(minority_right_challenger: int, minority_right_champion: int):
+    """900 majority examples (the champion misses 30 of them, the challenger 34) and 60 minority ones (each model
+    gets the given number right): each model's per-example correctness, with the labels."""
+    labels = np.array([0] * 900 + [1] * 60)
+    challenger = np.ones(960, bool)
+    champion = np.ones(960, bool)
+    challenger[:34] = False  # a little worse on the majority
+    champion[:30] = False
+    challenger[900:] = np.arange(60) < minority_right_challenger
+    champion[900:] = np.arange(60) < minority_right_champion
+    return Scores(challenger, {}, labels), Scores(champion, {}, labels)
+
+
+def test_balanced_accuracy_is_the_mean_of_the_classes_recalls():
+    from sklearn.metrics import balanced_accuracy_score
+
+    mine, theirs = _imbalanced(45, 20)
+    predicted = np.where(mine.correct, mine.labels, 1 - mine.labels)
+    assert mine.score("balanced_accuracy") == pytest.approx(balanced_accuracy_score(mine.labels, predicted))
+    assert mine.score("accuracy") == pytest.approx(mine.accuracy)
+
+
+def test_on_balanced_accuracy_a_minority_class_gain_promotes_where_accuracy_would_not():
+    """The challenger finds 25 more of 60 minority examples and misses 4 more of 900 majority ones: accuracy +2.2
+    points, balanced accuracy +20.6 points."""
+    mine, theirs = _imbalanced(45, 20)
+    by_accuracy = EvaluateParams(min_improvement=0.03, max_class_regression=1)
+    assert not decide(by_accuracy, "2", mine, Champion("1", theirs)).passed
+    balanced = by_accuracy.model_copy(update={"gate_metric": "balanced_accuracy"})
+    decision = decide(balanced, "2", mine, Champion("1", theirs))
+    assert decision.passed and decision.metric == "balanced_accuracy" and decision.test == "bootstrap"
+    assert decision.champion_score == pytest.approx(theirs.score("balanced_accuracy"))
+    assert "test balanced accuracy 0.8561 vs champion v1's 0.6500" in decision.reason
+    # the reverse: a challenger that loses the minority class is refused on balanced accuracy, significantly worse
+    worse = decide(balanced, "3", theirs, Champion("2", mine))
+    assert not worse.passed and worse.improvement < -0.2
+
+
+def test_on_balanced_accuracy_the_baseline_bar_weighs_each_class_alike():
+    """A network that never predicts the minority class ties a baseline on accuracy, and is far behind on balanced
+    accuracy: refused by the baseline rule only when the gate's metric is balanced accuracy."""
+    network, baseline = _imbalanced(0, 50)
+    network.correct[:34] = True  # 900 of 960 right, all of them majority examples
+    baseline.correct[:50] = False  # 850 majority and 50 minority: 900 of 960 too
+    by_accuracy = EvaluateParams()
+    assert decide(by_accuracy, "1", network, None, ("logistic_regression", baseline.correct)).passed
+    balanced = by_accuracy.model_copy(update={"gate_metric": "balanced_accuracy"})
+    refused = decide(balanced, "1", network, None, ("logistic_regression", baseline.correct))
+    assert not refused.passed and "test balanced accuracy 0.5000 is significantly worse than the logistic " \
+                                  "regression baseline's" in refused.reason
