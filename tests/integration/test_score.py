@@ -268,13 +268,27 @@ def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does
     assert run.data.tags["model.version"] == "1" and run.data.tags["output"] == str(output)
     logged = run.inputs.dataset_inputs[0].dataset
     assert logged.name == "tonight" and logged.digest == run.data.tags["input.digest"][:36]
-    again = run_in(root, env, MLOPS, "score", "--input", str(folder), "--model", digits.tag,
-                   timeout=600)
+    # with the project's own Prefect server running (as `mlops schedule` keeps it: .prefect/server.json) and no
+    # PREFECT_API_URL, the command tracks its flow there instead of starting a temporary server
+    (root / ".prefect").mkdir(exist_ok=True)
+    (root / ".prefect" / "server.json").write_text(json.dumps({"pid": 0, "api_url": prefect_api}))
+    own = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    before = _flow_runs(prefect_api, "score")
+    again = run_in(root, own, MLOPS, "score", "--input", str(folder), "--model", digits.tag, timeout=600)
     assert again.returncode == 0 and "already scored, nothing written" in again.stdout, again.stderr[-2000:]
+    assert f"flow runs tracked on the project's Prefect server: {prefect_api.removesuffix('/api')}" in again.stderr
+    assert "temporary server" not in again.stdout + again.stderr and _flow_runs(prefect_api, "score") == before + 1
     assert len(client.search_runs([experiment.experiment_id])) == 1
     missing = run_in(root, env, MLOPS, "score", "--input", str(tmp_path / "nothing-here"),
                      "--model", digits.tag, timeout=600)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def _flow_runs(api: str, flow: str) -> int:
+    import httpx
+
+    body = {"flows": {"name": {"any_": [flow]}}}
+    return httpx.post(f"{api}/flow_runs/count", json=body, timeout=10).raise_for_status().json()
 
 
 def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names_the_rest(models, tmp_path,
