@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.bento_builder import DIGIT_CLASSES
 from tests.support.processes import REPO, stop
+from tests.support.mutants import mutants
 from tests.support.servers import serve_bento
 WARM_UP_TOKEN = "the-fronts-own-token"  # as the serving front gives each Bento it starts
 OPERATOR = {"X-Operator-Key": "the-operators-own-key"}  # BENTO_OPERATOR_KEY of the module's service
@@ -305,35 +306,16 @@ def test_an_integer_beyond_float_range_is_a_400(service):
     assert answer.status_code == 400, answer.text[:300]
 
 
-def _mutants(body: bytes, count: int, seed: int) -> list[bytes]:
-    """`body` with a few random bytes flipped, cut short or stretched: what a broken client or a fuzzer sends."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        mutant = bytearray(body)
-        for _ in range(int(rng.integers(1, 6))):
-            where = int(rng.integers(0, len(mutant)))
-            action = rng.integers(0, 3)
-            if action == 0:
-                mutant[where] = int(rng.integers(0, 256))
-            elif action == 1:
-                del mutant[where:where + int(rng.integers(1, 16))]
-            else:
-                mutant[where:where] = bytes(rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8))
-        out.append(bytes(mutant))
-    return out
-
-
 def test_mutated_npy_and_image_bodies_never_get_a_5xx(service, test_split):
     """1,000 mutants of a valid .npy body and 1,000 of a valid PNG and JPEG upload (bytes flipped, cut, inserted):
     never a 5xx, and never an answer that closes the keep-alive connection."""
     npy_body = _npy(test_split[0][:4])
-    header_heavy = _mutants(npy_body[:160], 500, seed=1)  # mostly the header: where parsing can go wrong
+    header_heavy = mutants(npy_body[:160], 500, seed=1)  # mostly the header: where parsing can go wrong
     answers = [service.post("/predict_npy", content=m + npy_body[160:], headers=NPY_TYPE) for m in header_heavy]
-    answers += [service.post("/predict_npy", content=m, headers=NPY_TYPE) for m in _mutants(npy_body, 500, seed=2)]
+    answers += [service.post("/predict_npy", content=m, headers=NPY_TYPE) for m in mutants(npy_body, 500, seed=2)]
     picture = np.kron(test_split[0][0] * 255 / 16, np.ones((4, 4)))
     for fmt, seed in (("PNG", 3), ("JPEG", 4)):
-        for mutant in _mutants(_png(picture, "L", fmt), 500, seed):
+        for mutant in mutants(_png(picture, "L", fmt), 500, seed):
             answers.append(service.post("/predict_image", files={"image": ("m", mutant, "image/png")}))
     statuses = [a.status_code for a in answers]
     assert len(statuses) == 2000 and max(statuses) < 500, sorted(set(statuses))

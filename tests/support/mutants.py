@@ -9,12 +9,12 @@ def mutants(body: bytes, count: int, seed: int, region: tuple[int, int] | None =
     """`body` with a few random bytes flipped, cut short or stretched (inside `region`, when given: a header, a
     footer): what a broken client, a bad disk or a fuzzer makes."""
     rng = np.random.default_rng(seed)
-    low, high = region or (0, len(body))
     out = []
     for _ in range(count):
         mutant = bytearray(body)
         for _ in range(int(rng.integers(1, 6))):
-            where = int(rng.integers(low, min(high, len(mutant)))) if min(high, len(mutant)) > low else 0
+            low, high = (region[0], min(region[1], len(mutant))) if region else (0, len(mutant))
+            where = int(rng.integers(low, high)) if high > low else 0
             action = rng.integers(0, 3)
             if action == 0:
                 mutant[where] = int(rng.integers(0, 256))
