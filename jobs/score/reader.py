@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tasks.common.errors import DataError
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
@@ -124,8 +126,9 @@ def digest(path: Path, files: list[str] | None = None) -> str:
     return sha.hexdigest()
 
 
-def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Chunk]:
-    """The input `rows` rows (or files: `files` when listed already) at a time, in order."""
+def chunks(path: Path, rows: int, files: list[str] | None = None, max_line_bytes: int = 2**20) -> Iterator[Chunk]:
+    """The input `rows` rows (or files: `files` when listed already) at a time, in order. A CSV/TSV with a line
+    longer than `max_line_bytes` is a DataError before anything is parsed (a row is always read whole)."""
     if path.is_dir() and input_kind(path) in ARRAY_KINDS:
         yield from _array_chunks(path, rows, files if files is not None else input_files(path))
         return
@@ -144,11 +147,29 @@ def chunks(path: Path, rows: int, files: list[str] | None = None) -> Iterator[Ch
 
             frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=rows))
         else:
+            longest = longest_line(path)
+            if longest > max_line_bytes:
+                raise DataError(f"{path}: a line of {longest:,} bytes, over score.max_line_kb ({max_line_bytes // 1024:,} "
+                                "KB): one row is read whole, so the file is set aside unread")
             frames = pd.read_csv(path, sep=separator, chunksize=rows)
         start = 0
         for index, frame in enumerate(frames):
             yield Chunk(index, list(range(start, start + len(frame))), frame)
             start += len(frame)
+
+
+def longest_line(path: Path, block: int = 2**24) -> int:
+    """The longest line of a text file in bytes, read a block at a time (memory stays flat)."""
+    longest, run = 0, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(block):
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            if not len(ends):
+                run += len(chunk)
+                continue
+            longest = max(longest, run + int(ends[0]), int(np.diff(ends).max(initial=0)) - 1)
+            run = len(chunk) - int(ends[-1]) - 1
+    return max(longest, run)
 
 
 @contextmanager

@@ -131,7 +131,8 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
                          "limits": dataclasses.asdict(limits)})
     parts.mkdir(parents=True, exist_ok=True)
     finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
-    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows, files) if c.index not in finished)
+    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows, files, int(cfg.max_line_kb * 1024))
+            if c.index not in finished)
     constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
                  "input_digest": digest}
     from tqdm import tqdm

@@ -251,6 +251,7 @@ class ScoreParams(Section):
     range_margin: float = Field(3.0, ge=0)  # training std devs beyond the training min/max a value may reach
     max_missing_fraction: float = Field(0.5, ge=0, le=1)  # a row missing more of its columns is quarantined
     max_drift_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many training std devs (reported)
+    max_line_kb: float = Field(1024, gt=0)  # a CSV/TSV line (one row) longer than this sets its file aside, unread
 
 
 class PipelineParams(Section):

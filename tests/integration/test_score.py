@@ -294,7 +294,7 @@ def _flow_runs(api: str, flow: str) -> int:
 def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names_the_rest(models, tmp_path,
                                                                                           prefect_api):
     """A drop folder as the world fills it: each bad file set aside with its reason (a ragged row, UTF-16 text, an
-    empty file, a fake Parquet file), the files that are not regular files inside the folder never opened (a FIFO
+    empty file, a fake Parquet file, a 2 MB line), the files that are not regular files inside the folder never opened (a FIFO
     that would block for ever, links to /dev/zero and out of the folder, a dangling link), a 250-character name
     scored under a bounded output name; no traceback, exit 2 because some were not scored."""
     _, table, store_env, _ = models
@@ -309,6 +309,7 @@ def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names
     (drop / "utf16.csv").write_bytes(good.to_csv(index=False).encode("utf-16"))
     (drop / "empty.csv").write_bytes(b"")
     (drop / "fake.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    (drop / "one-long-line.csv").write_bytes(b"width,height,stroke\n" + b"1" * (2 * 2**20) + b",6,thin\n")  # 2 MB row
     os.mkfifo(drop / "fifo.csv")
     (drop / "zero.csv").symlink_to("/dev/zero")
     (drop / "passwd.csv").symlink_to("/etc/passwd")
@@ -318,7 +319,8 @@ def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names
     assert done.returncode == 2, out[-3000:]
     assert out.count("50 of 50 rows scored, 0 quarantined") == 2  # good.csv, and the long name
     for name, why in (("ragged.csv", "not a readable csv table (ParserError"), ("utf16.csv", "not a readable csv table"),
-                      ("empty.csv", "the file is empty"), ("fake.parquet", "not a readable parquet table")):
+                      ("empty.csv", "the file is empty"), ("fake.parquet", "not a readable parquet table"),
+                      ("one-long-line.csv", "a line of 2,097,159 bytes, over score.max_line_kb (1,024 KB)")):
         assert f"not scored: {drop / name}: {why}" in done.stderr, (name, done.stderr[-3000:])
     for name in ("fifo.csv", "zero.csv", "passwd.csv", "gone.csv"):
         assert name not in out  # never listed, never opened
