@@ -34,3 +34,11 @@ class PromotionError(PipelineError):
     """The registry or the model store refused a step."""
 
     exit_code = 5
+
+
+class ResourceUnavailable(PipelineError):
+    """The machine failed the stage, not the data: a full disk. Nothing half-written is left (outputs are written
+    atomically), and an ordinary run finishes the job once the cause is gone; retrying at once into the same full
+    disk would not, so it is not retried."""
+
+    exit_code = 6

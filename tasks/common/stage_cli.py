@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.common.errors import PipelineError
+from tasks.common.errors import PipelineError, ResourceUnavailable
 from tasks.common.layout import Layout
 from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
@@ -35,7 +35,10 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
         from tasks.common.config import load_params
 
         result = run(load_params(layout.params), layout)
-    except PipelineError as err:
+    except Exception as crash:  # noqa: BLE001 - a named error, a full disk, or a crash (raised: retryable)
+        err = crash if isinstance(crash, PipelineError) else full_disk(layout, crash)
+        if err is None:
+            raise
         _record(StageOutcome(stage=stage, ok=False, error=type(err).__name__, message=str(err),
                              retryable=err.retryable))
         if args.debug:
@@ -46,6 +49,30 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     _record(StageOutcome(stage=stage, ok=True, result=figures))
     print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return 0
+
+
+FULL_BYTES = 2**20  # a folder the stage writes with less free space than this: its disk is full
+
+
+def full_disk(layout: Layout, crash: Exception) -> ResourceUnavailable | None:
+    """A crash that a full disk caused, named as such: ENOSPC/EDQUOT, or any error (torch, pyarrow and SQLite word
+    it their own way) while a folder the stage writes has less than FULL_BYTES free. None for any other crash."""
+    import errno
+    import shutil
+
+    folders = [layout.root, layout.root / "data", *sorted(p for p in (layout.root / "artifacts").glob("*") if p.is_dir())]
+    named = isinstance(crash, OSError) and crash.errno in (errno.ENOSPC, errno.EDQUOT)
+    for folder in ([Path(crash.filename).parent] if named and crash.filename else []) + folders:
+        try:
+            usage = shutil.disk_usage(folder)
+        except OSError:
+            continue
+        if named or usage.free < FULL_BYTES:
+            return ResourceUnavailable(
+                f"no space left on the disk holding {folder} ({usage.free / 2**20:.1f} MB free of "
+                f"{usage.total / 2**20:,.1f} MB): {type(crash).__name__}: {str(crash).splitlines()[0][:200] if str(crash) else ''}"
+                ". Nothing half-written was kept; free some space, then run again: it finishes the job")
+    return None
 
 
 OWN_LOGGERS = ("tasks", "bento", "front")  # the project's loggers (module names, and the serving front's)

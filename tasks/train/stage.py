@@ -112,23 +112,23 @@ def _epochs(fit, progress, out_dir: Path, fingerprint: str, hooks: RunHooks | No
     from tasks.train import loop
 
     cfg, main = fit.params.train, fit.world.is_main
-    progress_bar = epoch_progress(cfg.epochs, disable=not main or hooks is not None, initial=progress.start_epoch)
-    for epoch in range(progress.start_epoch, cfg.epochs):
-        row = loop.run_epoch(fit, epoch)
-        stop = loop.record(fit, progress, row)
-        if main:
-            import mlflow
+    bar = epoch_progress(cfg.epochs, disable=not main or hooks is not None, initial=progress.start_epoch)
+    with bar as progress_bar:  # closed on an error too: the error's line starts a line of its own
+        for epoch in range(progress.start_epoch, cfg.epochs):
+            row = loop.run_epoch(fit, epoch)
+            stop = loop.record(fit, progress, row)
+            if main:
+                import mlflow
 
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-            loop.save(fit, progress, out_dir / "last.pt", fingerprint)
-            if hooks is not None and hooks.on_epoch is not None:
-                hooks.on_epoch(row["epoch"], row)
-        progress_bar.update()
-        progress_bar.set_postfix(val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_accuracy']:.4f}")
-        if stop:
-            log.info("early stop at epoch %d: no val-loss gain for %d epochs", row["epoch"], cfg.patience)
-            break
-    progress_bar.close()
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                loop.save(fit, progress, out_dir / "last.pt", fingerprint)
+                if hooks is not None and hooks.on_epoch is not None:
+                    hooks.on_epoch(row["epoch"], row)
+            progress_bar.update()
+            progress_bar.set_postfix(val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_accuracy']:.4f}")
+            if stop:
+                log.info("early stop at epoch %d: no val-loss gain for %d epochs", row["epoch"], cfg.patience)
+                break
 
 
 def _finish(root, out_dir: Path, fit, progress, seconds: float, lineage: bool) -> None:

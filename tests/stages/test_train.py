@@ -1,4 +1,5 @@
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -184,3 +185,32 @@ def test_torchrun_with_two_processes_trains_like_one(whole, prepared, tmp_path):
     runs = mlflow.search_runs(experiment_names=["digits-pipeline"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # rank 0 alone logs
     assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == SETTINGS["epochs"]
+
+
+def test_a_full_disk_is_named_leaves_nothing_half_written_and_the_next_run_finishes(prepared, tmp_path):
+    """artifacts/train on a 256 KB tmpfs: the first checkpoint does not fit. The stage stops with one line naming
+    the disk (exit 6, not retried), keeps no partial file, and once the disk has room an ordinary run finishes."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root (CI and this project's machines run as root)")
+    root = _project(tmp_path / "project", prepared, epochs=1, patience=1)
+    out = root / "artifacts" / "train"
+    out.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(out)], check=True)
+    try:
+        full = _stage(root, sys.executable)
+        assert full.returncode == 6, full.stdout + full.stderr
+        line = [l for l in full.stderr.splitlines() if l.startswith("error in stage train")]
+        assert line and "ResourceUnavailable: no space left on the disk holding" in line[0] and str(out) in line[0], \
+            full.stderr[-3000:]
+        assert "Traceback" not in full.stderr
+        left = sorted(p.name for p in out.iterdir())
+        assert left == ["run.json"], left  # the (failed) run's id, whole; no checkpoint, no partial or temp file
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+    again = _stage(root, sys.executable)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+    runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_experiment_by_name(
+            "digits-pipeline").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # the failed one is not left RUNNING
