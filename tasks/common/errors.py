@@ -42,3 +42,10 @@ class ResourceUnavailable(PipelineError):
     disk would not, so it is not retried."""
 
     exit_code = 6
+
+
+class TrackingServerLost(ResourceUnavailable):
+    """The MLflow tracking server did not answer. It may be back in a moment: the flow retries the stage (with its
+    delay), and a later run finishes the job once the server is back."""
+
+    retryable = True

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.common.errors import PipelineError, ResourceUnavailable
+from tasks.common.errors import PipelineError, ResourceUnavailable, TrackingServerLost
 from tasks.common.layout import Layout
 from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
@@ -36,7 +36,7 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
 
         result = run(load_params(layout.params), layout)
     except Exception as crash:  # noqa: BLE001 - a named error, a full disk, or a crash (raised: retryable)
-        err = crash if isinstance(crash, PipelineError) else full_disk(layout, crash)
+        err = crash if isinstance(crash, PipelineError) else full_disk(layout, crash) or lost_server(crash)
         if err is None:
             raise
         _record(StageOutcome(stage=stage, ok=False, error=type(err).__name__, message=str(err),
@@ -73,6 +73,25 @@ def full_disk(layout: Layout, crash: Exception) -> ResourceUnavailable | None:
                 f"{usage.total / 2**20:,.1f} MB): {type(crash).__name__}: {str(crash).splitlines()[0][:200] if str(crash) else ''}"
                 ". Nothing half-written was kept; free some space, then run again: it finishes the job")
     return None
+
+
+def lost_server(crash: Exception) -> TrackingServerLost | None:
+    """A crash because the MLflow tracking server (MLFLOW_TRACKING_URI, http) did not answer, named as such."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    chain, seen = [], crash
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    signs = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection", "Read timed out",
+             "Connection aborted", "RemoteDisconnected")
+    words = next((str(e) for e in chain if any(sign in str(e) for sign in signs)), None)
+    if words is None:
+        return None
+    reason = next((sign for sign in signs if sign in words), "no answer")
+    return TrackingServerLost(f"the MLflow tracking server at {uri} did not answer ({reason}): the stage stopped "
+                              "without writing its outputs; it runs again once the server is back")
 
 
 OWN_LOGGERS = ("tasks", "bento", "front")  # the project's loggers (module names, and the serving front's)

@@ -192,3 +192,35 @@ def test_a_later_version_that_breaks_the_data_contract_is_refused_naming_each_di
     assert "data contract, channels: the contract says 1, this version has 3" in message
     assert "data contract, classes: missing ['9']; new ['nine?', 'ten']" in message and "--new-dataset" in message
     assert json.loads((out / "reference.json").read_text())["contract"]["channels"] == 1  # the contract stays
+
+
+def test_a_tracking_server_that_stops_answering_is_named_and_the_run_finishes_once_it_is_back(prepared, params,
+                                                                                           tmp_path):
+    """The validate stage against an `mlflow server` that was stopped: one line naming the server (exit 6, retried
+    by the flow), no report written; the same command once a server answers there again finishes the job."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.processes import REPO, free_port
+    from tests.support.servers import mlflow_server
+
+    root = tmp_path / "project"
+    shutil.copytree(prepared, root / "data" / "prepared")
+    (root / "params.yaml").write_text(yaml.safe_dump(params.as_dict()))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": url,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    stage = [sys.executable, "-m", "tasks.validate", "--root", str(root)]
+    lost = subprocess.run(stage, env=env, capture_output=True, text=True, timeout=300)
+    assert lost.returncode == 6, lost.stderr[-2000:]
+    line = [l for l in lost.stderr.splitlines() if "error in stage validate" in l]
+    assert line and f"TrackingServerLost: the MLflow tracking server at {url} did not answer" in line[0], lost.stderr
+    assert "Traceback" not in lost.stderr and not (root / "artifacts/validate/report.json").exists()
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts", port=port):
+        back = subprocess.run(stage, env=env, capture_output=True, text=True, timeout=300)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert json.loads((root / "artifacts/validate/report.json").read_text())["success"] is True

@@ -39,9 +39,9 @@ def serve_bento(tag: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path):
-    """`mlflow server` over `backend_uri`, its artifacts in `artifacts`: yields its URL."""
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None):
+    """`mlflow server` over `backend_uri`, its artifacts in `artifacts` (on `port`, or a free one): yields its URL."""
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
