@@ -191,7 +191,8 @@ def check_admin_url(admin_url: str) -> None:
     if not (_loopback(host) or host in allowed):
         raise AdminAddressRefused(
             f"rollout.admin_url {admin_url!r} is not a loopback address: the front's admin token is sent only to "
-            f"loopback or to a host listed in {ADMIN_HOSTS_ENV} where the pipeline runs (now: {sorted(allowed) or 'none'})")
+            f"loopback or to a host listed in {ADMIN_HOSTS_ENV} where the pipeline runs "
+            f"(now: {sorted(allowed) or 'none'})")
 
 
 def _loopback(host: str) -> bool:

@@ -69,7 +69,8 @@ class Front:
             # would reach the back-end as `/recent_inputs`, past whatever the front decided on the raw path
             target = URL(backend.url + request.raw_path, encoded=True)
             async with self.session.request(
-                    request.method, target, headers=end_to_end(request.headers, _HOP_BY_HOP - {"content-length"} | _FRONT_ONLY),
+                    request.method, target,
+                    headers=end_to_end(request.headers, _HOP_BY_HOP - {"content-length"} | _FRONT_ONLY),
                     data=request.content if request.body_exists else None, allow_redirects=False,
                     timeout=client_timeout(self.request_timeout_s)) as answer:
                 body = await answer.read()

@@ -105,11 +105,13 @@ class Guard:
 
     async def _operator_only(self, scope, receive, send, key: bytes) -> None:
         if not self.operator_key:
-            return await _reply(send, 403, f"{scope['path']} is off: it shows what clients sent. Set {OPERATOR_KEY_ENV} "
-                                           "where the service runs and send that value as X-Operator-Key")
+            return await _reply(send, 403, f"{scope['path']} is off: it shows what clients sent. Set "
+                                           f"{OPERATOR_KEY_ENV} where the service runs and send that value as "
+                                           "X-Operator-Key")
         if not hmac.compare_digest(key, self.operator_key):
             return await _reply(send, 403, f"missing or wrong X-Operator-Key: {scope['path']} needs the value of "
-                                           f"{OPERATOR_KEY_ENV} where the service runs (a client's X-API-Key does not open it)")
+                                           f"{OPERATOR_KEY_ENV} where the service runs (a client's X-API-Key does "
+                                           "not open it)")
         return await self.app(scope, receive, send)
 
 

@@ -28,7 +28,8 @@ builds its app (the service module imports this first thing). A request passes t
     API key, declares it.
 
 `check()` verifies, before anything is replaced, that each of these still exists with what the replacement relies
-on; a BentoML (or uvicorn) upgrade that renames or reshapes one fails with `BentoMLChanged` naming it, at `bentoml serve` and in
+on; a BentoML (or uvicorn) upgrade that renames or reshapes one fails with `BentoMLChanged` naming it, at
+`bentoml serve` and in
 tests/unit/test_bentoml_patches.py, instead of serving with a limit or a label silently gone.
 """
 
@@ -60,7 +61,8 @@ INTERNALS = (
              "header timeouts and connections per client (connections.py)"),
     Internal("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol",
              ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete",
-              "self.transport", "self.loop", "self.client"), "header timeouts and connections per client (connections.py)"),
+              "self.transport", "self.loop", "self.client"),
+             "header timeouts and connections per client (connections.py)"),
     Internal("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware", ("__init__", "__call__"),
              "request metrics labelled by a bounded set of paths (metric_labels.py)"),
     Internal("bentoml._internal.server.http.traffic", "MaxConcurrencyMiddleware",

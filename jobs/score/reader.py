@@ -149,8 +149,9 @@ def chunks(path: Path, rows: int, files: list[str] | None = None, max_line_bytes
         else:
             longest = longest_line(path)
             if longest > max_line_bytes:
-                raise DataError(f"{path}: a line of {longest:,} bytes, over score.max_line_kb ({max_line_bytes // 1024:,} "
-                                "KB): one row is read whole, so the file is set aside unread")
+                raise DataError(f"{path}: a line of {longest:,} bytes, over score.max_line_kb "
+                                f"({max_line_bytes // 1024:,} KB): one row is read whole, so the file is set aside "
+                                "unread")
             frames = pd.read_csv(path, sep=separator, chunksize=rows)
         start = 0
         for index, frame in enumerate(frames):

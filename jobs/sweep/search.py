@@ -178,7 +178,8 @@ def _parent_run(root: Path, params: Params, study, storage: str) -> str:
         client.update_run(existing, status="RUNNING")
         return existing
     run = client.create_run(experiment_id, run_name=study.study_name, tags={
-        "sweep.name": study.study_name, "sweep.storage": redact(storage), "sweep.data_digest": study.user_attrs["data_digest"],
+        "sweep.name": study.study_name, "sweep.storage": redact(storage),
+        "sweep.data_digest": study.user_attrs["data_digest"],
         "mlflow.note.content": "A sweep: one child run per trial (see the Child runs of this run); "
                                "sweep/front.png and sweep/trials.json hold the front."})
     sweep = redacted(params.sweep.model_dump(mode="json"))

@@ -60,7 +60,8 @@ def full_disk(layout: Layout, crash: Exception) -> ResourceUnavailable | None:
     import errno
     import shutil
 
-    folders = [layout.root, layout.root / "data", *sorted(p for p in (layout.root / "artifacts").glob("*") if p.is_dir())]
+    stage_folders = sorted(p for p in (layout.root / "artifacts").glob("*") if p.is_dir())
+    folders = [layout.root, layout.root / "data", *stage_folders]
     named = isinstance(crash, OSError) and crash.errno in (errno.ENOSPC, errno.EDQUOT)
     for folder in ([Path(crash.filename).parent] if named and crash.filename else []) + folders:
         try:
@@ -68,10 +69,11 @@ def full_disk(layout: Layout, crash: Exception) -> ResourceUnavailable | None:
         except OSError:
             continue
         if named or usage.free < FULL_BYTES:
+            said = str(crash).splitlines()[0][:200] if str(crash) else ""
             return ResourceUnavailable(
                 f"no space left on the disk holding {folder} ({usage.free / 2**20:.1f} MB free of "
-                f"{usage.total / 2**20:,.1f} MB): {type(crash).__name__}: {str(crash).splitlines()[0][:200] if str(crash) else ''}"
-                ". Nothing half-written was kept; free some space, then run again: it finishes the job")
+                f"{usage.total / 2**20:,.1f} MB): {type(crash).__name__}: {said}. Nothing half-written was kept; "
+                "free some space, then run again: it finishes the job")
     return None
 
 
@@ -110,7 +112,8 @@ def _figures(result: object) -> dict:
     """The result's small fields (a long table or a list of failures stays in the stage's own files)."""
     if not dataclasses.is_dataclass(result):
         return {}
-    shown = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("table", "failures", "checks")}
+    long = ("table", "failures", "checks")
+    shown = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in long}
     return {k: v.item() if hasattr(v, "item") else v for k, v in shown.items()}  # NumPy scalars as Python numbers
 
 

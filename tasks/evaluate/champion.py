@@ -58,7 +58,8 @@ def load_own(client, name: str, version):
 
     with tempfile.TemporaryDirectory() as tmp:
         source = client.get_model_version_download_uri(name, version.version)
-        mlmodel = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{source}/MLmodel", dst_path=tmp)).read_text())
+        mlmodel_path = mlflow.artifacts.download_artifacts(f"{source}/MLmodel", dst_path=tmp)
+        mlmodel = yaml.safe_load(Path(mlmodel_path).read_text())
         check_own(mlmodel, f"{name} v{version.version}")
         if not version.run_id:
             raise UntrustedModel(f"{name} v{version.version} names no run: it was not registered by evaluate")

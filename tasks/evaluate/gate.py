@@ -182,7 +182,8 @@ def decide(params: EvaluateParams, version: str, challenger: Scores, champion: C
     numbers = dict(previous_champion=previous, champion_accuracy=theirs.accuracy, improvement=gain,
                    test=compared.test, statistic=compared.statistic, p_value=compared.p_value,
                    lower_bound=compared.lower_bound, metric=metric, champion_score=their_score)
-    versus = (f"test {METRIC_NAMES[metric]} {mine:.4f} vs champion v{previous}'s {their_score:.4f} on the same test split "
+    versus = (f"test {METRIC_NAMES[metric]} {mine:.4f} vs champion v{previous}'s {their_score:.4f} on the same "
+              "test split "
               f"({gain:+.4f}; {compared.challenger_only} examples only v{version} gets right, {compared.champion_only} "
               f"only v{previous}; {compared.test} p={compared.p_value:.4g})")
     if gain < params.min_improvement:

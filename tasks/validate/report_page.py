@@ -29,7 +29,8 @@ _MEANING = {
 _BANNER = "<!-- validation-report-banner -->"
 
 
-def write(path: Path, checks: Sequence, *, hint: str = "", notes: Sequence[str] = (), about: dict | None = None) -> Path:
+def write(path: Path, checks: Sequence, *, hint: str = "", notes: Sequence[str] = (),
+          about: dict | None = None) -> Path:
     """Write the report page at `path` (inside the Data Docs site, so its links to the suite's pages resolve)."""
     failed = [c for c in checks if not c.passed]
     verdict = "refused" if failed else "accepted"
@@ -54,8 +55,8 @@ def write(path: Path, checks: Sequence, *, hint: str = "", notes: Sequence[str] 
     body.append(f"<details{' open' if not failed else ''}><summary><h2>Passed checks ({len(passed)})</h2></summary>"
                 f"{_table(passed)}</details>")
     body.append('<p class=more><a href="index.html">Every validation of this project (Great Expectations Data Docs)'
-                "</a> &middot; <a href=\"../../../../report.json\">the same checks as JSON</a> (report.json, beside the gx "
-                "folder)</p>")
+                "</a> &middot; <a href=\"../../../../report.json\">the same checks as JSON</a> (report.json, "
+                "beside the gx folder)</p>")
     page = _PAGE.format(title=f"Data validation: {verdict}", style=_STYLE, body="\n".join(body))
     write_with(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

@@ -118,7 +118,8 @@ def _pages(site: Path, started: float, checks: list[Check], broken: list[str], c
     notes = []
     if conflicts["examples"]:
         notes.append(f"{conflicts['examples']} example(s) appear more than once with different labels (e.g. "
-                     f"{conflicts['labels_of_first'][0]}): a model can learn only one of them; each is kept in one split")
+                     f"{conflicts['labels_of_first'][0]}): a model can learn only one of them; each is kept in one "
+                     "split")
     about = {"validated": report_page.now(), "kind": data.kind, "classes": len(data.classes),
              "rows": ", ".join(f"{s} {len(load_split(prepared_dir / s, mmap=True))}" for s in SPLITS),
              "prepared data": str(prepared_dir)}

@@ -294,7 +294,8 @@ def _flow_runs(api: str, flow: str) -> int:
 def test_a_drop_folder_with_bad_and_hostile_files_scores_the_good_ones_and_names_the_rest(models, tmp_path,
                                                                                           prefect_api):
     """A drop folder as the world fills it: each bad file set aside with its reason (a ragged row, UTF-16 text, an
-    empty file, a fake Parquet file, a 2 MB line), the files that are not regular files inside the folder never opened (a FIFO
+    empty file, a fake Parquet file, a 2 MB line), the files that are not regular files inside the folder never
+    opened (a FIFO
     that would block for ever, links to /dev/zero and out of the folder, a dangling link), a 250-character name
     scored under a bounded output name; no traceback, exit 2 because some were not scored."""
     _, table, store_env, _ = models

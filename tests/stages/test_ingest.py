@@ -339,7 +339,8 @@ def test_a_parquet_file_declaring_more_rows_than_memory_allows_is_refused_before
 
 def test_a_csv_larger_than_max_table_mb_and_a_reserved_column_name_are_refused_by_name(tmp_path):
     (tmp_path / "loans.csv").write_text("income,row_md5,label\n" + "1,x,yes\n2,y,no\n" * 2000)
-    with pytest.raises(DataError, match=r"loans.csv: holds 30,021 bytes, about 0.029 MB in memory, over ingest.max_table_mb \(0.01 MB\)"):
+    with pytest.raises(DataError, match=r"loans.csv: holds 30,021 bytes, about 0.029 MB in memory, over "
+                                        r"ingest.max_table_mb \(0.01 MB\)"):
         _ingest(tmp_path, source="table", path="loans.csv", max_table_mb=0.01)
     with pytest.raises(DataError, match=r"feature column\(s\) \['row_md5'\] use a name the pipeline gives its own"):
         _ingest(tmp_path, source="table", path="loans.csv")

@@ -16,7 +16,8 @@ from tests.support.processes import REPO, free_port, stop, wait_until_healthy
 
 
 def bento_env(home: Path) -> dict:
-    """The environment of a process using the BentoML store at `home`, with `bentoml` on PATH and no API or operator key."""
+    """The environment of a process using the BentoML store at `home`, with `bentoml` on PATH and no API or
+    operator key."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("BENTO_API_KEY", None)

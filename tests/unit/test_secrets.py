@@ -5,7 +5,8 @@ from tasks.common.secrets import redact
 
 
 def test_url_passwords_and_password_parameters_are_masked_and_nothing_else_changes():
-    assert redact("postgresql://optuna:hunter2@db.internal:5432/study") == "postgresql://optuna:***@db.internal:5432/study"
+    masked = redact("postgresql://optuna:hunter2@db.internal:5432/study")
+    assert masked == "postgresql://optuna:***@db.internal:5432/study"
     assert redact("postgresql+psycopg2://u:p%40ss@h/db") == "postgresql+psycopg2://u:***@h/db"
     assert redact("https://h/x?user=a&password=hunter2&x=1") == "https://h/x?user=a&password=***&x=1"
     for kept in ("postgresql://optuna@db/study", "sweeps/journal.log", "http://127.0.0.1:3001", "a:b@c (not a URL)"):
