@@ -7,7 +7,10 @@ This step only decides whether to ask it: the run promoted a new champion, a fro
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None = None) -> dict:
@@ -33,11 +36,36 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
 
 
 def champion_bento(root: Path, params) -> str:
-    """The newest Bento built for the registry's current `champion` version."""
+    """The newest Bento built for the registry's current `champion` version. On a machine whose BentoML store has
+    none (a new server, another BENTOML_HOME, a cleaned store), one is built here from what the registry holds: the
+    champion's shipped model (jobs/score/model.py imports it) inside this project's bento/ service."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
     from tasks.common import registry, tracking
+    from tasks.common.errors import PromotionError
 
     tracking.use_store(root)
-    return str(registry.newest_for_champion(params.evaluate.registered_model,
-                                            bentoml.bentos.list(params.package.service_name), "Bento").tag)
+    name = params.evaluate.registered_model
+    try:
+        built = bentoml.bentos.list(params.package.service_name)
+    except NotFound:  # none of that name in this store at all
+        built = []
+    try:
+        return str(registry.newest_for_champion(name, built, "Bento").tag)
+    except PromotionError:
+        champion = registry.champion_version(name)
+        if champion is None:
+            raise
+    from jobs.score.model import NoModel, imported
+    from tasks.package.stage import build_around
+
+    try:
+        model = imported(name, champion, params.package.bento_model)
+    except NoModel as err:
+        raise PromotionError(str(err)) from err
+    labels = dict(bentoml.models.get(model.tag).info.labels)
+    tag = build_around(model.tag, labels, params.package, root / "bento")
+    log.warning("champion %s v%s had no Bento on this machine: built %s from the registry's shipped model", name,
+                champion, tag)
+    return tag

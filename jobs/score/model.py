@@ -100,12 +100,13 @@ def champion_model(root: Path, params) -> ShippedModel:
     try:
         newest = registry.newest_for_champion(name, stored, "BentoML model")
     except PromotionError:
-        return _imported(name, champion, params.package.bento_model)
+        return imported(name, champion, params.package.bento_model)
     return ShippedModel(Path(newest.path_of("model.onnx")), _normalised(newest.info.metadata), str(newest.tag))
 
 
-def _imported(name: str, champion: str, bento_model: str) -> ShippedModel:
-    """The champion's shipped model rebuilt in this machine's BentoML store from what the registry holds."""
+def imported(name: str, champion: str, bento_model: str) -> ShippedModel:
+    """The champion's shipped model rebuilt in this machine's BentoML store from what the registry holds (its
+    labels are the package stage's, so a Bento built around it is labelled like one `package` built)."""
     import json
     import os
     import tempfile

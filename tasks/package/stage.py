@@ -108,6 +108,13 @@ def build_bento(onnx_path: Path, metadata: dict, labels: dict, cfg: PackageParam
 
     with bentoml.models.create(name=cfg.bento_model, labels=labels, metadata=metadata) as model:
         shutil.copyfile(onnx_path, Path(model.path) / "model.onnx")
+    return PackageResult(str(model.tag), build_around(str(model.tag), labels, cfg, bento_dir))
+
+
+def build_around(model_tag: str, labels: dict, cfg: PackageParams, bento_dir: Path) -> str:
+    """Build the Bento of bento/ around the stored BentoML model `model_tag`; its tag."""
+    import bentoml
+
     with tempfile.TemporaryDirectory() as context:
         # The build context holds only what the Bento ships: BentoML walks all of it, and the project root
         # (a virtualenv, data, MLflow's store) takes it seconds.
@@ -116,9 +123,9 @@ def build_bento(onnx_path: Path, metadata: dict, labels: dict, cfg: PackageParam
             shutil.copyfile(bento_dir.parent / rel, Path(context) / rel)
         bento = bentoml.bentos.build_bentofile(
             str(bento_dir / "bentofile.yaml"), build_ctx=context, labels=labels,
-            args={"model_tag": str(model.tag), **cfg.build_args()},
+            args={"model_tag": model_tag, **cfg.build_args()},
         )
-    return PackageResult(str(model.tag), str(bento.tag))
+    return str(bento.tag)
 
 
 def shipped_files(bento_dir: Path) -> list[str]:

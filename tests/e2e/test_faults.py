@@ -61,3 +61,29 @@ def test_a_machine_whose_bentoml_store_lacks_the_champion_scores_with_it_from_th
     again = run_in(root, empty, MLOPS, "score", "--input", str(_digit_folder(tmp_path / "later", 20, extra=False)),
                    "--no-push")
     assert again.returncode == 0 and "imported" not in again.stdout + again.stderr, again.stderr[-2000:]
+
+
+def test_a_machine_whose_bentoml_store_lacks_the_champion_serves_it_built_from_the_registry(project, tmp_path):
+    """`mlops serve` on a new server pointed at the project's tracking store: its empty BentoML store gets the
+    champion's shipped model from the registry and a Bento of this project's service built around it, which the
+    front serves; the Bento answers /metadata as the champion."""
+    import httpx
+
+    from tests.support.processes import free_port, stop, wait_until_healthy
+
+    root, env = project
+    empty = {**env, "BENTOML_HOME": str(tmp_path / "new-server-bentoml")}
+    port, admin = free_port(), free_port()
+    log_path = tmp_path / "front.log"
+    with open(log_path, "w") as log:
+        front = subprocess.Popen([MLOPS, "serve", "--root", str(root), "--port", str(port), "--admin-port",
+                                  str(admin)], cwd=root, env=empty, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_healthy(front, f"http://127.0.0.1:{admin}/healthz", "the front", timeout_s=180)
+        about = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=30).json()
+        assert about["model_version"] == "1" and about["variant"]
+        assert list((tmp_path / "new-server-bentoml" / "bentos").iterdir())
+    finally:
+        stop(front)
+    printed = log_path.read_text()
+    assert "had no Bento on this machine: built" in printed and "Traceback" not in printed, printed[-3000:]
