@@ -31,23 +31,26 @@ class StageFailed(RuntimeError):
 
 
 def stage_order(root: Path) -> list[str]:
-    """Stage names in an order that respects every dependency, ties broken by their order in dvc.yaml."""
+    """dvc.yaml's stage names in an order that respects every dependency, ties broken by their order in dvc.yaml.
+    Data tracked by a `.dvc` file (a scoring run's predictions) is in DVC's graph too, but runs nothing."""
     import networkx as nx
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         position = {stage: i for i, stage in enumerate(graph.nodes)}
         ordered = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: position[s])
-        return [stage.addressing for stage in ordered]
+        return [stage.addressing for stage in ordered if isinstance(stage, PipelineStage)]
 
 
 def changed_stages(root: Path) -> set[str]:
-    """The stages `dvc status` reports as changed (deps, params or outs differ from dvc.lock), in one DVC call."""
+    """The dvc.yaml stages `dvc status` reports as changed (deps, params or outs differ from dvc.lock), in one DVC
+    call (data a `.dvc` file tracks, such as predictions, is not a stage the pipeline runs)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {name.split(":")[-1] for name in repo.status()}
+        return {name.split(":")[-1] for name in repo.status() if not name.endswith(".dvc")}
 
 
 def unpushed(root: Path) -> bool:

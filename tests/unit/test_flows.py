@@ -112,3 +112,25 @@ def test_a_held_workspace_refuses_a_second_run_before_anything_runs(tmp_path):
     with FileLock(str(tmp_path / ".pipeline.lock")):
         with pytest.raises(WorkspaceBusy, match="refused rather than interleaved"):
             pipeline.fn(root=str(tmp_path))
+
+
+def test_data_a_dvc_file_tracks_is_not_a_stage_the_pipeline_runs(tmp_path, monkeypatch):
+    """`mlops score` tracks its predictions with a `.dvc` file; DVC's graph holds it as a stage without a command.
+    The flow took it for one and crashed on its name (a path) when it had stages to run."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from flows.dag import changed_stages, stage_order
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo made > out.txt\n    outs: [out.txt]\n")
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "rows.csv").write_text("label\na\n")
+    with Repo.init(str(tmp_path)) as repo:
+        repo.add(str(tmp_path / "predictions" / "rows.csv"))
+    assert (tmp_path / "predictions" / "rows.csv.dvc").is_file()
+    (tmp_path / "predictions" / "rows.csv").write_text("label\nb\n")  # changed since it was tracked
+    monkeypatch.chdir(tmp_path)  # as the flow runs: DVC names stages relative to the working directory
+    assert stage_order(tmp_path) == ["make"]
+    assert changed_stages(tmp_path) == {"make"}
