@@ -44,6 +44,40 @@ def stage_order(root: Path) -> list[str]:
         return [stage.addressing for stage in ordered if isinstance(stage, PipelineStage)]
 
 
+def release_dead_locks(root: Path) -> list[str]:
+    """Drop the entries of DVC's stage lock (`.dvc/tmp/rwlock`) left by a process that is gone or a zombie: a `dvc
+    repro` killed with its run is still a zombie for a moment (or for good, under an init that does not reap), and
+    DVC counts a zombie as alive, so the next run failed with "is busy, it is being blocked by". Call it holding the
+    pipeline's own lock. Returns what was dropped."""
+    import psutil
+    from dvc.fs import localfs
+    from dvc.rwlock import _edit_rwlock  # DVC's own editor of that file (its format and its lock); no public one
+
+    def gone(info: dict) -> bool:
+        try:
+            return psutil.Process(int(info["pid"])).status() == psutil.STATUS_ZOMBIE
+        except (psutil.NoSuchProcess, ValueError, KeyError):
+            return True
+
+    lock_dir = root / ".dvc" / "tmp"
+    if not (lock_dir / "rwlock").is_file():
+        return []
+    dropped = []
+    with _edit_rwlock(str(lock_dir), localfs, False) as lock:
+        for path, info in list(lock["write"].items()):
+            if gone(info):
+                dropped.append(f"{info.get('cmd')} (pid {info.get('pid')}) writing {path}")
+                del lock["write"][path]
+        for path, infos in list(lock["read"].items()):
+            alive = [info for info in infos if not gone(info)]
+            dropped += [f"{i.get('cmd')} (pid {i.get('pid')}) reading {path}" for i in infos if i not in alive]
+            if alive:
+                lock["read"][path] = alive
+            else:
+                del lock["read"][path]
+    return dropped
+
+
 def changed_stages(root: Path) -> set[str]:
     """The dvc.yaml stages `dvc status` reports as changed (deps, params or outs differ from dvc.lock), in one DVC
     call (data a `.dvc` file tracks, such as predictions, is not a stage the pipeline runs)."""

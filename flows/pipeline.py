@@ -12,7 +12,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.dag import LOCK_FILE, StageFailed, StageRun, changed_stages, push_data, repro_stage, stage_order
+from flows.dag import (LOCK_FILE, StageFailed, StageRun, changed_stages, push_data, release_dead_locks,
+                       repro_stage, stage_order)
 from flows.summary import failure_markdown, markdown, summarize
 from tasks.common import params_journal
 from tasks.common.errors import PipelineError
@@ -87,6 +88,8 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
         recovered = params_journal.recover(root_path, lock_held=True)  # a killed run's overrides, undone
         if recovered:
             get_run_logger().warning(recovered)
+        for left in release_dead_locks(root_path):  # a killed run's DVC stage lock, released
+            get_run_logger().warning("released DVC's lock held by a process that is gone: %s", left)
         with override.applied(root_path / "params.yaml", overrides):
             config = load_params(root_path / "params.yaml")
             knobs = config.pipeline

@@ -87,3 +87,54 @@ def test_a_machine_whose_bentoml_store_lacks_the_champion_serves_it_built_from_t
         stop(front)
     printed = log_path.read_text()
     assert "had no Bento on this machine: built" in printed and "Traceback" not in printed, printed[-3000:]
+
+
+def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project):
+    """One run with overrides, SIGKILLed (process group) as evaluate, then package, then promote start, each time
+    started again; the last attempt finishes. The end state is a finished run's: one new registered version (no
+    duplicate), aliases as its gate decided, no MLflow run left RUNNING, no half-built Bento, the workspace lock
+    free, params.yaml byte-identical and no journal left."""
+    import json
+
+    import mlflow
+    from filelock import FileLock
+
+    root, env = project
+    original = (root / "params.yaml").read_bytes()
+    overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=1", "--set",
+                 "compress.latency_repeats=3"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    before = {v.version for v in client.search_model_versions("name='digits-classifier'")}
+    for stage in ("evaluate", "package", "promote"):
+        run = subprocess.Popen([MLOPS, "run", "--no-push", *overrides], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        seen = []
+        try:
+            for line in run.stdout:
+                seen.append(line)
+                if f"Running stage '{stage}'" in line:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    break
+        finally:
+            run.kill()
+            run.wait()
+        assert any(f"Running stage '{stage}'" in line for line in seen), "".join(seen[-40:])
+    done = run_in(root, env, MLOPS, "run", "--no-push", *overrides)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
+    with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):  # nobody holds the workspace
+        pass
+    versions = client.search_model_versions("name='digits-classifier'")
+    new = {v.version for v in versions} - before
+    assert len(new) == 1 and len(versions) == len(before) + 1, sorted(v.version for v in versions)
+    gate = json.loads((root / "artifacts/evaluate/gate.json").read_text())
+    aliases = client.get_registered_model("digits-classifier").aliases
+    promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
+    assert str(aliases["champion"]) == (gate["version"] if promotion["promoted"] else gate["previous_champion"])
+    running = [r.info.run_name for e in client.search_experiments()
+               for r in client.search_runs([e.experiment_id]) if r.info.status == "RUNNING"]
+    assert not running, running
+    bentos = run_in(root, env, "bentoml", "list", "-o", "json")
+    tags = [b["tag"] for b in json.loads(bentos.stdout)]
+    assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags

@@ -134,3 +134,36 @@ def test_data_a_dvc_file_tracks_is_not_a_stage_the_pipeline_runs(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # as the flow runs: DVC names stages relative to the working directory
     assert stage_order(tmp_path) == ["make"]
     assert changed_stages(tmp_path) == {"make"}
+
+
+def test_dvc_locks_of_processes_that_are_gone_or_zombies_are_released_and_live_ones_kept(tmp_path):
+    """A `dvc repro` killed with its run stays a zombie until reaped, and DVC counts a zombie as alive: the next run
+    failed "is busy, it is being blocked by". The pipeline drops such entries (holding its own lock) first."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from flows.dag import release_dead_locks
+
+    zombie = subprocess.Popen(["sleep", "60"])
+    zombie.send_signal(signal.SIGKILL)
+    time.sleep(0.2)  # killed, and not reaped (no wait()): a zombie of this process
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # gone
+    lock_dir = tmp_path / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True)
+    me = {"pid": os.getpid(), "cmd": "dvc repro --single-item train"}
+    (lock_dir / "rwlock").write_text(json.dumps({
+        "write": {"artifacts/evaluate/metrics.json": {"pid": zombie.pid, "cmd": "dvc repro --single-item evaluate"},
+                  "artifacts/train/model.pt": me},
+        "read": {"data/prepared": [{"pid": exited.pid, "cmd": "dvc repro --single-item evaluate"}, me]}}))
+    try:
+        dropped = release_dead_locks(tmp_path)
+    finally:
+        zombie.wait()
+    assert len(dropped) == 2 and any(f"pid {zombie.pid}" in d for d in dropped), dropped
+    assert json.loads((lock_dir / "rwlock").read_text()) == {
+        "write": {"artifacts/train/model.pt": me}, "read": {"data/prepared": [me]}}
+    assert release_dead_locks(tmp_path / "elsewhere") == []
