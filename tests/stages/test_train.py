@@ -187,6 +187,7 @@ def test_torchrun_with_two_processes_trains_like_one(whole, prepared, tmp_path):
     assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == SETTINGS["epochs"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_leaves_nothing_half_written_and_the_next_run_finishes(prepared, tmp_path):
     """artifacts/train on a 256 KB tmpfs: the first checkpoint does not fit. The stage stops with one line naming
     the disk (exit 6, not retried), keeps no partial file, and once the disk has room an ordinary run finishes."""

@@ -194,6 +194,7 @@ def test_a_later_version_that_breaks_the_data_contract_is_refused_naming_each_di
     assert json.loads((out / "reference.json").read_text())["contract"]["channels"] == 1  # the contract stays
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_stops_answering_is_named_and_the_run_finishes_once_it_is_back(prepared, params,
                                                                                            tmp_path):
     """The validate stage against an `mlflow server` that was stopped: one line naming the server (exit 6, retried
