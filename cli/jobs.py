@@ -43,7 +43,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sweep.set_defaults(run=run_sweep, parser=sweep)
 
 
-def _project_prefect_server(root: Path) -> None:
+def track_on_project_server(root: Path) -> None:
     """The project's Prefect server, when one runs, instead of a temporary one (before Prefect is imported)."""
     from flows.prefect_server import use_running
 
@@ -53,7 +53,7 @@ def _project_prefect_server(root: Path) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    _project_prefect_server(args.root)
+    track_on_project_server(args.root)
     from flows.score import render, score_batch
     from tasks.common.errors import DataError
     from jobs.score.model import NoModel
@@ -78,7 +78,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    _project_prefect_server(args.root)
+    track_on_project_server(args.root)
     from flows.overrides import parse_assignment
 
     settings = dict(parse_assignment(item) for item in args.set)

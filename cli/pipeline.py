@@ -58,8 +58,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
         print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
         return 0
-    from cli.jobs import _project_prefect_server
-    _project_prefect_server(root)
+    from cli.jobs import track_on_project_server
+
+    track_on_project_server(root)
     from bento.front.supervisor import BackendFailed
     from flows.dag import StageFailed
     from flows.pipeline import pipeline
