@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.common.errors import DataError
+from tasks.common.files import readable
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -78,19 +79,6 @@ def image_array(path: Path, name: str):
     if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
         raise DataError(f"{file}: images must be real numbers, found dtype {images.dtype}")
     return images
-
-
-def readable(path: Path, folder: Path) -> bool:
-    """A regular file, or a symlink to one inside `folder`: never a FIFO or a device (reading one blocks for ever or
-    never ends: `x.png` → /dev/zero), nor a link out of the folder (`x.png` → /etc/passwd), nor a dangling link."""
-    import stat
-
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # follows links: what would be read
-            return False
-        return not path.is_symlink() or path.resolve().is_relative_to(folder.resolve())
-    except OSError:  # dangling, or unreadable
-        return False
 
 
 def image_files(folder: Path) -> list[str]:

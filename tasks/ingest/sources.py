@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.common.errors import DataError
+from tasks.common.files import readable
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -159,6 +160,9 @@ def _class_files(folder: Path) -> list[tuple[Path, str]]:
                 what = "a hidden file" if path.name.startswith(".") else "a folder" if path.is_dir() else \
                     f"not a PNG or JPEG file (found suffix '{path.suffix}')"
                 raise DataError(f"{path}: {what}; a class folder holds only PNG or JPEG images")
+            if not readable(path, folder):  # opening a FIFO blocks for ever; a link out reads another file
+                raise DataError(f"{path}: not a regular file inside {folder} (a FIFO, a device, a link out of the "
+                                "folder or a dangling link): refused, never opened")
             files.append((path, entry.name))
     if len(classes) < 2:
         raise DataError(f"{folder}: expected one sub-folder per class (at least 2), found {classes}")

@@ -407,3 +407,27 @@ def test_mutated_parquet_metadata_is_read_or_refused_by_name_quickly_by_ingest_a
         outcomes.append(_reads_or_refuses(lambda p: list(chunks(p, 16)), path))
         path.unlink()
     assert outcomes.count("refused") > 400 and "read" in outcomes
+
+
+@pytest.mark.parametrize("plant", ["fifo", "link out", "dangling link", "device"])
+def test_an_image_folder_entry_that_is_not_a_regular_file_inside_it_is_refused_unopened(tmp_path, plant):
+    """A FIFO named x.png blocked ingest for ever; a link to /etc/passwd was read. Each is now refused by name."""
+    import os
+
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    bad = folder / "cat" / "x.png"
+    if plant == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.symlink_to({"link out": "/etc/passwd", "dangling link": str(folder / "gone.png"),
+                        "device": "/dev/zero"}[plant])
+    began = time.monotonic()
+    with pytest.raises(DataError, match=r"x.png: not a regular file inside .*refused, never opened"):
+        _ingest(tmp_path, source="images", path="pets")
+    assert time.monotonic() - began < 10
