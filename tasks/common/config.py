@@ -74,7 +74,7 @@ class ValidateParams(Section):
     max_leaked_fraction: float = Field(0.0, ge=0, le=1)  # share of val/test examples identical to a training example
     drift_max_shift: float = Field(0.25, gt=0)  # a statistic's mean may move this many reference std devs
     max_label_shift: float = Field(0.05, gt=0, le=1)  # a class's share of rows may move this much from the reference
-    max_null_fraction: float = Field(0.05, ge=0, le=1)  # tables: share of missing values allowed per column
+    max_null_fraction: float = Field(0.3, ge=0, le=1)  # tables: share of missing values allowed per column
     table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
     max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
     image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
