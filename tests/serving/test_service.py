@@ -401,7 +401,8 @@ def test_paths_the_service_does_not_serve_share_one_metrics_label(served):
         began = time.perf_counter()
         answer = service.get("/metrics")
         took.append(time.perf_counter() - began)
-    assert answer.status_code == 200 and float(np.median(took)) < 0.1, took  # 20,000 series took it past 30 s
+    # 20,000 series took it past 30 s; a bound 30 times lower still catches that on a loaded CI machine (0.3 s seen)
+    assert answer.status_code == 200 and float(np.median(took)) < 1.0, took
     grown = _worker_rss_mb(server) - before
     assert grown < 50, f"the serving processes grew by {grown:.0f} MB"
     metrics = answer.text
@@ -697,7 +698,7 @@ def test_half_sent_requests_are_closed_after_the_header_timeout_and_one_address_
     """One attacker (127.0.0.2) opens 200 connections and sends a request line but never ends its headers. Before,
     all were held for ever. Now the 129th and later are answered 503 at once (package.max_connections_per_client),
     the first 128 get 408 once package.header_timeout_seconds (10 s) pass, and another client (127.0.0.1) is
-    answered within 100 ms throughout (the median; none over 0.5 s)."""
+    never held up: within 0.5 s (the median; none over 2 s)."""
     url = str(service.base_url).rstrip("/")
     host, port = url.removeprefix("http://").split(":")
     held = []
@@ -722,8 +723,9 @@ def test_half_sent_requests_are_closed_after_the_header_timeout_and_one_address_
                 assert send().status_code == 200
                 took.append(time.monotonic() - tick)
             time.sleep(0.2)
-        # each answered within 100 ms (the median: a loaded 2-core machine can pause any one request), none held up
-        assert np.median(took) < 0.1 and max(took) < 0.5, sorted(took)[-5:]
+        # none held up: a starved client waits for the 10 s header timeout; a loaded 2-core CI machine can pause any
+        # one request for a few hundred ms, so the bounds sit well between the two
+        assert np.median(took) < 0.5 and max(took) < 2.0, sorted(took)[-5:]
         answers = [_answer_on(c, timeout=15) for c in held[:128]]
         assert all(a.startswith("HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
         assert "the request headers did not arrive within 10 s" in answers[0]
