@@ -62,6 +62,8 @@ def predict_hint(data: dict) -> str:
     named = ", ".join(classes[:8]) + (f", … ({len(classes)} classes)" if len(classes) > 8 else "")
     if data["kind"] == "table":
         columns = list(data.get("contract", {}).get("columns", {}))
+        if list(data.get("contract", {}).get("columns", {}).values()) == ["text"]:
+            return f"POST http://127.0.0.1:3000/predict_text with {{\"texts\": [\"…\"]}} → label in [{named}]"
         shown = ", ".join(f'"{c}": …' for c in columns[:4]) + (", …" if len(columns) > 4 else "")
         return f"POST http://127.0.0.1:3000/predict_rows with {{\"rows\": [{{{shown}}}]}} → label in [{named}]"
     shape = "×".join(map(str, data["served_shape"]))

@@ -4,6 +4,7 @@
                          and the probability of each class, keyed by class name
     POST /predict_image  a PNG or JPEG upload (field `image`) → the same for that one image
     POST /predict_rows   {"rows": [{column: value}, ...]} for a model trained on a table → the same per row
+    POST /predict_text   {"texts": ["...", ...]} for a model trained on one text column alone → the same per text
     POST /predict_npy    a .npy file (N×H×W[×C] float32, or N×F) as the body → a .npy of N×K probabilities, column k
                          the class `classes[k]` of /metadata (bulk clients)
     GET  /metadata       model name, registry version, variant, class names in output order, input shape, metrics,
@@ -54,7 +55,8 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
-from bento.service.build import CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, PIXEL_MAX, args
+from bento.service.build import (CHANNELS, CLASSES, EXPECTED, IMAGE_SHAPE, KIND, META, MODEL, OTHER_COLUMNS, PIXEL_MAX,
+                                 TEXT, TEXT_ALONE, args)
 from bento.service.checks import Images, checked_images, read_npy
 from bento.service import metric_labels, patches, schema
 from bento.service.guard import Guard, quiet_client_errors
@@ -67,6 +69,17 @@ ROWS_SCHEMA = {"items": row_schema(META["encoding"]), "maxItems": args.max_image
 NPY_BODY = {"requestBody": {"required": True, "description": "one array saved with numpy.save: N×H×W[×C] raw "
                             "intensities (N×F encoded rows for a table model), any real dtype",
                             "content": {NPY: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def _check_text_lengths(rows: list) -> None:
+    """Refuse a text over `max_text_chars` before anything tokenizes it (a megabyte string costs the tokenizer
+    milliseconds a request and says nothing the first tokens do not)."""
+    for i, row in enumerate(rows):
+        for column in TEXT if isinstance(row, dict) else ():
+            value = row.get(column)
+            if isinstance(value, str) and len(value) > args.max_text_chars:
+                raise InvalidArgument(f"row {i}, column '{column}': {len(value):,} characters; the limit is "
+                                      f"{args.max_text_chars:,} (package.max_text_chars)")
 
 
 class Prediction(BaseModel):
@@ -141,7 +154,7 @@ class DigitsClassifier:
             problem=META.get("problem", ""), classes=CLASSES, input_shape=list(IMAGE_SHAPE), pixel_max=PIXEL_MAX, metrics=META.get("metrics", {}),
             lineage=META.get("lineage", {}), compressed_model=META.get("compressed_model", {}),
             expectations=EXPECTED or {})
-        for name in ("predict", "predict_rows", "predict_image"):
+        for name in ("predict", "predict_rows", "predict_text", "predict_image"):
             # BentoML looks an API method up on this instance for every request, and each lookup rebuilds the
             # bound method with inspect.signature (an eighth of a worker's time, py-spy). An instance attribute
             # shadows the class's non-data descriptor: bound once, here.
@@ -173,12 +186,25 @@ class DigitsClassifier:
             raise InvalidArgument("this model takes images (POST /predict), not table rows")
         if len(rows) > args.max_images_per_request:
             raise InvalidArgument(f"{len(rows)} rows in one request; the limit is {args.max_images_per_request}")
+        _check_text_lengths(rows)
         try:
             features = encode_rows(rows, META["encoding"])
         except BadRow as err:
             raise InvalidArgument(str(err)) from err
         SEEN.observe(features)
         return _answers(self._probabilities(features))
+
+    @bentoml.api
+    def predict_text(self, texts: Annotated[list[str], Field(min_length=1, json_schema_extra={
+            "maxItems": args.max_images_per_request, "items": {"type": "string", "maxLength": args.max_text_chars}})],
+                     ) -> Predictions:
+        """Classify free texts (support tickets, reviews, messages) for a model trained on one text column: each
+        tokenized with the tokenizer `prepare` learnt from the training texts, its first tokens read (the model's
+        maximum length). A model that also reads other columns takes its rows at /predict_rows."""
+        if not TEXT_ALONE:  # the guard answers 404 first; this holds without it too (Service.to_asgi in a test)
+            raise InvalidArgument(f"this model takes table rows with the columns {[*OTHER_COLUMNS, *TEXT]}: POST "
+                                  "/predict_rows")
+        return self.predict_rows([{TEXT[0]: text} for text in texts])
 
     @bentoml.api
     def predict_image(self, image: Annotated[Path, ContentType("image/*")]) -> OnePrediction:

@@ -30,6 +30,7 @@ class ServiceArgs(BaseModel):
     header_timeout_seconds: float = 10.0
     max_connections_per_client: int = 128
     max_image_pixels: int = 16_000_000
+    max_text_chars: int = 20_000
     access_log: bool = False
     tracing: bool = False
     inline_inference: bool = True
@@ -44,6 +45,9 @@ PIXEL_MAX = float(META["pixel_max"])
 KIND = META.get("kind", "images")  # "table": /predict_rows takes raw rows; /predict, rows already encoded
 CHANNELS = IMAGE_SHAPE[2] if KIND == "images" and len(IMAGE_SHAPE) == 3 else 1
 CLASSES = [str(c) for c in META["classes"]]  # the model's output i is the class CLASSES[i]
+TEXT = [c["column"] for c in META.get("encoding", {}).get("text", [])]  # a table model's text columns, in order
+OTHER_COLUMNS = [c["column"] for part in ("numeric", "categorical") for c in META.get("encoding", {}).get(part, [])]
+TEXT_ALONE = len(TEXT) == 1 and not OTHER_COLUMNS  # /predict_text serves it: one text column and nothing else
 EXPECTED = META.get("expectations")  # the training inputs' statistics (package stage); None: not checked
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 
 from bento.service.admission import busy, replay
-from bento.service.build import IMAGE_SHAPE, KIND, args, body_limit
+from bento.service.build import IMAGE_SHAPE, KIND, TEXT_ALONE, args, body_limit
 from bento.service.monitoring import WARM_UP
 
 API_KEY_ENV = "BENTO_API_KEY"
@@ -22,11 +22,16 @@ UPLOADS = {"/predict_image": "image"}  # endpoint → its file field: only multi
 # What each endpoint's body may be. Anything else is 415: a form or text/plain body is what a cross-site page can
 # POST without asking, and it would feed the drift statistics (or, with BentoML's own parsing, fetch a URL).
 BODY_TYPES = {"/predict": ("application/json",), "/predict_rows": ("application/json",),
+              "/predict_text": ("application/json",),
               "/predict_npy": ("application/x-npy", "application/octet-stream"),
               "/predict_image": ("multipart/form-data",)}
 
 # The endpoint for the other kind of model: not served by this one (404), not in its schema
-OTHER_KIND = {"images": ("/predict_rows",), "table": ("/predict_image",)}.get(KIND, ())
+OTHER_KIND = {"images": ("/predict_rows", "/predict_text"),
+              "table": ("/predict_image",) if TEXT_ALONE else ("/predict_image", "/predict_text")}.get(KIND, ())
+WHAT_IT_TAKES = {"images": "images (POST /predict, /predict_image)",
+                 "table": "texts (POST /predict_text, /predict_rows)" if TEXT_ALONE else
+                 "table rows (POST /predict_rows, /predict)"}.get(KIND, "")
 
 
 class Guard:
@@ -59,7 +64,7 @@ class Guard:
                                             f"(the value of {API_KEY_ENV} where the service runs)")
         if scope["path"] in OTHER_KIND:
             return await _reply(send, 404, f"{scope['path']} is not served: this model takes "
-                                            f"{'images (POST /predict, /predict_image)' if KIND == 'images' else 'table rows (POST /predict_rows, /predict)'}")
+                                            f"{WHAT_IT_TAKES}")
         kind = headers.get(b"content-type", b"").lower()
         media_type = kind.split(b";")[0].strip().decode("latin-1")
         accepted = BODY_TYPES.get(scope["path"])

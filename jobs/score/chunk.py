@@ -45,7 +45,8 @@ def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: L
     classes = len(meta["classes"])
     probabilities = (_session(model_tag, model_bytes).run(None, {"images": inputs})[0].astype(np.float32)
                      if len(inputs) else np.zeros((0, classes), np.float32))
-    found = statistics(inputs, meta.get("kind", "images")) if len(inputs) else {}
+    found = statistics(inputs, meta.get("kind", "images"), (meta.get("expectations") or {}).get("text")) \
+        if len(inputs) else {}
     return Scored(chunk.index, [chunk.ids[p] for p in positions], probabilities, quarantined,
                   {name: float(values.sum()) for name, values in found.items()}, imputed)
 
@@ -70,8 +71,8 @@ def _bounds(meta: dict, name: str, margin: float) -> tuple[float, float] | None:
 def _table_inputs(chunk, meta: dict, limits: Limits):
     """Raw rows → encoded features of the rows that pass; a reason for each that does not."""
     spec = meta["encoding"]
-    numeric = [c["column"] for c in spec["numeric"]]
-    expected = numeric + [c["column"] for c in spec["categorical"]]
+    numeric, text = [c["column"] for c in spec["numeric"]], [c["column"] for c in spec.get("text", [])]
+    expected = numeric + [c["column"] for c in spec["categorical"]] + text
     positions, features, quarantined, imputed = [], [], [], 0
     for position, row in enumerate(chunk.data[expected].to_dict("records")):
         row = {k: None if _missing(v) else _number(v) if k in numeric else v for k, v in row.items()}
@@ -79,6 +80,10 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
         if missing > limits.max_missing_fraction * len(expected):
             quarantined.append((chunk.ids[position], f"{missing} of {len(expected)} columns missing "
                                                      f"(at most {limits.max_missing_fraction:.0%} may be)"))
+            continue
+        empty = [c for c in text if isinstance(row[c], str) and not row[c].strip()]
+        if empty:  # a model reading text has nothing to go on: set aside, not guessed from the other columns
+            quarantined.append((chunk.ids[position], f"column '{empty[0]}': an empty text"))
             continue
         try:
             encoded = encode_rows([row], spec)[0]
@@ -92,7 +97,7 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
         positions.append(position)
         features.append(encoded)
         imputed += missing
-    width = len(numeric) + sum(len(c["categories"]) for c in spec["categorical"])
+    width = int(meta["served_shape"][0])
     return positions, np.asarray(features, np.float32).reshape(-1, width), quarantined, imputed
 
 

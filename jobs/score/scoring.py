@@ -163,7 +163,7 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
 
 def _check_columns(input_path: Path, model: ShippedModel) -> None:
     spec = model.meta["encoding"]
-    expected = [c["column"] for c in spec["numeric"]] + [c["column"] for c in spec["categorical"]]
+    expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
     missing = [c for c in expected if c not in reader.columns(input_path)]
     if missing:
         raise DataError(f"{input_path} lacks the columns {missing} model {model.tag} was trained on "

@@ -40,13 +40,18 @@ class BaseParams(Section):
 
 
 class IngestParams(Section):
-    source: Literal["auto", "digits", "arrays", "idx", "images", "table"] = "auto"  # auto: told from `path`
+    source: Literal["auto", "digits", "arrays", "idx", "images", "table", "texts"] = "auto"  # auto: told from `path`
     path: str = ""  # a file or folder (see data/sources/README.md); empty: the bundled digits
     image_size: tuple[int, int] | tuple[()] = ()  # image folders: (H, W) every image is resized to; empty: the most common size
     max_image_side: int = Field(64, ge=1)  # image folders with image_size empty: the longer side is scaled down to this
     channels: Literal["auto", 1, 3] = "auto"  # image folders: 1 grayscale, 3 RGB; auto: 3 if any image holds colour
     label_column: str = ""  # tables: the column holding the class; empty: the first named label, target, class, y, ...
     max_table_mb: float = Field(1024, gt=0)  # tables: the most a table may take in memory, judged before reading it
+    text_columns: list[str] = []  # tables: the free-text columns; empty: inferred (mostly distinct, several words)
+    text_min_distinct: float = Field(0.5, ge=0, le=1)  # inferred text: at least this share of its values distinct
+    text_min_words: float = Field(3.0, ge=0)  # ... and at least this many words per value on average
+    text_fallback_encoding: str = ""  # text files and tables that are not UTF-8 are read as this (e.g. cp1252);
+                                      # empty: refused, naming the file and the first bad byte
 
     @model_validator(mode="after")
     def _sources_need_a_path(self) -> IngestParams:
@@ -59,6 +64,9 @@ class PrepareParams(Section):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     pixel_max: float | Literal["auto"] = "auto"  # raw intensities are divided by this; auto: ingest's reading of the data
+    vocab_size: int = Field(8000, ge=16, le=2**20)  # text: the tokenizer's vocabulary, learnt from the train split
+    max_tokens: int = Field(128, ge=1, le=4096)  # text: tokens read per text at most (the longest training text's, in
+    # steps of 8, up to this; the rest are cut: validate counts how many)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PrepareParams:
@@ -77,6 +85,9 @@ class ValidateParams(Section):
     max_null_fraction: float = Field(0.3, ge=0, le=1)  # tables: share of missing values allowed per column
     table_range_margin: float = Field(0.1, ge=0)  # tables: values may pass the reference's min–max by this share of it
     max_new_category_fraction: float = Field(0.01, ge=0, le=1)  # tables: share of values in categories never seen before
+    max_empty_text_fraction: float = Field(0.1, ge=0, le=1)  # text: share of empty (or missing) texts per split
+    max_truncated_fraction: float = Field(1.0, ge=0, le=1)  # text: share of texts longer than prepare.max_tokens
+    max_unknown_token_rate: float = Field(0.1, ge=0, le=1)  # text: mean share of a text's tokens the vocabulary lacks
     image_shape: tuple[int, ...] = ()  # images: the expected (H, W); empty: the last accepted version's shape
     labels: tuple[ClassName, ...] = ()  # the class names every version must have; empty: whatever classes the data holds
     value_min: float = 0.0
@@ -92,13 +103,18 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["auto", "cnn", "mlp", "vit"] = "auto"  # auto: cnn for images, mlp for a table
+    model: Literal["auto", "cnn", "mlp", "vit", "transformer", "ngram"] = "auto"  # auto: cnn for images, mlp for a
+    # table, transformer for a table with text; transformer and ngram take text (with any other columns beside it)
     cnn_channels: tuple[int, int, int] = (32, 64, 128)
     mlp_hidden: tuple[int, ...] = (256, 128)
     vit_patch: int = Field(2, ge=1)  # must divide the image side
     vit_dim: int = Field(64, ge=8)
     vit_depth: int = Field(4, ge=1)
     vit_heads: int = Field(4, ge=1)
+    text_dim: int = Field(64, ge=4)  # text: token embedding width (a multiple of text_heads)
+    text_depth: int = Field(2, ge=1)  # transformer: encoder blocks
+    text_heads: int = Field(4, ge=1)  # transformer: attention heads
+    ngram_buckets: int = Field(16384, ge=0)  # ngram: hashed token-bigram embeddings beside the tokens' (0: tokens only)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)  # the global batch: each of N torchrun processes takes batch_size / N
@@ -120,6 +136,8 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:
+        if self.model == "transformer" and self.text_dim % self.text_heads:
+            raise ValueError(f"text_dim ({self.text_dim}) must be a multiple of text_heads ({self.text_heads})")
         if self.model == "vit" and self.vit_dim % self.vit_heads:
             raise ValueError(f"vit_dim ({self.vit_dim}) must be a multiple of vit_heads ({self.vit_heads})")
         return self
@@ -217,6 +235,7 @@ class PackageParams(Section):
     header_timeout_seconds: float = Field(10.0, gt=0)  # a request's headers must arrive within this (else 408, closed)
     max_connections_per_client: int = Field(128, ge=1)  # open connections from one address, per worker; more: 503
     max_image_pixels: int = Field(16_000_000, ge=1)  # /predict_image: larger images are refused from their header (400)
+    max_text_chars: int = Field(20_000, ge=1)  # /predict_text, /predict_rows: a longer text is refused (400), untokenized
     access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
     inline_inference: bool = True  # /predict's model call on the event loop (a fast model); false: a worker thread
     tracing: bool = False  # OpenTelemetry spans per request (export them with BentoML's tracing config)

@@ -46,7 +46,7 @@ class DataDescription(Output):
     stage and the served model). `classes` is the vocabulary: the model's output i is the class `classes[i]`."""
 
     kind: str  # images | table
-    source: str  # the source kind ingest read: digits | arrays | idx | images | table
+    source: str  # the source kind ingest read: digits | arrays | idx | images | table | texts
     classes: list[str]
     problem: str  # binary | multiclass
     problem_reason: str
@@ -55,7 +55,7 @@ class DataDescription(Output):
     image_shape: list[int] = []  # images: H, W as stored
     channels: int = 1  # images: 1 grayscale, 3 RGB
     channels_reason: str = ""  # the colour policy: how the channel count was chosen
-    columns: dict[str, str] = {}  # tables: each feature column's kind, numeric | categorical
+    columns: dict[str, str] = {}  # tables: each feature column's kind, numeric | categorical | text
     features: int = 0  # tables, after prepare: the encoded feature count
     encoding: dict[str, Any] = {}  # tables, after prepare: the fitted transform (tasks/common/tables.py describe)
 

@@ -3,7 +3,10 @@ scored on the same test split (scikit-learn).
 
 - majority: always the most frequent training class (the floor any model must clear);
 - logistic regression on the standardised inputs (pixels, or a table's encoded features);
-- for a table, gradient-boosted trees (HistGradientBoosting), the usual strong baseline on tabular data.
+- for a table, gradient-boosted trees (HistGradientBoosting), the usual strong baseline on tabular data;
+- for text, TF-IDF of word unigrams and bigrams + logistic regression (strong on small text sets), with a table's
+  other columns beside the text; the trees and the plain logistic regression then see only those other columns
+  (token ids are names, not quantities).
 
 Large training splits are subsampled to `max_rows` for the fits (a baseline is a yardstick, not a rival run).
 """
@@ -25,7 +28,17 @@ class Baseline:
     correct: np.ndarray  # bool per test example, for the paired test against the network
 
 
-def fit_baselines(train_x, train_y, test_x, test_y, kind: str, seed: int, max_rows: int = 10_000) -> list[Baseline]:
+@dataclass(frozen=True)
+class Texts:
+    """A text table's texts per example (its text columns joined), and the width of its other encoded columns."""
+
+    train: list[str]
+    test: list[str]
+    dense: int
+
+
+def fit_baselines(train_x, train_y, test_x, test_y, kind: str, seed: int, max_rows: int = 10_000,
+                  texts: Texts | None = None) -> list[Baseline]:
     """Each baseline fitted on (a sample of) the train split and scored on the test split."""
     from sklearn.dummy import DummyClassifier
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -33,17 +46,50 @@ def fit_baselines(train_x, train_y, test_x, test_y, kind: str, seed: int, max_ro
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y = _flat(train_x), np.asarray(train_y)
-    if len(y) > max_rows:
-        keep = np.random.default_rng(seed).choice(len(y), max_rows, replace=False)
-        x, y = x[keep], y[keep]
-    models = {
-        "majority": DummyClassifier(strategy="most_frequent"),
-        "logistic_regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)),
-    }
-    if kind == "table":
-        models["gradient_boosting"] = HistGradientBoostingClassifier(random_state=seed)
-    return [_scored(name, model, x, y, _flat(test_x), np.asarray(test_y)) for name, model in models.items()]
+    x, y, test_x = _flat(train_x), np.asarray(train_y), _flat(test_x)
+    keep = np.random.default_rng(seed).choice(len(y), max_rows, replace=False) if len(y) > max_rows else slice(None)
+    x, y = x[keep], y[keep]
+    models = {"majority": DummyClassifier(strategy="most_frequent")}
+    if texts is not None:
+        x, test_x = x[:, : texts.dense], test_x[:, : texts.dense]
+        train_texts = np.asarray(texts.train, dtype=object)[keep].tolist()
+        models["tfidf_logistic_regression"] = (_tfidf_logistic(seed, texts.dense), train_texts, texts.test)
+    if texts is None or texts.dense:
+        models["logistic_regression"] = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+        if kind == "table":
+            models["gradient_boosting"] = HistGradientBoostingClassifier(random_state=seed)
+    scored = []
+    for name, model in models.items():
+        if isinstance(model, tuple):  # text beside the other columns: one frame of both
+            model, fit_texts, test_texts = model
+            scored.append(_scored(name, model, _with_text(x, fit_texts), y, _with_text(test_x, test_texts),
+                                  np.asarray(test_y)))
+        else:
+            scored.append(_scored(name, model, x, y, test_x, np.asarray(test_y)))
+    return scored
+
+
+def _tfidf_logistic(seed: int, dense: int):
+    """TF-IDF (word unigrams and bigrams, sublinear counts) of the `text` column, the other columns standardised,
+    then logistic regression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    parts = [("text", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), "text")]
+    if dense:
+        parts.append(("other", StandardScaler(), [f"x{i}" for i in range(dense)]))
+    return make_pipeline(ColumnTransformer(parts), LogisticRegression(max_iter=1000, random_state=seed))
+
+
+def _with_text(x: np.ndarray, texts: list[str]):
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    frame["text"] = texts
+    return frame
 
 
 def _scored(name: str, model, x, y, test_x, test_y) -> Baseline:

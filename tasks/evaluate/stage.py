@@ -51,7 +51,8 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     metrics["expected_calibration_error"] = ece
     pairs = confused_pairs(test.y, predicted, classes)
     train = load_split(prepared_dir / "train", mmap=True)
-    baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed)
+    baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed,
+                              texts=_texts(prepared_dir, data))
     board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
     metric = params.evaluate.gate_metric  # the best baseline by what the gate compares
     best = max(baselines, key=lambda b: Scores(b.correct, {}, test.y).score(metric))
@@ -78,6 +79,21 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     GateResult(**decision.model_dump(), **pinned).write(out_dir / "gate.json")
     log.info("test accuracy %.4f; model version %s: %s", metrics["accuracy"], version, decision.reason)
     return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.passed, decision.reason)
+
+
+def _texts(prepared_dir: Path, data):
+    """A text table's texts for the TF-IDF baseline (its text columns joined), or None."""
+    import pandas as pd
+
+    from tasks.common.tables import text_layout, text_of
+    from tasks.evaluate.baselines import Texts
+
+    columns = text_of(data.columns) if data.kind == "table" else []
+    if not columns:
+        return None
+    joined = {s: pd.read_parquet(prepared_dir / s / "rows.parquet", columns=columns).fillna("").astype(str)
+              .agg("\n".join, axis=1).tolist() for s in ("train", "test")}
+    return Texts(joined["train"], joined["test"], text_layout(data.encoding, data.features)["dense"])
 
 
 def _write_files(out_dir: Path, test, probabilities: np.ndarray, kind: str, classes: list, metrics: dict,

@@ -6,6 +6,7 @@ source holds them: integers, text, booleans), or raises DataError naming the fil
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections import Counter
@@ -16,8 +17,11 @@ import numpy as np
 from tasks.common.errors import DataError
 from tasks.common.files import readable
 
+log = logging.getLogger(__name__)
+
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+KINDS = {"image": ("a PNG or JPEG file", "PNG or JPEG images"), "text": ("a .txt file", ".txt files")}
 GRAY_TOLERANCE = 8  # intensity levels: JPEG's colour subsampling parts a gray pixel's channels by a few
 
 
@@ -41,13 +45,14 @@ def detect_source(path: Path | None) -> str:
         return "arrays"
     if any("-images-idx3-ubyte" in n for n in names):
         return "idx"
-    if any(p.is_dir() for p in entries):
-        return "images"
+    if any(p.is_dir() for p in entries):  # class folders: of text files when they hold more .txt than images
+        suffixes = Counter(f.suffix.lower() for d in entries if d.is_dir() for f in d.iterdir())
+        return "texts" if suffixes[".txt"] > sum(suffixes[s] for s in IMAGE_SUFFIXES) else "images"
     if sum(p.suffix.lower() in TABLE_SUFFIXES for p in entries) == 1:
         return "table"
     raise DataError(f"{path}: cannot tell what this folder holds (found {sorted(names)[:10] or 'nothing'}): expected "
-                    "images.npy + labels.npy, '*-images-idx3-ubyte' files, one sub-folder of images per class, or one "
-                    ".csv/.tsv/.parquet table")
+                    "images.npy + labels.npy, '*-images-idx3-ubyte' files, one sub-folder of images (or of .txt files) per "
+                    "class, or one .csv/.tsv/.parquet table")
 
 
 def read_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +145,38 @@ def _decode_all(files: list[tuple[Path, str]], size: tuple[int, int], channels: 
     return np.stack(images)
 
 
-def _class_files(folder: Path) -> list[tuple[Path, str]]:
-    """Every image with its class folder's name; anything else in the tree stops ingest, naming it."""
+def read_text_folder(folder: Path, fallback: str = "", max_bytes: int = 2**30) -> tuple[list[str], list[str]]:
+    """One sub-folder of `.txt` files per class (scikit-learn's `load_files` layout): each file's text (UTF-8, a
+    byte-order mark dropped; another encoding only as `fallback` names it, else refused naming the file and the
+    first bad byte) and its class folder's name. Files of more than `max_bytes` together are refused unread."""
+    files = _class_files(folder, {".txt"}, "text")
+    total = sum(path.stat().st_size for path, _ in files)
+    if total > max_bytes:
+        raise DataError(f"{folder}: {len(files):,} text files of {total:,} bytes together, over ingest.max_table_mb "
+                        f"({max_bytes / 2**20:g} MB): refused before reading (raise it for data this large)")
+    texts = [_decoded(path, fallback) for path, _ in _progress(files, "reading texts")]
+    return texts, [name for _, name in files]
+
+
+def _decoded(path: Path, fallback: str) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if not fallback:
+            raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}): save it as "
+                            "UTF-8, or name its encoding in ingest.text_fallback_encoding") from err
+    try:
+        text = raw.decode(fallback)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: neither UTF-8 nor {fallback} (ingest.text_fallback_encoding): byte "
+                        f"0x{raw[err.start]:02x} at offset {err.start}") from err
+    log.info("%s: not UTF-8, read as %s (ingest.text_fallback_encoding)", path, fallback)
+    return text
+
+
+def _class_files(folder: Path, suffixes: set[str] = IMAGE_SUFFIXES, what: str = "image") -> list[tuple[Path, str]]:
+    """Every image (or text file) with its class folder's name; anything else in the tree stops ingest, naming it."""
     if not folder.is_dir():
         raise DataError(f"{folder}: is not a folder")
     files, classes = [], []
@@ -150,16 +185,16 @@ def _class_files(folder: Path) -> list[tuple[Path, str]]:
             raise DataError(f"{entry}: a hidden {'folder' if entry.is_dir() else 'file'} among the class folders; "
                             "remove it (every sub-folder is a class)")
         if not entry.is_dir():
-            raise DataError(f"{entry}: a file beside the class folders; images go in one sub-folder per class")
+            raise DataError(f"{entry}: a file beside the class folders; {what}s go in one sub-folder per class")
         classes.append(entry.name)
         inside = sorted(entry.iterdir())
         if not inside:
             raise DataError(f"{entry}: the class folder '{entry.name}' is empty")
         for path in inside:
-            if path.name.startswith(".") or path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                what = "a hidden file" if path.name.startswith(".") else "a folder" if path.is_dir() else \
-                    f"not a PNG or JPEG file (found suffix '{path.suffix}')"
-                raise DataError(f"{path}: {what}; a class folder holds only PNG or JPEG images")
+            if path.name.startswith(".") or path.is_dir() or path.suffix.lower() not in suffixes:
+                found = "a hidden file" if path.name.startswith(".") else "a folder" if path.is_dir() else \
+                    f"not {KINDS[what][0]} (found suffix '{path.suffix}')"
+                raise DataError(f"{path}: {found}; a class folder holds only {KINDS[what][1]}")
             if not readable(path, folder):  # opening a FIFO blocks for ever; a link out reads another file
                 raise DataError(f"{path}: not a regular file inside {folder} (a FIFO, a device, a link out of the "
                                 "folder or a dangling link): refused, never opened")

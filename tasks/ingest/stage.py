@@ -1,7 +1,8 @@
 """Stage `ingest`: take the configured source in as the raw data version.
 
 Images become `images.npy` (N×H×W, or N×H×W×3 for colour) and `labels.npy` (class indices); a table becomes
-`table.parquet` with its label column named `label` (class indices). `meta.json` (tasks/common/outputs.py
+`table.parquet` with its label column named `label` (class indices); so does a folder of `.txt` files per class
+(one column, `text`). `meta.json` (tasks/common/outputs.py
 DataDescription) says what was found: the kind of data, the class names in index order, the problem type, the
 intensity scale, the image size and channels, the table's columns. `prepare` tells images from a table by it.
 """
@@ -40,8 +41,8 @@ def ingest(params: IngestParams, root: Path, raw_dir: Path) -> IngestResult:
 
     raw_dir.mkdir(parents=True, exist_ok=True)
     source = detect_source(root / params.path if params.path else None) if params.source == "auto" else params.source
-    if source == "table":
-        return _ingest_table(params, root, raw_dir)
+    if source in ("table", "texts"):
+        return _ingest_table(params, root, raw_dir, source)
     images, raw_labels, channels_reason = _read_images(source, params, root)
     labels, vocabulary = encode_labels(raw_labels, f"{params.path or source}: labels")
     pixel_max, reason = pixel_scale(images, source)
@@ -55,17 +56,34 @@ def ingest(params: IngestParams, root: Path, raw_dir: Path) -> IngestResult:
     return _finish(raw_dir, description, len(labels), tuple(images.shape[1:]), {TABLE_FILE})
 
 
-def _ingest_table(params: IngestParams, root: Path, raw_dir: Path) -> IngestResult:
-    from tasks.common.tables import LABEL, feature_kinds, find_table, read_table
+def _ingest_table(params: IngestParams, root: Path, raw_dir: Path, source: str) -> IngestResult:
+    """A table (a column of which may be free text), or a folder of .txt files per class as a table of one text
+    column."""
+    import pandas as pd
 
-    path = find_table(root / params.path)
-    frame = read_table(path, params.label_column, max_bytes=int(params.max_table_mb * 2**20))
-    frame[LABEL], vocabulary = encode_labels(frame[LABEL], f"{path}: labels")
+    from tasks.common.tables import LABEL, feature_kinds, find_table, infer_text_columns, read_table
+    from tasks.ingest.sources import read_text_folder
+
+    if source == "texts":
+        texts, names = read_text_folder(root / params.path, params.text_fallback_encoding,
+                                        int(params.max_table_mb * 2**20))
+        frame, where = pd.DataFrame({"text": texts, LABEL: names}), root / params.path
+    else:
+        where = find_table(root / params.path)
+        frame = read_table(where, params.label_column, int(params.max_table_mb * 2**20), params.text_fallback_encoding)
+    frame[LABEL], vocabulary = encode_labels(frame[LABEL], f"{where}: labels")
+    text = infer_text_columns(frame, params.text_columns, params.text_min_distinct, params.text_min_words)
+    for column in text:  # stored as text whatever the file held (a column of numbers named in text_columns)
+        frame[column] = frame[column].map(lambda v: None if pd.isna(v) else str(v)).astype("str")
     write_with(raw_dir / TABLE_FILE, lambda tmp: frame.to_parquet(tmp, index=False))
-    numeric, categorical = feature_kinds(frame)
+    numeric, categorical = feature_kinds(frame, text)
+    kinds = {**{c: "numeric" for c in numeric}, **{c: "categorical" for c in categorical}, **{c: "text" for c in text}}
     description = DataDescription(
-        kind="table", source="table", classes=vocabulary.classes, problem=vocabulary.problem,
-        problem_reason=vocabulary.reason, columns={**{c: "numeric" for c in numeric}, **{c: "categorical" for c in categorical}})
+        kind="table", source=source, classes=vocabulary.classes, problem=vocabulary.problem,
+        problem_reason=vocabulary.reason, columns={c: kinds[c] for c in frame.columns if c != LABEL})
+    if text:
+        log.info("text column(s) %s: %s", text, "ingest.text_columns" if params.text_columns else
+                 f"inferred (at least {params.text_min_distinct:.0%} distinct, {params.text_min_words:g} words a value)")
     return _finish(raw_dir, description, len(frame), (frame.shape[1] - 1,), {"images.npy", "labels.npy"})
 
 

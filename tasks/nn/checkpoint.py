@@ -12,13 +12,15 @@ from tasks.common.config import TrainParams
 from tasks.nn.models import build_model
 
 
-def save_checkpoint(path: Path, model: nn.Module, *, params: dict, input_shape, n_classes: int, extra: dict) -> None:
-    """Write weights, the resolved config and provenance atomically."""
+def save_checkpoint(path: Path, model: nn.Module, *, params: dict, input_shape, n_classes: int, extra: dict,
+                    text: dict | None = None) -> None:
+    """Write weights, the resolved config and provenance atomically (`text`: where a row's token ids sit)."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "params": params,
         "input_shape": list(input_shape),
         "n_classes": n_classes,
+        "text": text,
         **extra,
     }
     write_with(path, lambda tmp: torch.save(payload, tmp))
@@ -28,7 +30,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint describes, in eval mode on the CPU, and return it with the payload."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     train_params = TrainParams.model_validate(payload["params"]["train"])
-    model = build_model(train_params, tuple(payload["input_shape"]), payload["n_classes"])
+    model = build_model(train_params, tuple(payload["input_shape"]), payload["n_classes"], payload.get("text"))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload
 

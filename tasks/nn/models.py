@@ -1,4 +1,5 @@
-"""The model families params.yaml can select: a small CNN (default), an MLP and a small Vision Transformer."""
+"""The model families params.yaml can select: a small CNN (default), an MLP and a small Vision Transformer; for
+text, a Transformer encoder over token embeddings and a bag of token and bigram embeddings (fastText's)."""
 
 from __future__ import annotations
 
@@ -71,12 +72,64 @@ class ViT(nn.Module):
         return self.head(self.encoder(tokens)[:, 0])
 
 
-def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """The model `params.model` names, sized for `input_shape` (C, H, W for images; F for a table) and `n_classes`."""
+class TextNet(nn.Module):
+    """Encoded table rows whose last `columns × length` values are token ids (tasks/common/tables.py): each text
+    column's tokens embedded (shared embeddings; id 0 is padding) and pooled by their mean over the real tokens,
+    after a Transformer encoder (`transformer`: token and position embeddings, pre-norm blocks, padding masked) or
+    beside hashed bigram embeddings (`ngram`: fastText's bag of n-grams, no attention: trains in seconds); the
+    table's other `dense` encoded columns through one ReLU layer; all concatenated into a linear head."""
+
+    def __init__(self, text: dict, family: str, params: TrainParams, n_classes: int) -> None:
+        super().__init__()
+        self.dense, self.columns, self.length, self.vocab = text["dense"], text["columns"], text["length"], text["vocab"]
+        self.family, self.buckets, dim = family, params.ngram_buckets if family == "ngram" else 0, params.text_dim
+        self.embed = nn.Embedding(self.vocab + self.buckets, dim, padding_idx=0)
+        if family == "transformer":
+            self.position = nn.Parameter(torch.randn(1, self.length, dim) * 0.02)
+            layer = nn.TransformerEncoderLayer(dim, params.text_heads, dim_feedforward=2 * dim, dropout=params.dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, params.text_depth, enable_nested_tensor=False)
+        hidden = params.mlp_hidden[-1] if self.dense else 0
+        self.dense_net = nn.Sequential(nn.Linear(self.dense, hidden), nn.ReLU(inplace=True)) if self.dense else None
+        self.head = nn.Sequential(nn.LayerNorm(self.columns * dim + hidden), nn.Dropout(params.dropout),
+                                  nn.Linear(self.columns * dim + hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ids arrive as float32 (one input matrix per row); rounded and clamped, any value is a valid index
+        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(-1, self.length)
+        real = ids != 0
+        tokens = self.embed(ids)
+        if self.family == "transformer":
+            # a text with no tokens would mask every key (NaN attention): its first slot stays visible
+            hidden = torch.cat([torch.zeros_like(real[:, :1]), ~real[:, 1:]], dim=1)
+            tokens = self.encoder(tokens + self.position, src_key_padding_mask=hidden)
+        elif self.buckets:
+            pairs = real[:, :-1] & real[:, 1:]
+            bigrams = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab
+            tokens = torch.cat([tokens, self.embed(bigrams)], dim=1)
+            real = torch.cat([real, pairs], dim=1)
+        weights = real.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        parts = [pooled.reshape(x.shape[0], -1)]
+        if self.dense_net is not None:
+            parts.insert(0, self.dense_net(x[:, : self.dense]))
+        return self.head(torch.cat(parts, dim=1))
+
+
+def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int, text: dict | None = None) -> nn.Module:
+    """The model `params.model` names, sized for `input_shape` (C, H, W for images; F for a table) and `n_classes`;
+    `text` (tasks/common/tables.py text_layout) when a table's last columns are token ids."""
+    from tasks.common.errors import ConfigError
+
+    if text:
+        if params.model not in ("auto", "transformer", "ngram"):
+            raise ConfigError(f"train.model={params.model} cannot read text; a table with a text column trains with "
+                              "train.model: transformer, ngram or auto")
+        return TextNet(text, "transformer" if params.model == "auto" else params.model, params, n_classes)
+    if params.model in ("transformer", "ngram"):
+        raise ConfigError(f"train.model={params.model} needs a text column; this data has none")
     if len(input_shape) == 1:  # encoded table features
         if params.model not in ("mlp", "auto"):
-            from tasks.common.errors import ConfigError
-
             raise ConfigError(f"train.model={params.model} needs images; a table trains with train.model: mlp")
         return MLP(input_shape[0], params.mlp_hidden, n_classes, params.dropout)
     c, h, w = input_shape
@@ -84,8 +137,6 @@ def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: in
         return CNN(params.cnn_channels, n_classes, params.dropout, in_channels=c)
     if params.model == "vit":
         if h % params.vit_patch or w % params.vit_patch:
-            from tasks.common.errors import ConfigError
-
             raise ConfigError(f"train.vit_patch={params.vit_patch} does not divide the {h}×{w} images")
         return ViT((h, w), c, params.vit_patch, params.vit_dim, params.vit_depth, params.vit_heads, n_classes, params.dropout)
     return MLP(c * h * w, params.mlp_hidden, n_classes, params.dropout)

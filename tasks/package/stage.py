@@ -93,12 +93,15 @@ def _without_nulls(tree):
 
 def _training_expectations(prepared_dir: Path, choice: CompressChoice, lineage: dict) -> dict:
     """The training split's input statistics, in the units the service receives (tasks/shipped/skew.py)."""
-    from tasks.common.dataset import load_split, served_inputs
+    from tasks.common.dataset import load_split, prepared_meta, served_inputs
+    from tasks.common.tables import text_layout
     from tasks.shipped.skew import expectations
 
     train = load_split(prepared_dir / "train", mmap=True)
     version = lineage.get("dvc.data/prepared") or lineage.get("data.train.md5", "unknown")
-    return expectations(served_inputs(train.x, choice.pixel_max), choice.kind, version)
+    meta = prepared_meta(prepared_dir)
+    text = text_layout(meta.encoding, meta.features) if meta.kind == "table" else None
+    return expectations(served_inputs(train.x, choice.pixel_max), choice.kind, version, text)
 
 
 def build_bento(onnx_path: Path, metadata: dict, labels: dict, cfg: PackageParams, bento_dir: Path) -> PackageResult:

@@ -2,7 +2,8 @@
 examples always land in the same split, so val and test never hold a copy of a training example.
 
 Images are scaled to [0, 1] by the intensity of full white (N×C×H×W). A table's features are imputed, standardised and one-hot encoded
-by an encoder fitted on the train split only (N×F); each split's original rows are kept beside the arrays
+by an encoder fitted on the train split only, a text column becomes token ids with a tokenizer learnt from the
+train split (N×F); each split's original rows are kept beside the arrays
 (`rows.parquet`) for validation. `meta.json` is ingest's description of the data (classes, kind, shape) with the
 scale used and, for a table, the encoding.
 """
@@ -55,16 +56,16 @@ def prepare(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path) -> P
 def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path, data: DataDescription) -> PrepareResult:
     import pandas as pd
 
-    from tasks.common.tables import LABEL, describe, encode, fit_encoder
+    from tasks.common.tables import LABEL, describe, encode, fit_encoder, text_of
 
     frame = pd.read_parquet(raw_dir / "table.parquet")
     labels = frame[LABEL].to_numpy(np.int64)
-    features = frame.drop(columns=[LABEL])  # identical rows, whatever their label, go to one split
-    groups = pd.util.hash_pandas_object(features, index=False).to_numpy()
+    text = text_of(data.columns)
     parts = split_stratified(np.arange(len(frame)), labels, params.val_fraction, params.test_fraction, seed, data.classes,
-                             groups=groups)
+                             groups=_row_keys(frame.drop(columns=[LABEL]), text))
     tables = {name: frame.iloc[part.x].reset_index(drop=True) for name, part in parts.items()}
-    encoder = fit_encoder(tables["train"])  # imputation medians, scales and categories from train rows only
+    # imputation medians, scales, categories and the tokenizer's vocabulary: from the train rows only
+    encoder = fit_encoder(tables["train"], text, params.vocab_size, params.max_tokens)
     for name, table in tables.items():
         save_split(out_dir / name, Split(x=encode(encoder, table), y=table[LABEL].to_numpy(np.int64)))
         write_with(out_dir / name / "rows.parquet", lambda tmp, t=table: t.to_parquet(tmp, index=False))
@@ -73,6 +74,21 @@ def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Pat
     rows = {name: len(table) for name, table in tables.items()}
     log.info("split %d table rows into %s; %d encoded features", len(frame), rows, n_features)
     return PrepareResult(rows=rows)
+
+
+def _row_keys(features, text: list[str]) -> np.ndarray:
+    """One key per row: identical rows, whatever their label, share it; a text counts as identical to another when
+    the tokenizer's normalisation makes them equal (case, accents, spacing: the same example to the model)."""
+    import pandas as pd
+
+    from tasks.common.tokenizer import untrained
+    from tasks.shipped.text import normalized
+
+    if text:
+        tokenizer, features = untrained(), features.copy()
+        for column in text:
+            features[column] = [normalized(tokenizer, "" if pd.isna(v) else str(v)) for v in features[column]]
+    return pd.util.hash_pandas_object(features, index=False).to_numpy()
 
 
 def split_stratified(

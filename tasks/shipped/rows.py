@@ -1,15 +1,20 @@
 """Raw table rows → the model's feature matrix, with the encoding `prepare` fitted (data/prepared/meta.json).
 
-NumPy only, so the Bento ships it (its /predict_rows) and a served row is encoded exactly as the training rows
-were by scikit-learn: a missing numeric value takes the train median, then (x - mean) / scale; a missing text
-value takes the most frequent train category, then one-hot over the train categories (an unseen one: all zeros).
+NumPy (and `tokenizers` for text) only, so the Bento ships it (its /predict_rows) and a served row is encoded
+exactly as the training rows were by scikit-learn: a missing numeric value takes the train median, then
+(x - mean) / scale; a missing category takes the most frequent train category, then one-hot over the train
+categories (an unseen one: all zeros); a free-text value becomes token ids with the tokenizer learnt in prepare
+(tasks/shipped/text.py; a missing text is the empty text).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+
+from tasks.shipped.text import BadText, encode_texts, load_tokenizer, text_value
 
 
 MAX_ENCODED = 1e6  # an encoded value further than this many training standard deviations is refused: the model's
@@ -25,10 +30,11 @@ class BadRow(ValueError):
 
 def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
     """An N×F float32 matrix, in the column order of `spec` (tasks.common.tables.describe)."""
-    numeric, categorical = spec["numeric"], spec["categorical"]
-    expected = [c["column"] for c in numeric] + [c["column"] for c in categorical]
+    numeric, categorical, text = spec["numeric"], spec["categorical"], spec.get("text", [])
+    expected = [c["column"] for c in numeric] + [c["column"] for c in categorical] + [c["column"] for c in text]
     width = len(numeric) + sum(len(c["categories"]) for c in categorical)
     out = np.zeros((len(rows), width), dtype=np.float32)
+    texts: list[list[str]] = [[] for _ in text]
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise BadRow(f"row {i}: expected an object of column → value, got {type(row).__name__}")
@@ -66,7 +72,24 @@ def encode_rows(rows: list[dict], spec: dict) -> np.ndarray:
             if value in column["categories"]:
                 out[i, offset + column["categories"].index(value)] = 1.0
             offset += len(column["categories"])
-    return out
+        for k, column in enumerate(text):
+            try:
+                texts[k].append(text_value(row[column["column"]], f"row {i}, column '{column['column']}'"))
+            except BadText as err:
+                raise BadRow(str(err)) from err
+    return np.hstack([out, *_token_ids(texts, spec)]) if text else out
+
+
+def _token_ids(texts: list[list[str]], spec: dict) -> list[np.ndarray]:
+    """Each text column's N×length token ids, as float32 (the model's one input matrix)."""
+    tokenizer = _tokenizer(spec["tokenizer"])
+    return [encode_texts(tokenizer, column, spec["text"][k]["length"])[0].astype(np.float32)
+            for k, column in enumerate(texts)]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(serialized: str):
+    return load_tokenizer(serialized)
 
 
 def _shown(value, limit: int = 40) -> str:
@@ -92,4 +115,6 @@ def row_schema(spec: dict) -> dict:
     properties |= {c["column"]: {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}], "nullable": True,
                                  "description": f"one of {c['categories'][:20]}; another encodes as all zeros"}
                    for c in spec["categorical"]}
+    properties |= {c["column"]: {"type": "string", "nullable": True, "description": "free text (null: empty); "
+                                 f"the first {c['length']} tokens are read"} for c in spec.get("text", [])}
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}

@@ -42,6 +42,7 @@ class Fit:
     input_shape: tuple
     n_classes: int
     class_weight: Any = None  # one loss weight per class on the device (train.class_weight: balanced), or None
+    text: dict | None = None  # a table with text: where each row's token ids sit (tasks/common/tables.py text_layout)
 
 
 @dataclass
@@ -69,7 +70,8 @@ def build(params: Params, prepared_dir: Path, world, n_classes: int) -> Fit:
     seed_everything(params.base.seed)
     (x_train, y_train), (x_val, y_val), streamed = _load_data(prepared_dir, device, cfg.preload_max_mb)
     input_shape = tuple(x_train.shape[1:])
-    model = build_model(cfg, input_shape, n_classes).to(device)
+    text = _text_layout(prepared_dir)
+    model = build_model(cfg, input_shape, n_classes, text).to(device)
     if device.type == "cuda" and cfg.channels_last and x_train.ndim == 4:
         model = model.to(memory_format=torch.channels_last)
         if not streamed:
@@ -83,7 +85,7 @@ def build(params: Params, prepared_dir: Path, world, n_classes: int) -> Fit:
                scaler=torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16),
                augment=_augmenter(cfg, device) if x_train.ndim == 4 else None, use_amp=use_amp, amp_dtype=amp_dtype,
                batch=batch, train=(x_train, y_train), val=(x_val, y_val), input_shape=input_shape, n_classes=n_classes,
-               class_weight=_class_weight(cfg.class_weight, y_train, n_classes))
+               class_weight=_class_weight(cfg.class_weight, y_train, n_classes), text=text)
 
 
 def resume(fit: Fit, path: Path, fingerprint: str) -> Progress:
@@ -164,6 +166,14 @@ def _class_weight(policy: str, y_train, n_classes: int):
     weights = torch.ones(n_classes, device=y_train.device)
     weights[present] = len(y_train) / (int(present.sum()) * counts[present])
     return weights
+
+
+def _text_layout(prepared_dir: Path) -> dict | None:
+    from tasks.common.dataset import prepared_meta
+    from tasks.common.tables import text_layout
+
+    meta = prepared_meta(prepared_dir)
+    return text_layout(meta.encoding, meta.features) if meta.kind == "table" else None
 
 
 def _load_data(prepared_dir: Path, device, preload_max_mb: float):

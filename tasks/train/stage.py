@@ -143,7 +143,7 @@ def _finish(root, out_dir: Path, fit, progress, seconds: float, lineage: bool) -
     fit.model.load_state_dict(best["state"])
     save_checkpoint(out_dir / "model.pt", fit.model, params=params.recorded(), input_shape=fit.input_shape,
                     n_classes=fit.n_classes, extra={"seed": params.base.seed, "epoch": best["epoch"],
-                                                    "run_id": progress.run_id})
+                                                    "run_id": progress.run_id}, text=fit.text)
     summary = {"best_epoch": best["epoch"], "epochs_run": progress.epochs_run, "val_loss": best["loss"],
                "val_accuracy": best["accuracy"], "train_seconds": seconds, "peak_memory_mb": peak_memory_mb(fit.device)}
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()})

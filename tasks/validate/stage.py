@@ -14,7 +14,7 @@ import pandas as pd
 
 from tasks.common.atomic import write_json, write_with
 from tasks.common.config import Params, ValidateParams
-from tasks.common.dataset import SPLITS, load_split
+from tasks.common.dataset import SPLITS, load_split, prepared_meta
 from tasks.common.errors import ValidationFailed
 from tasks.common.layout import Layout
 from tasks.validate import checkpoints, contract, leakage, offline_docs, report_page, suites
@@ -41,7 +41,6 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     """
     import great_expectations as gx  # seconds to import: only here
 
-    from tasks.common.dataset import prepared_meta
 
     started = time.time()
     data = prepared_meta(prepared_dir)
@@ -168,13 +167,16 @@ def _reference(prepared_dir: Path, kind: str, names: list[str]) -> dict:
         rows = suites.image_stats(np.concatenate([s.x for s in splits]), y)
         return {"kind": kind, "image_shape": rows["image_shape"].iloc[0], "classes": classes,
                 "columns": {c: {"mean": float(rows[c].mean()), "std": float(rows[c].std())} for c in suites.DRIFT_COLUMNS}}
-    rows = pd.concat([pd.read_parquet(prepared_dir / s / "rows.parquet") for s in SPLITS], ignore_index=True)
-    numeric, categorical = feature_kinds(rows)
+    encoding = prepared_meta(prepared_dir).encoding
+    rows = pd.concat([suites.table_rows(prepared_dir / s, encoding) for s in SPLITS], ignore_index=True)
+    text = suites.text_reference(rows, encoding)
+    numeric, categorical = feature_kinds(pd.read_parquet(prepared_dir / "train" / "rows.parquet"), list(text))
     return {
         "kind": kind, "classes": classes, "label": LABEL,
         "numeric": {c: {"mean": float(rows[c].mean()), "std": float(rows[c].std()), "min": float(rows[c].min()),
                         "max": float(rows[c].max())} for c in numeric},
         "categories": {c: sorted(str(v) for v in rows[c].dropna().unique()) for c in categorical},
+        "text": text,
     }
 
 
@@ -185,7 +187,9 @@ def _tables(split_name: str, split_dir: Path, kind: str, params: ValidateParams,
     if kind == "images":
         yield f"{split_name}_rows", *suites.image_checks(suites.image_stats(split.x, split.y), params, reference, classes)
     else:
-        yield f"{split_name}_rows", *suites.table_checks(suites.table_rows(split_dir), params, reference, classes)
+        encoding = prepared_meta(split_dir.parent).encoding
+        yield f"{split_name}_rows", *suites.table_checks(suites.table_rows(split_dir, encoding), params, reference,
+                                                         classes, encoding)
     yield f"{split_name}_class_counts", *suites.class_checks(split.y, params, reference, classes)
 
 

@@ -38,11 +38,53 @@ def image_stats(x: np.ndarray, y: np.ndarray) -> pd.DataFrame:
         })
 
 
-def table_rows(split_dir: Path) -> pd.DataFrame:
-    """A table split's original rows (features as ingested, and the label) with a hash of each row."""
+def table_rows(split_dir: Path, encoding: dict | None = None) -> pd.DataFrame:
+    """A table split's original rows (features as ingested, and the label) with a hash of each row; per text column
+    of `encoding` (prepare's), what the model reads of each text: `<column>__chars`, `__tokens` (before cutting at
+    the maximum length) and `__unknown_share` (of its tokens, those the vocabulary lacks)."""
     rows = pd.read_parquet(split_dir / "rows.parquet")
     rows["row_md5"] = pd.util.hash_pandas_object(rows, index=False).map(lambda h: f"{h:016x}")  # duplicates share it
+    for column in (encoding or {}).get("text", []):
+        from tasks.shipped.text import UNK, encode_texts, load_tokenizer
+
+        tokenizer = load_tokenizer(encoding["tokenizer"])
+        texts = rows[column["column"]].fillna("").astype(str).tolist()
+        ids, counts = encode_texts(tokenizer, texts, column["length"])
+        rows[f"{column['column']}{CHARS}"] = [len(t.strip()) for t in texts]
+        rows[f"{column['column']}{TOKENS}"] = counts
+        kept = np.maximum((ids != 0).sum(1), 1)
+        rows[f"{column['column']}{UNKNOWN}"] = (ids == tokenizer.token_to_id(UNK)).sum(1) / kept
     return rows
+
+
+CHARS, TOKENS, UNKNOWN = "__chars", "__tokens", "__unknown_share"  # the text statistics' column suffixes
+
+
+def text_checks(rows: pd.DataFrame, encoding: dict, params: ValidateParams, reference: dict | None) -> list:
+    """Per text column: few empty texts, few cut at the maximum length, few unknown tokens; against the reference,
+    the mean length in tokens and the unknown share each within `drift_max_shift` of its standard deviations."""
+    import great_expectations.expectations as gxe
+
+    checks = []
+    for spec in encoding.get("text", []):
+        c = spec["column"]
+        checks += [
+            gxe.ExpectColumnValuesToBeBetween(column=c + CHARS, min_value=1, mostly=1 - params.max_empty_text_fraction),
+            gxe.ExpectColumnValuesToBeBetween(column=c + TOKENS, max_value=spec["length"],
+                                              mostly=1 - params.max_truncated_fraction),
+            gxe.ExpectColumnMeanToBeBetween(column=c + UNKNOWN, max_value=params.max_unknown_token_rate)]
+        for statistic, ref in (reference or {}).get("text", {}).get(c, {}).items():
+            band = params.drift_max_shift * max(ref["std"], 1e-6)
+            checks.append(gxe.ExpectColumnMeanToBeBetween(column=c + statistic, min_value=ref["mean"] - band,
+                                                          max_value=ref["mean"] + band))
+    return checks
+
+
+def text_reference(rows: pd.DataFrame, encoding: dict) -> dict:
+    """Each text column's mean and spread of length in tokens and of unknown share (what drift compares)."""
+    return {spec["column"]: {s: {"mean": float(rows[spec["column"] + s].mean()),
+                                 "std": float(rows[spec["column"] + s].std())} for s in (TOKENS, UNKNOWN)}
+            for spec in encoding.get("text", [])}
 
 
 def common_checks(rows: pd.DataFrame, hash_column: str, params: ValidateParams, classes: list[str]) -> list:
@@ -82,19 +124,24 @@ def image_checks(rows: pd.DataFrame, params: ValidateParams, reference: dict | N
     return rows, checks
 
 
-def table_checks(rows: pd.DataFrame, params: ValidateParams, reference: dict | None, classes: list[str]):
+def table_checks(rows: pd.DataFrame, params: ValidateParams, reference: dict | None, classes: list[str],
+                 encoding: dict | None = None):
     """The table's own columns. Against the reference: the same columns with the same kinds, numeric values within
     its range (widened by `table_range_margin`), numeric means within `drift_max_shift` of its standard deviations,
-    categorical values among its categories (all but `max_new_category_fraction`)."""
+    categorical values among its categories (all but `max_new_category_fraction`); text columns by text_checks."""
     import great_expectations.expectations as gxe
 
     from tasks.common.tables import LABEL, feature_kinds
 
-    numeric, categorical = feature_kinds(rows.drop(columns=["row_md5"]))
+    text = [c["column"] for c in (encoding or {}).get("text", [])]
+    derived = [c + s for c in text for s in (CHARS, TOKENS, UNKNOWN)]
+    numeric, categorical = feature_kinds(rows.drop(columns=["row_md5", *derived]), text)
     checks = common_checks(rows, "row_md5", params, classes)
     checks += [gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=1 - params.max_null_fraction) for c in numeric + categorical]
+    checks += text_checks(rows, encoding or {}, params, reference)
     if reference is not None:
-        expected = [*reference["numeric"], *reference["categories"], LABEL, "row_md5"]
+        expected = [*reference["numeric"], *reference["categories"], *reference.get("text", {}), LABEL, "row_md5",
+                    *derived]
         checks.append(gxe.ExpectTableColumnsToMatchSet(column_set=expected, exact_match=True))
         present = set(rows.columns)
         for column, ref in reference["numeric"].items():

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import own_data
 from tests.support.processes import MLOPS, project_copy, project_env, run_in, stop
-from tests.support.servers import serve_bento
+from tests.support.servers import serve_last_built
 QUICK = ["--set", "train.epochs=30", "--set", "compress.finetune_epochs=5", "--set", "compress.calibrations=[minmax]",
          "--set", "compress.latency_repeats=5", "--no-push"]  # smaller budgets: these datasets are learnt in seconds
 
@@ -42,12 +42,6 @@ def _champion(root: Path, name: str):
     return client, client.get_model_version_by_alias(name, "champion")
 
 
-def _serving(project):
-    root, env, _ = project
-    tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
-    return serve_bento(tag, env, root)
-
-
 def test_a_csv_with_text_classes_categories_and_gaps_is_served_by_class_name(project):
     root, _, made = project
     done = _pipeline(project, "--data", "data/sources/loans.csv", "--label", "decision")
@@ -60,7 +54,7 @@ def test_a_csv_with_text_classes_categories_and_gaps_is_served_by_class_name(pro
     client, champion = _champion(root, "loans-classifier")  # named from the data, not digits-classifier
     assert json.loads(champion.tags["data.classes"]) == made["loans"]["classes"]
     assert client.get_experiment_by_name("loans-pipeline") is not None
-    server, url = _serving(project)
+    server, url = serve_last_built(*project[:2])
     try:
         rows = [{"income_k": 85.0, "debt_k": 8.0, "region": "west", "age": 40},
                 {"income_k": None, "debt_k": 42.0, "region": None, "age": 33},  # gaps, as the CSV had them
@@ -100,7 +94,7 @@ def test_colour_is_kept_and_a_colour_only_task_is_learnt_and_served(project):
     _, champion = _champion(root, "colours-classifier")
     _, loans = _champion(root, "loans-classifier")  # the other dataset's champion is untouched
     assert str(champion.version) == "1" and str(loans.version) == "1"
-    server, url = _serving(project)
+    server, url = serve_last_built(*project[:2])
     try:
         for name in ("ember", "moss", "sky"):
             upload = own_data.colour_image(name)
@@ -116,7 +110,7 @@ def _served_answers(project, made: dict, wanted: list) -> list[dict]:
     """The served Bento's /predict answers for one image of each label in `wanted`, drawn from the dataset `made`."""
     images, labels = made["images"], made["labels"]
     picks = [int(np.flatnonzero(labels == label)[0]) for label in wanted]
-    server, url = _serving(project)
+    server, url = serve_last_built(*project[:2])
     try:
         answer = httpx.post(f"{url}/predict", json={"images": images[picks].astype(float).tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text

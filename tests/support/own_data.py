@@ -111,3 +111,60 @@ def shapes_idx(folder: Path, n_per_class: int = 40, side: int = 12, seed: int = 
         header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
         (folder / f"train-{kind}-ubyte").write_bytes(header + array.tobytes())
     return {"classes": ["3", "7", "12"], "images": images, "labels": labels}
+
+
+QUEUES = {  # words that lean to one queue; every ticket also draws from the shared words below
+    "billing": "invoice charge charged refund payment card bill twice price subscription receipt overcharged".split(),
+    "technical": "error crash login app page loading bug broken password reset screen update slow".split(),
+    "shipping": "parcel delivery courier tracking arrived late address package lost delayed box".split(),
+}
+SHARED = "hello hi please help thanks my the a is not it was since yesterday order account urgent again".split()
+
+
+def tickets(rows: int = 600, seed: int = 0, minority: float = 0.15) -> "pd.DataFrame":
+    """Support tickets as a helpdesk exports them: a free-text `message`, a `channel` category, the queue as a word
+    label in `queue`; `shipping` a minority of `minority`; the text says the queue through a few of its words among
+    shared ones, with case, accents, emoji, HTML entities and stray control characters as real messages have them."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    share = (1 - minority) / 2
+    queue = rng.choice(list(QUEUES), size=rows, p=[share, share, minority])
+    decor = ["", "", "", " 😀", " &amp; more", " Café", "\x00", " !!!"]
+    messages = []
+    for q in queue:
+        words = list(rng.choice(SHARED, rng.integers(4, 12))) + list(rng.choice(QUEUES[q], rng.integers(1, 4)))
+        rng.shuffle(words)
+        text = " ".join(words)
+        messages.append((text.capitalize() if rng.random() < 0.5 else text.upper() if rng.random() < 0.1 else text)
+                        + decor[rng.integers(len(decor))])
+    return pd.DataFrame({"message": messages, "channel": rng.choice(["email", "chat", "phone"], rows), "queue": queue})
+
+
+def tickets_csv(path: Path, rows: int = 600, seed: int = 0, duplicates: int = 40, text_only: bool = False) -> dict:
+    """`tickets` as a CSV, `duplicates` of them sent again (the same words, in other case: one example to the
+    model), the `channel` column dropped with `text_only`."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = tickets(rows, seed)
+    copies = frame.iloc[rng.choice(rows, duplicates, replace=False)].copy()
+    copies["message"] = copies["message"].str.lower()
+    frame = pd.concat([frame, copies], ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if text_only:
+        frame = frame.drop(columns=["channel"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return {"label": "queue", "classes": sorted(QUEUES), "frame": frame}
+
+
+def tickets_folder(root: Path, per_class: int = 60, seed: int = 3) -> dict:
+    """scikit-learn's `load_files` layout: one folder per queue of .txt files, one of them saved in cp1252 (not
+    UTF-8), as an old mail export leaves them."""
+    frame = tickets(per_class * 3, seed, minority=1 / 3)
+    for i, (message, queue) in enumerate(zip(frame["message"], frame["queue"])):
+        (root / queue).mkdir(parents=True, exist_ok=True)
+        (root / queue / f"{i:04d}.txt").write_text(message.replace("\x00", ""), encoding="utf-8")
+    legacy = root / "billing" / "legacy.txt"
+    legacy.write_bytes("Refund for my café invoice – charged twice".encode("cp1252"))
+    return {"classes": sorted(QUEUES), "legacy": legacy}

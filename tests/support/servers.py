@@ -39,6 +39,14 @@ def serve_bento(tag: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
+def serve_last_built(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """The Bento the project's last run built (artifacts/package/bento.json), served as `serve_bento` does."""
+    import json
+
+    tag = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
+    return serve_bento(tag, env, root)
+
+
 @contextmanager
 def mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None):
     """`mlflow server` over `backend_uri`, its artifacts in `artifacts` (on `port`, or a free one): yields its URL."""

@@ -1,0 +1,123 @@
+"""Text as a kind of data: which columns are text, the tokenizer parity between training and serving, the rule for
+awkward text, and the text models (padding masked, any input a valid index, ONNX export equal to torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.common.errors import DataError
+from tasks.common.tables import LABEL, describe, encode, fit_encoder, infer_text_columns, text_layout
+from tasks.shipped.rows import BadRow, encode_rows
+from tasks.shipped.text import cleaned, encode_texts, load_tokenizer
+from tests.support.own_data import tickets
+
+AWKWARD = [  # what real messages hold, and what a client may send
+    "Caf\u00e9 CAFE cafe\u0301 na\u00efve \u00c5ngstr\u00f6m", "emoji \U0001f600\U0001f44d\U0001f3fd and \u2764\ufe0f",
+    "&amp; &lt;b&gt;bold&lt;/b&gt; &#39;quoted&#39; <p>html</p>", "tab\there\nnew line\r\nand NUL\x00 bell\x07",
+    "", "   \n\t ", "\u4e2d\u6587\u6587\u672c \u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0440\u0443\u0441\u0441\u043a\u0438\u0439",
+    "refund " * 5000, "x" * 300, "\u200b\u200d zero width \ufeff",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    frame = tickets(300, seed=1).rename(columns={"queue": LABEL})
+    frame[LABEL] = frame[LABEL].astype("category").cat.codes.astype("int64")
+    encoder = fit_encoder(frame, ["message"], vocab_size=300, max_tokens=32)
+    return frame, encoder, describe(encoder)
+
+
+def test_a_column_is_text_when_most_values_are_distinct_and_several_words_long():
+    frame = tickets(200, seed=2).rename(columns={"queue": LABEL})
+    frame["code"] = [f"A{i % 7}" for i in range(200)]  # a category: few values, one word
+    frame["note"] = [f"id {i}" for i in range(200)]  # distinct, but two words: an identifier, not text
+    assert infer_text_columns(frame, [], 0.5, 3.0) == ["message"]
+    assert infer_text_columns(frame, ["note"], 0.5, 3.0) == ["note"]
+    with pytest.raises(DataError, match=r"ingest.text_columns names \['nope'\]"):
+        infer_text_columns(frame, ["nope"], 0.5, 3.0)
+
+
+def test_training_and_the_service_give_identical_token_ids_for_awkward_text(fitted):
+    """prepare's encoding (tables.encode) and the Bento's (rows.encode_rows, from the JSON spec alone) agree id for
+    id, on unicode, emoji, HTML entities, control characters, empty and very long texts."""
+    frame, encoder, spec = fitted
+    awkward = pd.DataFrame({"message": AWKWARD, "channel": ["chat"] * len(AWKWARD), LABEL: 0})
+    trained = encode(encoder, awkward)
+    served = encode_rows([{"message": t, "channel": "chat"} for t in AWKWARD], spec)
+    length = spec["text"][0]["length"]  # the longest training text's, in steps of 8, at most max_tokens
+    assert length <= 32 and length % 8 == 0
+    assert trained.shape == served.shape == (len(AWKWARD), text_layout(spec, trained.shape[1])["dense"] + length)
+    np.testing.assert_array_equal(trained, served)
+    ids = served[:, -length:]
+    assert (ids[4] == 0).all() and (ids[5] == 0).all()  # empty and blank: no tokens, all padding
+    assert (ids[7] != 0).all()  # 5,000 words: cut at the maximum length
+    assert ids.max() < spec["vocab_size"] and (ids == np.round(ids)).all()
+
+
+def test_the_rule_for_control_characters_and_unreadable_values():
+    assert cleaned("a\x00b\x07c\td\ne") == "a b c\td\ne"
+    tokenizer = load_tokenizer(fit_encoder(pd.DataFrame({"t": ["a b c d"] * 4, LABEL: 0}), ["t"], 100, 8).tokenizer)
+    assert (encode_texts(tokenizer, ["a\x00b"], 8)[0] == encode_texts(tokenizer, ["a b"], 8)[0]).all()
+    spec = describe(fit_encoder(pd.DataFrame({"t": ["a b c d"] * 4, LABEL: 0}), ["t"], 100, 8))
+    with pytest.raises(BadRow, match="lone surrogate"):
+        encode_rows([{"t": "ok \ud800 not"}], spec)
+    with pytest.raises(BadRow, match=r"row 0, column 't': expected text or null, got dict"):
+        encode_rows([{"t": {"a": 1}}], spec)
+    assert (encode_rows([{"t": None}], spec) == 0).all()
+
+
+@pytest.mark.parametrize("family", ["transformer", "ngram"])
+def test_text_models_mask_padding_take_any_value_and_export_to_onnx_alike(fitted, family, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from tasks.common.config import TrainParams
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.models import build_model
+
+    frame, encoder, spec = fitted
+    x = encode(encoder, frame)
+    layout = text_layout(spec, x.shape[1])
+    model = build_model(TrainParams(model=family, text_depth=1), (x.shape[1],), 3, layout).eval()
+    odd = x[:4].copy()
+    odd[0, layout["dense"]:] = 0  # an empty text: every key masked but one, no NaN
+    odd[1, layout["dense"]:] = 1e9  # out of the vocabulary: clamped to a valid id, not an index error
+    odd[2, layout["dense"]:] = -7.6
+    with torch.no_grad():
+        out = model(torch.from_numpy(odd))
+        longer = x[4:5].copy()
+        padded = model(torch.from_numpy(longer))
+    assert torch.isfinite(out).all()
+    export_onnx(servable(model, 1.0, image_input=False), x[:2], tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": x[:37]})[0]  # another batch size than exported with
+    with torch.no_grad():
+        torch_out = torch.softmax(model(torch.from_numpy(x[:37])), 1).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-5)
+    assert padded.shape == (1, 3)
+
+
+def test_a_transformer_ignores_padding(fitted):
+    """The same text with more padding after it (a longer maximum length) gets the same answer."""
+    import torch
+
+    from tasks.common.config import TrainParams
+    from tasks.nn.models import TextNet
+
+    frame, encoder, spec = fitted
+    length = spec["text"][0]["length"]
+    ids = encode(encoder, frame)[:8, -length:]
+    torch.manual_seed(0)
+    short = TextNet({"dense": 0, "columns": 1, "length": length, "vocab": spec["vocab_size"]}, "transformer",
+                    TrainParams(text_depth=1, dropout=0.0), 3).eval()
+    long = TextNet({"dense": 0, "columns": 1, "length": length + 16, "vocab": spec["vocab_size"]}, "transformer",
+                   TrainParams(text_depth=1, dropout=0.0), 3).eval()
+    state = short.state_dict()
+    state["position"] = torch.cat([state["position"], torch.zeros(1, 16, state["position"].shape[2])], dim=1)
+    long.load_state_dict(state)
+    with torch.no_grad():
+        a = short(torch.from_numpy(ids))
+        b = long(torch.from_numpy(np.hstack([ids, np.zeros((8, 16), np.float32)])))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
