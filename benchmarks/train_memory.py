@@ -54,9 +54,9 @@ def write_prepared(base: dict, scale: int, folder: Path, pixel_max: float = 1.0)
                     channels=int(base["train"].x.shape[1]), pixel_max=pixel_max).write(folder / "meta.json")
 
 
-def run_train(root: Path, preload_max_mb: float) -> dict:
+def run_train(root: Path, preload_max_mb: float, model: str = "mlp") -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update(model="mlp", epochs=1, preload_max_mb=preload_max_mb)
+    params["train"].update(model=model, epochs=1, preload_max_mb=preload_max_mb)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)

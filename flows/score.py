@@ -31,7 +31,8 @@ def score_input(input: str, root: str, model: str | None, address: str | None) -
     params = load_params(Path(root) / "params.yaml")
     shipped = stored_model(model) if model else champion_model(Path(root), params)
     try:
-        result = score(Path(input), shipped, Path(root), params.score, params.package.max_image_pixels, address)
+        result = score(Path(input), shipped, Path(root), params.score, params.package.max_image_pixels, address,
+                       params.package.max_text_chars)
     except DataError as err:  # this input is bad: set aside with its reason, the others are still scored
         return {"input": input, "rejected": str(err)[:2000]}
     return vars(result)

@@ -23,6 +23,7 @@ class Limits:
     range_margin: float  # training std devs beyond the training min/max
     max_missing_fraction: float
     max_image_pixels: int
+    max_text_chars: int = 20_000  # a longer text is set aside (the service refuses it too: package.max_text_chars)
 
 
 @dataclass
@@ -75,15 +76,16 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     expected = numeric + [c["column"] for c in spec["categorical"]] + text
     positions, features, quarantined, imputed = [], [], [], 0
     for position, row in enumerate(chunk.data[expected].to_dict("records")):
-        row = {k: None if _missing(v) else _number(v) if k in numeric else v for k, v in row.items()}
+        row = {k: None if _missing(v) else _number(v) if k in numeric else str(v) if k in text else v
+               for k, v in row.items()}  # a text of digits, read by pandas as a number, is still text
         missing = sum(v is None for v in row.values())
         if missing > limits.max_missing_fraction * len(expected):
             quarantined.append((chunk.ids[position], f"{missing} of {len(expected)} columns missing "
                                                      f"(at most {limits.max_missing_fraction:.0%} may be)"))
             continue
-        empty = [c for c in text if isinstance(row[c], str) and not row[c].strip()]
-        if empty:  # a model reading text has nothing to go on: set aside, not guessed from the other columns
-            quarantined.append((chunk.ids[position], f"column '{empty[0]}': an empty text"))
+        reason = _text_reason(row, text, limits.max_text_chars)
+        if reason:
+            quarantined.append((chunk.ids[position], reason))
             continue
         try:
             encoded = encode_rows([row], spec)[0]
@@ -99,6 +101,18 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
         imputed += missing
     width = int(meta["served_shape"][0])
     return positions, np.asarray(features, np.float32).reshape(-1, width), quarantined, imputed
+
+
+def _text_reason(row: dict, text: list[str], max_chars: int) -> str:
+    """Why a row's text is set aside: missing or empty (a model reading text has nothing to go on; not guessed from
+    the other columns), or longer than the service would take."""
+    for column in text:
+        value = row[column]
+        if value is None or not str(value).strip():
+            return f"column '{column}': {'no text' if value is None else 'an empty text'}"
+        if len(str(value)) > max_chars:
+            return f"column '{column}': {len(str(value)):,} characters, over package.max_text_chars ({max_chars:,})"
+    return ""
 
 
 def _out_of_range(row: dict, encoded: np.ndarray, spec: dict, meta: dict, margin: float) -> str:

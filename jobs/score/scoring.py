@@ -102,7 +102,7 @@ def _resumable(partial: Path, shaped_by: dict) -> None:
 
 
 def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixels: int,
-          address: str | None = None) -> ScoreResult:
+          address: str | None = None, max_text_chars: int = 20_000) -> ScoreResult:
     began = time.monotonic()
     input_path = Path(input_path)
     if not input_path.exists():
@@ -126,7 +126,7 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
         return ScoreResult(**{**done, "already_scored": True})
     partial = target.with_name(target.name + ".partial")
     parts = partial / "parts"
-    limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels)
+    limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels, max_text_chars)
     _resumable(partial, {"input_digest": digest, "model": model.tag, "chunk_rows": cfg.chunk_rows,
                          "limits": dataclasses.asdict(limits)})
     parts.mkdir(parents=True, exist_ok=True)

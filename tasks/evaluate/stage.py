@@ -52,7 +52,7 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     pairs = confused_pairs(test.y, predicted, classes)
     train = load_split(prepared_dir / "train", mmap=True)
     baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed,
-                              texts=_texts(prepared_dir, data))
+                              texts=baseline_texts(prepared_dir, data))
     board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
     metric = params.evaluate.gate_metric  # the best baseline by what the gate compares
     best = max(baselines, key=lambda b: Scores(b.correct, {}, test.y).score(metric))
@@ -81,7 +81,7 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     return EvaluateResult(metrics["accuracy"], metrics["f1_macro"], version, decision.passed, decision.reason)
 
 
-def _texts(prepared_dir: Path, data):
+def baseline_texts(prepared_dir: Path, data):
     """A text table's texts for the TF-IDF baseline (its text columns joined), or None."""
     import pandas as pd
 

@@ -26,7 +26,17 @@ _MEANING = {
     "pixel_std": "constant images",
     "image_shape": "image shape",
 }
+_TEXT = {"__chars": ("empty texts", ""), "__tokens": ("texts longer than the length read (cut)", "length in tokens"),
+         "__unknown_share": ("tokens the vocabulary lacks", "share of unknown tokens")}  # suites.py's text statistics
 _BANNER = "<!-- validation-report-banner -->"
+
+
+def _text_meaning(check) -> str:
+    suffix = next(s for s in _TEXT if check.column.endswith(s))
+    name, (words, drifting) = check.column.removesuffix(suffix), _TEXT[suffix]
+    if "mean_to_be_between" in check.expectation and "min_value" in check.limit:
+        return f"drift of {name}'s {drifting} against the last accepted version"
+    return f"{name}: {words}"
 
 
 def write(path: Path, checks: Sequence, *, hint: str = "", notes: Sequence[str] = (),
@@ -100,6 +110,8 @@ def meaning(check) -> str:
         return "the data contract frozen with the dataset's first accepted version"
     if check.expectation == "no_leakage_from_train":
         return "leakage: held-out examples identical to training examples"
+    if (check.column or "").endswith(tuple(_TEXT)):
+        return _text_meaning(check)
     if "mean_to_be_between" in check.expectation:
         return f"drift of {check.column}'s mean against the last accepted version"
     if "row_count" in check.expectation:

@@ -16,8 +16,8 @@ from tests.support.mutants import mutants
 from tests.support.processes import MLOPS, project_copy, project_env, run_in, stop
 from tests.support.servers import serve_last_built
 
-QUICK = ["--set", "train.epochs=25", "--set", "compress.finetune_epochs=3", "--set", "compress.calibrations=[minmax]",
-         "--set", "compress.latency_repeats=5", "--set", "compress.prune_ratio=0", "--no-push"]
+QUICK = ["--set", "train.epochs=15", "--set", "compress.calibrations=[minmax]", "--set", "compress.latency_repeats=5",
+         "--set", "compress.prune_ratio=0", "--set", "promote.readiness_samples=64", "--no-push"]  # learnt in seconds
 NEW = {"my invoice shows a second charge, I want a refund of the payment": "billing",
        "The APP crashes with an error after the password reset, login broken": "technical",
        "parcel not arrived, the courier tracking says delivery delayed": "shipping"}
@@ -67,6 +67,26 @@ def test_a_helpdesk_export_with_a_text_column_is_learnt_and_served_by_queue_name
         assert empty.status_code == 200, empty.text  # no text: answered from the channel, as the rule says
     finally:
         stop(server)
+    _scored_in_batch(project)
+
+
+def _scored_in_batch(project) -> None:
+    """`mlops score` on a drop of new tickets: scored with the champion, an empty and an over-long text set aside."""
+    import pandas as pd
+
+    root, env, _ = project
+    drop = own_data.tickets(60, seed=9).drop(columns=["queue"])
+    drop.loc[0, "message"], drop.loc[1, "message"] = "   ", "refund " * 5000
+    drop.to_csv(root / "tonight.csv", index=False)
+    done = run_in(root, env, MLOPS, "score", "--input", str(root / "tonight.csv"), "--no-push", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "58 of 60 rows scored, 2 quarantined" in done.stdout
+    output = next((root / "predictions").glob("tonight-*/tickets-classifier-v1"))
+    predictions = pd.read_parquet(output / "predictions.parquet")
+    assert len(predictions) == 58 and set(predictions["label"]) <= {"billing", "shipping", "technical"}
+    reasons = sorted(pd.read_parquet(output / "quarantine.parquet")["reason"])
+    assert reasons == ["column 'message': 35,000 characters, over package.max_text_chars (20,000)",
+                       "column 'message': an empty text"]
 
 
 def test_a_folder_of_text_files_names_its_non_utf8_file_then_reads_it_as_told(project):

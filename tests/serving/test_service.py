@@ -532,7 +532,8 @@ def test_with_an_api_key_set_every_endpoint_but_health_needs_it(built):
         stop(server)
 
 
-def _schemathesis(url: str, where: Path, seed: int, examples: int, headers: tuple[str, ...] = ()) -> int:
+def _schemathesis(url: str, where: Path, seed: int, examples: int, headers: tuple[str, ...] = (),
+                  operations: int = 9) -> int:
     """Schemathesis over every operation of /docs.json with all its checks (tests/schemathesis.toml: the two binary
     bodies are exempt from "schema-valid data is accepted" only); the number of cases it generated."""
     done = subprocess.run(
@@ -543,7 +544,8 @@ def _schemathesis(url: str, where: Path, seed: int, examples: int, headers: tupl
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, f"seed {seed}:\n{done.stdout[-6000:]}"
     tested = re.search(r"Tested: (\d+)", done.stdout)
-    assert tested and int(tested.group(1)) == 9, done.stdout[-2000:]  # health ×3, metrics, metadata, recent, 3 × predict
+    # health ×3, metrics, metadata, recent, the model's predict endpoints (3; 4 for a text model: /predict_text)
+    assert tested and int(tested.group(1)) == operations, done.stdout[-2000:]
     generated = re.search(r"(\d+) generated", done.stdout)
     return int(generated.group(1)) if generated else 0
 
@@ -558,6 +560,30 @@ def test_schemathesis_finds_nothing_wrong_in_the_service_against_its_openapi_sch
     print(f"schemathesis random seed: {seed}")
     assert _schemathesis(url, tmp_path, seed=seed, examples=100) >= 300, f"seed {seed}"
     assert service.get("/metadata").status_code == 200
+
+
+def test_a_text_model_answers_texts_and_schemathesis_finds_nothing_wrong(bento_store, tmp_path):
+    """/predict_text tokenizes as prepare did and answers as the model in process; its schema bounds the texts (count
+    and characters), and every schemathesis check passes over it."""
+    from tasks.nn.latency import onnx_predictor
+    from tasks.shipped.rows import encode_rows
+    from tests.support.bento_builder import TEXT_CLASSES
+
+    info = bento_store.built["text"]
+    server, url = serve_bento(info["bentos"][0], bento_store.env, tmp_path)
+    try:
+        texts = [*info["texts"], "", "caf\u00e9 \U0001f600 &amp; <b>x</b>", "refund " * 2500]
+        spec = httpx.get(f"{url}/metadata", timeout=30).json()
+        assert spec["kind"] == "table" and spec["classes"] == TEXT_CLASSES
+        expected = onnx_predictor(Path(info["onnx"]))(encode_rows([{"message": t} for t in texts], info["encoding"]))
+        answer = httpx.post(f"{url}/predict_text", json={"texts": texts}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(_in_class_order(answer.json(), TEXT_CLASSES), expected, atol=1e-6)
+        schema = httpx.get(f"{url}/docs.json").json()
+        assert "/predict_text" in schema["paths"] and "/predict_image" not in schema["paths"]
+        assert _schemathesis(url, tmp_path, seed=2, examples=20, operations=10) >= 100
+    finally:
+        stop(server)
 
 
 def test_a_table_model_takes_raw_rows_encoded_as_prepare_encoded_its_training_rows(bento_store, tmp_path):

@@ -81,6 +81,41 @@ def build_table(out: Path) -> dict:
     return {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path)}
 
 
+def build_text(out: Path) -> dict:
+    """A Bento around an (untrained) Transformer over one text column, `message`, with a tokenizer learnt from
+    generated tickets (tests/support/own_data.py): what /predict_text serves."""
+    import pandas as pd
+    import torch
+
+    from tasks.common.config import TrainParams, load_params
+    from tasks.common.tables import LABEL, describe, encode, fit_encoder, text_layout
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.models import build_model
+    from tasks.package import build_bento
+    from tasks.shipped.skew import expectations
+    from tests.support.own_data import tickets
+
+    frame = tickets(200, seed=4).drop(columns=["channel"]).rename(columns={"queue": LABEL}).assign(**{LABEL: 0})
+    encoder = fit_encoder(frame, ["message"], vocab_size=300, max_tokens=32)
+    x, spec = encode(encoder, frame), describe(encoder)
+    layout = text_layout(spec, x.shape[1])
+    torch.manual_seed(0)
+    model = build_model(TrainParams(text_depth=1), (x.shape[1],), 3, layout).eval()
+    onnx_path = out.with_name("text.onnx")
+    export_onnx(servable(model, pixel_max=1.0, image_input=False), x[:2], onnx_path)
+    metadata = {"input_shape": [x.shape[1]], "served_shape": [x.shape[1]], "pixel_max": 1.0, "kind": "table",
+                "classes": TEXT_CLASSES, "problem": "multiclass", "variant": "fp32-onnx", "model_version": "1",
+                "registered_model": "text-classifier", "encoding": spec,
+                "expectations": expectations(x, "table", "tickets[:200]", layout)}
+    result = build_bento(onnx_path, metadata, {"variant": "fp32-onnx", "model_version": "1"},
+                         load_params(REPO / "params.yaml").package, REPO / "bento")
+    return {"bentos": [result.bento_tag], "models": [result.model_tag], "onnx": str(onnx_path), "encoding": spec,
+            "texts": pd.Series(frame["message"]).head(8).tolist()}
+
+
+TEXT_CLASSES = ["billing", "shipping", "technical"]
+
+
 def build_digits(onnx_path: Path, count: int, package: dict | None = None) -> dict:
     """`count` Bentos of the digits model at `onnx_path` (versions 1..count), with `package` params changed."""
     from sklearn.datasets import load_digits
@@ -110,7 +145,8 @@ CATALOGUE = {
 
 
 def build_all(out: Path) -> dict:
-    """Every set in CATALOGUE, and the table model's ("table"), into the store BENTOML_HOME names."""
+    """Every set in CATALOGUE, the table model's ("table") and the text model's ("text"), into the store BENTOML_HOME
+    names."""
     import os
 
     from tasks.compress.variants import export_onnx, servable
@@ -121,6 +157,7 @@ def build_all(out: Path) -> dict:
     broken = info["broken"]["models"][0].replace(":", "/")
     (Path(os.environ["BENTOML_HOME"]) / "models" / broken / "model.onnx").write_bytes(b"not an ONNX model")
     info["table"] = build_table(out)
+    info["text"] = build_text(out)
     out.write_text(json.dumps(info))
     return info
 

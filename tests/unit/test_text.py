@@ -121,3 +121,34 @@ def test_a_transformer_ignores_padding(fitted):
         a = short(torch.from_numpy(ids))
         b = long(torch.from_numpy(np.hstack([ids, np.zeros((8, 16), np.float32)])))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_sweep_space_takes_the_text_models_knobs():
+    from jobs.sweep.space import check
+    from tasks.common.config import Params, SweepDimension
+    from tasks.common.errors import ConfigError
+
+    params = Params()
+    check({"train.model": SweepDimension(choices=["transformer", "ngram"]), "train.text_dim": SweepDimension(
+        choices=[32, 64]), "train.text_depth": SweepDimension(low=1, high=3),
+        "train.ngram_buckets": SweepDimension(choices=[0, 16384])}, params)
+    with pytest.raises(ConfigError, match="text_dim"):
+        check({"train.text_dim": SweepDimension(low=2, high=8)}, params)
+
+
+def test_served_text_is_checked_for_skew_by_length_and_unknown_share_not_by_ids(fitted):
+    from tasks.shipped.skew import drift, expectations, statistics, violations
+
+    frame, encoder, spec = fitted
+    x = encode(encoder, frame)
+    layout = text_layout(spec, x.shape[1])
+    expected = expectations(x, "table", "v1", layout)
+    names = set(expected["statistics"])
+    assert {"text_0_tokens", "text_0_unknown_share"} <= names
+    assert not [n for n in names if n.startswith("feature_") and int(n.split("_")[1]) >= layout["dense"]]
+    gibberish = encode_rows([{"message": "qzxv wjqk " * 40, "channel": "chat"}] * 50, spec)
+    found = statistics(gibberish, "table", layout)
+    assert (found["text_0_unknown_share"] > 0.5).all()
+    assert violations(gibberish, "table", expected)["text_0_unknown_share"] == 50
+    assert drift(gibberish, "table", expected, 0.25)["drifted"]
+    assert not drift(x[:200], "table", expected, 0.25)["drifted"]

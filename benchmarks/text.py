@@ -1,0 +1,258 @@
+"""Text: the pipeline on a generated helpdesk set of support tickets (tests/support/own_data.py `tickets`: a message
+per row, three queues, one a 15 % minority, with duplicates), each figure against its goal:
+
+- training throughput: the `train` stage's tokens/s against a bare PyTorch loop on the same model and batches
+  (goal ≥ 0.95×);
+- the network against TF-IDF + logistic regression on the same test split, accuracy and macro-F1 (goal: not
+  significantly worse, McNemar's exact test at 0.05);
+- the shipped (compressed) variant against the fp32 PyTorch model: size (goal ≥ 4× smaller), batch-1 latency
+  (goal ≥ 2× faster), macro-F1 within 1 point;
+- served `/predict_text` throughput against the Bento's tokenizing and forward run back to back in process
+  (goal ≥ 0.5×);
+- training memory: peak resident memory of `python -m tasks.train` (one epoch) at 10× the rows (goal ≤ 1.2×).
+
+`python -m benchmarks.text [--rows 6000]` (the stages run in this process, in a temporary project, with
+params.yaml's defaults but the budgets below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.record import save, table
+from benchmarks.train_memory import run_train
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 15
+REPEATS = 3  # runs of each loop, in turn
+
+
+def bare_loop(params, prepared: Path, layout: dict, epochs: int) -> list[float]:
+    """The same model, data and batches by hand: samples/s per epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.common.dataset import load_split
+    from tasks.nn.device import seed_everything, set_threads
+    from tasks.nn.models import build_model
+
+    cfg = params.train
+    set_threads(cfg.threads, torch.device("cpu"))
+    seed_everything(params.base.seed)
+    split = load_split(prepared / "train")
+    x, y = torch.from_numpy(np.asarray(split.x)), torch.from_numpy(np.asarray(split.y))
+    model = build_model(cfg, tuple(x.shape[1:]), int(y.max()) + 1, layout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        order, start = torch.randperm(len(y)), time.perf_counter()
+        for i in range(0, len(y), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        rates.append(len(y) / (time.perf_counter() - start))
+    return rates
+
+
+def _trained(params, root: Path):
+    """The `train` stage's samples/s per epoch (history.csv), and the stage's result."""
+    import csv
+
+    from tasks.train import train
+
+    result = train(params, root, root / "prepared", root / "train")
+    with (root / "train" / "history.csv").open() as handle:
+        return [float(row["samples_per_s"]) for row in csv.DictReader(handle)], result
+
+
+def _scores(predicted: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.metrics import f1_score
+
+    return {"accuracy": float((predicted == y).mean()), "f1_macro": float(f1_score(y, predicted, average="macro"))}
+
+
+def quality(params, root: Path, data) -> dict:
+    """The network, TF-IDF + logistic regression and the shipped variant on the same test split."""
+    from tasks.common.dataset import load_split, served_inputs
+    from tasks.compress.stage import compress
+    from tasks.evaluate.baselines import fit_baselines
+    from tasks.evaluate.gate import mcnemar
+    from tasks.evaluate.stage import baseline_texts, predict_proba
+    from tasks.nn.checkpoint import load_checkpoint
+    from tasks.nn.latency import onnx_predictor, predicted_classes
+
+    prepared = root / "prepared"
+    model, _ = load_checkpoint(root / "train" / "model.pt")
+    train, test = load_split(prepared / "train"), load_split(prepared / "test")
+    network = predict_proba(model, np.asarray(test.x)).argmax(1)
+    baselines = {b.name: b for b in fit_baselines(train.x, train.y, test.x, test.y, "table", params.base.seed,
+                                                  texts=baseline_texts(prepared, data))}
+    tfidf = baselines["tfidf_logistic_regression"]
+    worse = mcnemar(tfidf.correct, network == test.y, params.evaluate.significance)  # is TF-IDF better?
+    result = compress(params, root, prepared, root / "train", root / "compress")
+    shipped = predicted_classes(onnx_predictor(root / "compress" / "model.onnx"), served_inputs(test.x, 1.0))
+    rows = {r["variant"]: r for r in result.table}
+    return {"network": _scores(network, test.y), "tfidf": {"accuracy": tfidf.accuracy, "f1_macro": tfidf.f1_macro},
+            "p_tfidf_better": worse.p_value, "shipped_variant": result.chosen, "shipped": _scores(shipped, test.y),
+            "fp32": rows["fp32-torch"], "chosen": rows[result.chosen], "test_rows": len(test.y)}
+
+
+def served(root: Path, data, seconds: float = 4.0) -> dict:
+    """The shipped model behind `bentoml serve`: /predict_text with one text a request (8 clients) and 64 a request
+    (4 clients), texts/s, against the Bento's own preprocessing and forward run back to back in this process.
+    BENTOML_HOME is this run's (main sets it before BentoML is imported)."""
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from benchmarks.serving import _closed_loop
+    from tasks.common.config import load_params
+    from tasks.nn.latency import onnx_predictor
+    from tasks.package import build_bento
+    from tasks.shipped.rows import encode_rows
+    from tests.support.processes import free_port, stop, wait_until_healthy
+
+    choice = json.loads((root / "compress" / "choice.json").read_text())
+    meta = {**{k: v for k, v in choice.items() if k != "reason"}, "encoding": data.encoding, "problem": data.problem}
+    tag = build_bento(root / "compress" / "model.onnx", meta, {"variant": choice["variant"]},
+                      load_params(REPO / "params.yaml").package, REPO / "bento").bento_tag
+    column = data.encoding["text"][0]["column"]
+    texts = pd.read_parquet(root / "prepared" / "test" / "rows.parquet")[column].fillna("").astype(str).tolist()
+    predict = onnx_predictor(root / "compress" / "model.onnx", threads=1)  # as the service: one thread
+    figures: dict = {}
+    for batch in (1, 64):
+        chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+        began, done = time.perf_counter(), 0
+        while time.perf_counter() - began < seconds:
+            for chunk in chunks:
+                predict(encode_rows([{column: t} for t in chunk], data.encoding))
+                done += len(chunk)
+        figures[batch] = {"in_process_texts_per_s": done / (time.perf_counter() - began)}
+    port = free_port()
+    (root / "prometheus").mkdir()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus")}
+    with (root / "bento.log").open("wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port",
+                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/readyz", f"bentoml serve {tag}")
+        for batch, clients in ((1, 8), (64, 4)):
+            body = json.dumps({"texts": texts[:batch]}).encode()
+            found = asyncio.run(_closed_loop(f"http://127.0.0.1:{port}/predict_text", body, clients, seconds))
+            figures[batch] |= {"clients": clients, "served_texts_per_s": found["requests_per_s"] * batch,
+                               "p50_ms": found["p50_ms"], "errors": found["errors"]}
+            figures[batch]["ratio"] = figures[batch]["served_texts_per_s"] / figures[batch]["in_process_texts_per_s"]
+    finally:
+        stop(server)
+    return figures
+
+
+def memory(root: Path, scale: int) -> dict:
+    """`python -m tasks.train` for one epoch on the prepared set with its train split repeated `scale` times."""
+    import shutil
+
+    from tasks.common.dataset import Split, load_split, save_split
+
+    project = root / f"memory{scale}"
+    shutil.copytree(root / "prepared", project / "data" / "prepared")
+    train = load_split(project / "data" / "prepared" / "train")
+    save_split(project / "data" / "prepared" / "train", Split(np.tile(train.x, (scale, 1)), np.tile(train.y, scale)))
+    return {"rows": len(train.y) * scale, **run_train(project, 256, model="auto")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.common.config import load_params
+    from tasks.common.dataset import load_split, prepared_meta
+    from tasks.common.tables import text_layout
+    from tasks.ingest import ingest
+    from tasks.prepare import prepare
+    from tests.support.own_data import tickets_csv
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=6000)
+    rows = parser.parse_args(argv).rows
+    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
+        root = Path(tmp)
+        os.environ["BENTOML_HOME"] = str(root / "bentoml")  # read once, when BentoML is first imported (served)
+        tickets_csv(root / "tickets.csv", rows=rows, duplicates=rows // 20, text_only=True)
+        params = load_params(REPO / "params.yaml")
+        params = params.model_copy(update={
+            "ingest": params.ingest.model_copy(update={"path": "tickets.csv", "label_column": "queue"}),
+            "train": params.train.model_copy(update={"epochs": EPOCHS, "patience": EPOCHS})})
+        ingest(params.ingest, root, root / "raw")
+        prepare(params.prepare, params.base.seed, root / "raw", root / "prepared")
+        data = prepared_meta(root / "prepared")
+        layout = text_layout(data.encoding, data.features)
+        x = np.asarray(load_split(root / "prepared" / "train").x)
+        tokens_per_text = float((x[:, layout["dense"]:] != 0).sum(1).mean())
+        bare, stage = [], []
+        for i in range(REPEATS):  # in turn: the machine's drift falls on both
+            bare.append(bare_loop(params, root / "prepared", layout, EPOCHS))
+            stage.append(_trained(params, root)[0])
+        figures = {"rows": rows, "epochs": EPOCHS, "length": layout["length"], "vocab": layout["vocab"],
+                   "tokens_per_text": tokens_per_text, "model": params.train.model,
+                   "bare_tokens_per_s": max(float(np.median(r[1:])) for r in bare) * tokens_per_text,
+                   "stage_tokens_per_s": max(float(np.median(r[1:])) for r in stage) * tokens_per_text}
+        figures["throughput_ratio"] = figures["stage_tokens_per_s"] / figures["bare_tokens_per_s"]
+        figures |= quality(params, root, data)
+        figures["served"] = served(root, data)
+        figures["memory"] = [memory(root, scale) for scale in (1, 10)]
+    _record(figures)
+
+
+def _record(f: dict) -> None:
+    fp32, chosen = f["fp32"], f["chosen"]
+    smaller, faster = fp32["size_bytes"] / chosen["size_bytes"], fp32["latency_b1_ms"] / chosen["latency_b1_ms"]
+    f1_drop = f["network"]["f1_macro"] - f["shipped"]["f1_macro"]
+    peak = f["memory"][1]["peak_rss_mb"] / f["memory"][0]["peak_rss_mb"]
+    verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    body = table(["figure", "measured", "goal", ""], [
+        ["training throughput, tokens/s (stage vs bare loop)",
+         f"{f['stage_tokens_per_s']:.0f} vs {f['bare_tokens_per_s']:.0f} ({f['throughput_ratio']:.2f}×)", "≥ 0.95×",
+         verdict(f["throughput_ratio"] >= 0.95)],
+        ["network vs TF-IDF + LR: accuracy", f"{f['network']['accuracy']:.4f} vs {f['tfidf']['accuracy']:.4f}",
+         "not significantly worse", verdict(f["p_tfidf_better"] >= 0.05)],
+        ["network vs TF-IDF + LR: macro-F1", f"{f['network']['f1_macro']:.4f} vs {f['tfidf']['f1_macro']:.4f}",
+         f"McNemar p = {f['p_tfidf_better']:.3g}", ""],
+        [f"shipped ({f['shipped_variant']}) size vs fp32 PyTorch",
+         f"{chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB ({smaller:.2f}×)", "≥ 4× smaller",
+         verdict(smaller >= 4)],
+        ["shipped latency at batch 1", f"{chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms "
+         f"({faster:.2f}×)", "≥ 2× faster", verdict(faster >= 2)],
+        ["shipped macro-F1 vs the network", f"{f['shipped']['f1_macro']:.4f} vs {f['network']['f1_macro']:.4f}",
+         "within 0.01", verdict(f1_drop <= 0.01)],
+        *[[f"served `/predict_text`, {b} text(s) a request ({f['served'][b]['clients']} clients) vs in process",
+           f"{f['served'][b]['served_texts_per_s']:.0f} vs {f['served'][b]['in_process_texts_per_s']:.0f} texts/s "
+           f"({f['served'][b]['ratio']:.2f}×; p50 {f['served'][b]['p50_ms']:.1f} ms)", "≥ 0.5×",
+           verdict(f["served"][b]["ratio"] >= 0.5)] for b in (1, 64)],
+        ["training peak RSS, 10× the rows", f"{f['memory'][1]['peak_rss_mb']:.0f} MB vs "
+         f"{f['memory'][0]['peak_rss_mb']:.0f} MB ({peak:.2f}×)", "≤ 1.2×", verdict(peak <= 1.2)],
+    ])
+    note = (f"{f['rows']:,} generated tickets (text only), split 65/15/20; the tokenizer's length "
+            f"{f['length']} tokens (mean {f['tokens_per_text']:.1f} real), vocabulary {f['vocab']}; "
+            f"`train.model: {f['model']}` (the Transformer), {f['epochs']} epochs, params.yaml's other defaults; "
+            f"{f['test_rows']} test rows. Throughput: best of {REPEATS} runs' medians over epochs 2–{f['epochs']}, "
+            "the stage's figure the samples/s it logs (the training pass only, as the bare loop's) × real tokens "
+            "per text. Served: the shipped variant's Bento (params.yaml's `package` defaults: one worker, one ONNX "
+            "Runtime thread) on loopback, clients in this process; in process: the Bento's row encoding "
+            "(tokenizing) and the ONNX model on one thread, back to back.")
+    save("text", title="Text: the Transformer on support tickets against TF-IDF, compressed, and its training cost",
+         command="python -m benchmarks.text", markdown=note + "\n\n" + body, figures=f)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

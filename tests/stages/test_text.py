@@ -1,0 +1,78 @@
+"""Text through ingest, prepare and validate: texts equal after normalisation stay in one split, the tokenizer is
+learnt from the train split only, and validation names empty texts, unknown words and drifted lengths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.common.config import IngestParams, PrepareParams, ValidateParams
+from tasks.common.errors import ValidationFailed
+from tasks.ingest import ingest
+from tasks.prepare import prepare
+from tasks.validate import validate
+from tests.support.own_data import tickets_csv
+
+
+@pytest.fixture(scope="module")
+def text_prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    made = tickets_csv(root / "tickets.csv", rows=500, duplicates=60)
+    ingest(IngestParams(path="tickets.csv", label_column="queue"), root, root / "raw")
+    prepare(PrepareParams(vocab_size=400), 42, root / "raw", root / "prepared")
+    return root / "prepared", made
+
+
+def test_texts_equal_after_normalisation_share_a_split_and_the_vocabulary_is_the_train_splits(text_prepared):
+    from tasks.common.tokenizer import untrained
+    from tasks.shipped.text import load_tokenizer, normalized
+
+    prepared, made = text_prepared
+    splits = {s: pd.read_parquet(prepared / s / "rows.parquet") for s in ("train", "val", "test")}
+    tokenizer = untrained()
+    keys = {s: {normalized(tokenizer, t) for t in f["message"]} for s, f in splits.items()}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"]  # 60 lower-cased copies included
+    assert sum(len(f) for f in splits.values()) == len(made["frame"])
+    meta = json.loads((prepared / "meta.json").read_text())
+    vocabulary = load_tokenizer(meta["encoding"]["tokenizer"]).get_vocab()
+    seen = " ".join(normalized(tokenizer, t) for t in splits["train"]["message"])
+    pieces = {w.removeprefix("##") for w in vocabulary if not w.startswith("[")}
+    assert pieces and all(p in seen for p in pieces)  # every word piece comes from the train split's text
+
+
+@pytest.fixture
+def accepted(text_prepared, tmp_path):
+    copy = tmp_path / "prepared"
+    shutil.copytree(text_prepared[0], copy)
+    validate(ValidateParams(), copy, tmp_path / "out")
+    return copy
+
+
+def _changed(prepared, split: str, change) -> None:
+    path = prepared / split / "rows.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+
+
+def test_a_text_version_passes_and_its_reference_holds_length_and_unknown_share(accepted, tmp_path):
+    reference = json.loads((tmp_path / "out" / "reference.json").read_text())
+    assert reference["contract"]["columns"] == {"message": "text", "channel": "categorical"}
+    assert set(reference["categories"]) == {"channel"}  # the text is no category
+    assert set(reference["text"]["message"]) == {"__tokens", "__unknown_share"}
+    assert 4 < reference["text"]["message"]["__tokens"]["mean"] < 20
+
+
+def test_empty_texts_unknown_words_and_longer_texts_are_named(accepted, tmp_path):
+    rng = np.random.default_rng(0)
+    _changed(accepted, "val", lambda f: f.assign(message=f["message"].where(np.arange(len(f)) % 4 != 0, "  ")))
+    gibberish = lambda n: " ".join("".join(rng.choice(list("qxzjvw"), 7)) for _ in range(n))  # noqa: E731
+    _changed(accepted, "test", lambda f: f.assign(message=[m + " " + gibberish(12) for m in f["message"]]))
+    with pytest.raises(ValidationFailed) as info:
+        validate(ValidateParams(), accepted, tmp_path / "out")
+    message = str(info.value)
+    assert "val: expect_column_values_to_be_between(message__chars)" in message  # 25 % empty, over 10 %
+    assert "test: expect_column_mean_to_be_between(message__unknown_share)" in message
+    assert "test: expect_column_mean_to_be_between(message__tokens)" in message  # drifted from the reference
