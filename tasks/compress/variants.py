@@ -116,7 +116,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, meth
     """Post-training static int8 (QDQ, per-channel weights) with ONNX Runtime, calibrated on training images.
 
     The first convolution stays fp32: with one input channel int8 saves almost nothing there, and on the
-    pruned MNIST-size model quantizing it cost 5.7 accuracy points against 0.25 with it kept in fp32.
+    pruned MNIST-size model quantizing it cost 5.7 accuracy points against 0.25 with it kept in fp32. An embedding
+    table (a Gather from a weight: text models) is quantized too: with a vocabulary of 8,000 it is most of the
+    model, and without it int8 made a text model 4 % smaller (2.27 MB to 2.19 MB; with it, 0.65 MB). Gathers of
+    activations (indexing) stay as they are.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -143,13 +146,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, meth
     prepared = out_path.with_suffix(".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        first_conv = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"][:1]
+        graph = onnx.load(str(prepared)).graph
+        weights = {i.name for i in graph.initializer}
+        first_conv = [n.name for n in graph.node if n.op_type == "Conv"][:1]
+        indexing = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] not in weights]
         write_with(
             out_path,
             lambda tmp: quantize_static(
                 str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                nodes_to_exclude=first_conv, calibrate_method=calibrator,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "Gemm", "MatMul", "Gather"], nodes_to_exclude=first_conv + indexing,
+                calibrate_method=calibrator,
             ),
         )
     finally:

@@ -152,3 +152,28 @@ def test_served_text_is_checked_for_skew_by_length_and_unknown_share_not_by_ids(
     assert violations(gibberish, "table", expected)["text_0_unknown_share"] == 50
     assert drift(gibberish, "table", expected, 0.25)["drifted"]
     assert not drift(x[:200], "table", expected, 0.25)["drifted"]
+
+
+def test_int8_quantizes_the_embedding_table_of_a_text_model(tmp_path):
+    """A vocabulary of a few thousand words is most of a text model: int8 must shrink it too, answering alike."""
+    import onnxruntime as ort
+    import torch
+
+    from tasks.common.config import TrainParams
+    from tasks.compress.variants import export_onnx, quantize_int8, servable
+    from tasks.nn.models import build_model
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 6)) for _ in range(3000)]
+    frame = tickets(1500, seed=5).drop(columns=["channel"]).rename(columns={"queue": LABEL}).assign(**{LABEL: 0})
+    frame["message"] = [m + " " + " ".join(rng.choice(words, 4)) for m in frame["message"]]
+    encoder = fit_encoder(frame, ["message"], vocab_size=4000, max_tokens=32)
+    x, spec = encode(encoder, frame), describe(encoder)
+    torch.manual_seed(0)
+    model = build_model(TrainParams(text_depth=1), (x.shape[1],), 3, text_layout(spec, x.shape[1])).eval()
+    export_onnx(servable(model, 1.0, image_input=False), x[:2], tmp_path / "fp32.onnx")
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", x[:256], "minmax")
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
+    fp32, int8 = (ort.InferenceSession(str(tmp_path / f"{n}.onnx")).run(None, {"images": x[:500]})[0]
+                  for n in ("fp32", "int8"))
+    assert np.abs(fp32 - int8).max() < 0.05
