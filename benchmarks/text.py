@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.record import save, table
 from benchmarks.train_memory import run_train
+from benchmarks.train_throughput import bare_loop
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 15
@@ -47,36 +48,6 @@ def with_filler(path: Path, words: int = 5000, seed: int = 0) -> None:
     frame["message"] = [f"{m} " + " ".join(rng.choice(made_up, rng.integers(3, 13), p=weights / weights.sum()))
                         for m in frame["message"]]
     frame.to_csv(path, index=False)
-
-
-def bare_loop(params, prepared: Path, layout: dict, epochs: int) -> list[float]:
-    """The same model, data and batches by hand: samples/s per epoch."""
-    import torch
-    import torch.nn.functional as F
-
-    from tasks.common.dataset import load_split
-    from tasks.nn.device import seed_everything, set_threads
-    from tasks.nn.models import build_model
-
-    cfg = params.train
-    set_threads(cfg.threads, torch.device("cpu"))
-    seed_everything(params.base.seed)
-    split = load_split(prepared / "train")
-    x, y = torch.from_numpy(np.asarray(split.x)), torch.from_numpy(np.asarray(split.y))
-    model = build_model(cfg, tuple(x.shape[1:]), int(y.max()) + 1, layout)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rates = []
-    for _ in range(epochs):
-        model.train()
-        order, start = torch.randperm(len(y)), time.perf_counter()
-        for i in range(0, len(y), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        rates.append(len(y) / (time.perf_counter() - start))
-    return rates
 
 
 def _trained(params, root: Path):
@@ -217,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_per_text = float((x[:, layout["dense"]:] != 0).sum(1).mean())
         bare, stage = [], []
         for i in range(REPEATS):  # in turn: the machine's drift falls on both
-            bare.append(bare_loop(params, root / "prepared", layout, EPOCHS))
+            bare.append(bare_loop(params, root / "prepared", EPOCHS, layout))
             stage.append(_trained(params, root)[0])
         figures = {"rows": rows, "epochs": EPOCHS, "length": layout["length"], "vocab": layout["vocab"],
                    "tokens_per_text": tokens_per_text, "model": params.train.model,

@@ -21,8 +21,9 @@ EPOCHS = 20
 REPEATS = 5
 
 
-def bare_loop(params, prepared: Path, epochs: int) -> list[float]:
-    """What a user would write by hand: the data on the device, shuffle, forward, backward, step."""
+def bare_loop(params, prepared: Path, epochs: int, text: dict | None = None) -> list[float]:
+    """What a user would write by hand: the data on the device, shuffle, forward, backward, step (`text`: where a
+    text table's token ids sit, tasks/common/tables.py text_layout)."""
     import torch
     import torch.nn.functional as F
 
@@ -36,7 +37,7 @@ def bare_loop(params, prepared: Path, epochs: int) -> list[float]:
     seed_everything(params.base.seed)
     split = load_split(prepared / "train")
     x, y = torch.from_numpy(np.asarray(split.x)).to(device), torch.from_numpy(np.asarray(split.y)).to(device)
-    model = build_model(cfg, tuple(x.shape[1:]), 10).to(device)
+    model = build_model(cfg, tuple(x.shape[1:]), int(y.max()) + 1, text).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rates = []
     for _ in range(epochs):
