@@ -25,7 +25,8 @@ def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> d
         "leaderboard": read("evaluate/leaderboard.json"),
         "gate": GateResult.read(artifacts / "evaluate/gate.json").model_dump(),
         "promotion": Promotion.read(artifacts / "promote/promotion.json").model_dump(),
-        "compressed": {"variant": chosen, "fp32": variants["fp32-torch"], "chosen": variants[chosen]},
+        "compressed": {"variant": chosen, "fp32": variants.get("fp32-torch", variants[chosen]), "chosen": variants[chosen]},
+        "family": _family(read("train/metrics.json")),
         "bento": BentoBuild.read(artifacts / "package/bento.json").model_dump(),
         "served": served or {"action": "none", "reason": "no roll-out step ran"},
     }
@@ -40,6 +41,7 @@ def render(summary: dict) -> str:
         f"  stages run:      {', '.join(summary['executed']) or 'none (everything up to date)'}",
         *([f"  from:            {summary['origin']}"] if summary.get("origin") else []),
         f"  data:            {_contract(summary['data'].get('contract', {}))}",
+        *([f"  model family:    {summary['family']}"] if summary.get("family") else []),
         f"  test accuracy:   {summary['test_accuracy']:.4f}",
         f"  vs baselines:    {_board(summary['leaderboard'])}",
         f"  model version:   {promotion['version']} ({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})",
@@ -54,6 +56,13 @@ def render(summary: dict) -> str:
         f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']} --host 127.0.0.1",
         f"  predict:     {predict_hint(summary['data'])} (README: Serving)",
     ])
+
+
+def _family(train_metrics: dict) -> str:
+    """Which model family was shipped and by how much it won on the validation split; empty when one was trained."""
+    if len(train_metrics.get("families", {})) < 2:
+        return ""
+    return f"{train_metrics['family']} won ({train_metrics['family_reason']})"
 
 
 def predict_hint(data: dict) -> str:
@@ -101,6 +110,7 @@ def markdown(root: Path, summary: dict, overrides: dict | None) -> str:
         f"({len(validation['failures'])} failed expectations; Data Docs on MLflow run `{validation.get('mlflow_run_id', '-')}`)",
         "",
         "## Model",
+        *([f"- family: {summary['family']}"] if summary.get("family") else []),
         f"- test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
         f"calibration error {metrics.get('expected_calibration_error', float('nan')):.4f}",
         f"- against the champion: {versus}",

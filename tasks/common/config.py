@@ -103,8 +103,9 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["auto", "cnn", "mlp", "vit", "transformer", "ngram"] = "auto"  # auto: cnn for images, mlp for a
-    # table, transformer for a table with text; transformer and ngram take text (with any other columns beside it)
+    model: Literal["auto", "cnn", "mlp", "vit", "transformer", "ngram", "tree"] = "auto"  # auto: cnn for images, the
+    # better of mlp and tree on the validation split for a table, transformer for a table with text; transformer and
+    # ngram take text (with any other columns beside it); tree: gradient-boosted trees (a table without text)
     cnn_channels: tuple[int, int, int] = (32, 64, 128)
     mlp_hidden: tuple[int, ...] = (256, 128)
     vit_patch: int = Field(2, ge=1)  # must divide the image side
@@ -115,6 +116,12 @@ class TrainParams(Section):
     text_depth: int = Field(2, ge=1)  # transformer: encoder blocks
     text_heads: int = Field(4, ge=1)  # transformer: attention heads
     ngram_buckets: int = Field(16384, ge=0)  # ngram: hashed token-bigram embeddings beside the tokens' (0: tokens only)
+    tree_max_iter: int = Field(500, ge=1)  # tree: boosting rounds at most (stopped after `patience` rounds without a
+    # validation-loss gain)
+    tree_learning_rate: float = Field(0.1, gt=0, le=1)
+    tree_max_leaf_nodes: int = Field(31, ge=2)
+    tree_min_samples_leaf: int = Field(20, ge=1)
+    tree_l2_regularization: float = Field(0.0, ge=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)  # the global batch: each of N torchrun processes takes batch_size / N

@@ -40,18 +40,30 @@ def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: 
         return existing
     mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT.rsplit("/", 1)[0])
     signature = infer_signature(np.asarray(example_x), example_y)
-    # Stated, not inferred: inference re-imports the model in a subprocess (seconds) and drops torch's +cpu label anyway.
-    requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in ("torch", "numpy")]
-    info = mlflow.pytorch.log_model(
-        model, name="model", signature=signature, input_example=np.asarray(example_x),
-        registered_model_name=name, pip_requirements=requirements,
-    )
+    info = _log_model(model, signature, np.asarray(example_x), name)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     lineage = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", "gate."))}
     for key, value in {**lineage, "run_id": run.info.run_id, MODEL_MD5: model_md5}.items():
         client.set_model_version_tag(name, version, key, value)
     return version
+
+
+def _log_model(model, signature, example: np.ndarray, name: str):
+    """A network with MLflow's pytorch flavour, a tree ensemble (tasks/nn/checkpoint.py TreeModel) with its onnx one;
+    registered under `name`."""
+    import mlflow
+
+    # Stated, not inferred: inference re-imports the model in a subprocess (seconds) and drops torch's +cpu label anyway.
+    libraries = ("onnx", "onnxruntime", "numpy") if hasattr(model, "onnx") else ("torch", "numpy")
+    requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in libraries]
+    if hasattr(model, "onnx"):
+        import onnx
+
+        return mlflow.onnx.log_model(onnx.load_from_string(model.onnx), name="model", signature=signature,
+                                     input_example=example, registered_model_name=name, pip_requirements=requirements)
+    return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                    registered_model_name=name, pip_requirements=requirements)
 
 
 def champion_version(name: str) -> str | None:

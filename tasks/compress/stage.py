@@ -18,7 +18,8 @@ from tasks.common.layout import Layout
 from tasks.common.outputs import CompressChoice
 
 log = logging.getLogger(__name__)
-BASELINE = "fp32-torch"
+BASELINE = "fp32-torch"  # a network's reference row: what every variant is measured against
+TREE_VARIANT = "tree-onnx"  # a tree ensemble's one row (no torch form to compare with)
 OBJECTIVE_KEY = {"latency_b1": "latency_b1_ms", "latency_b64": "latency_b64_ms", "size": "size_bytes"}
 
 
@@ -35,47 +36,28 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
 
     from tasks.common import tracking
     from tasks.common.dataset import prepared_meta
-    from tasks.compress.variants import export_onnx, servable
-    from tasks.nn.checkpoint import load_checkpoint
-    from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
+    from tasks.nn.checkpoint import TreeModel, load_checkpoint
 
     meta = prepared_meta(prepared_dir)
-    cfg, pixel_max, data_kind = params.compress, meta.pixel_max, meta.kind
-    image_input = data_kind == "images"
-    wrap = lambda net: servable(net, pixel_max, image_input=image_input)  # noqa: E731
+    cfg, pixel_max = params.compress, meta.pixel_max
     model, payload = load_checkpoint(train_dir / "model.pt")
-    train, val, test = (load_split(prepared_dir / s) for s in ("train", "val", "test"))
-    images = served_inputs(test.x, pixel_max)
-    baseline = wrap(model)
-    reference = predicted_classes(torch_predictor(baseline), images)
+    splits = tuple(load_split(prepared_dir / s) for s in ("train", "val", "test"))
     variants_dir = out_dir / "variants"
     variants_dir.mkdir(parents=True, exist_ok=True)
-
-    held_out = served_inputs(val.x, pixel_max)  # the choice is made on the validation split; the test split only reports
-    measured = lambda predict: (measure(predict, images, test.y, reference, cfg.latency_repeats),  # noqa: E731
-                                float((predicted_classes(predict, held_out) == val.y).mean()))
-    rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), *measured(torch_predictor(baseline)))]
-    calibration = served_inputs(train.x[: cfg.calibration_samples], pixel_max)
-    fp32_val = rows[0]["val_accuracy"]
-    threads = params.train.threads  # as training: in a sweep, this trial's share of the cores (0: all of them)
-    for prefix, net in itertools.chain([("", model)], _pruned(model, payload, train, val, params)):  # lazily
-        fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
-        export_onnx(wrap(net), images[:2], fp32_path)
-        rows.append(_row(f"{prefix}fp32-onnx", fp32_path.stat().st_size, _count(net), *measured(onnx_predictor(fp32_path, threads))))
-        if prefix and cfg.prune_ratio == "auto" and fp32_val - rows[-1]["val_accuracy"] > cfg.max_accuracy_drop:
-            # its int8 variants only lose more, and so would a larger ratio: the search stops here
-            log.info("compress: %s is %.4f below fp32 on validation, over the budget: no larger ratio is tried",
-                     prefix.rstrip("-"), fp32_val - rows[-1]["val_accuracy"])
-            break
-        for kind in _quantized(fp32_path, net, variants_dir, prefix, calibration, cfg.calibrations):
-            path = variants_dir / f"{prefix}{kind}.onnx"
-            rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net), *measured(onnx_predictor(path, threads))))
+    if isinstance(model, TreeModel):
+        rows = _tree_rows(model, splits, pixel_max, variants_dir, cfg.latency_repeats, params.train.threads)
+    else:
+        rows = _network_rows(model, payload, splits, params, meta, variants_dir)
     table = _relative_to_baseline(rows)
     chosen, reason = choose(table, cfg)
+    if isinstance(model, TreeModel):
+        reason = (f"shipped the tree ensemble as trained ({TREE_VARIANT}, {chosen['size_bytes'] / 1024:.0f} KB, "
+                  f"{chosen['latency_b1_ms']:.3f} ms at batch 1, test accuracy {chosen['accuracy']:.4f}): channel "
+                  "pruning and int8 apply to a network's weights, not to trees")
     write_with(out_dir / "model.onnx", lambda tmp: shutil.copyfile(variants_dir / f"{chosen['variant']}.onnx", tmp))
     write_json(out_dir / "variants.json", {r["variant"]: {k: v for k, v in r.items() if k != "variant"} for r in table})
     write_json(out_dir / "metrics.json", {"chosen": chosen["variant"], **{k: v for k, v in chosen.items() if k != "variant"}})
-    CompressChoice(variant=chosen["variant"], reason=reason, pixel_max=pixel_max, kind=data_kind,
+    CompressChoice(variant=chosen["variant"], reason=reason, pixel_max=pixel_max, kind=meta.kind,
                    input_shape=payload["input_shape"], served_shape=meta.served_shape,
                    classes=meta.classes).write(out_dir / "choice.json")
     write_with(out_dir / "accuracy_vs_latency.png", lambda tmp: _plot(tmp, table, chosen["variant"]))
@@ -87,6 +69,56 @@ def compress(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
         mlflow.set_tags({"compress.chosen": chosen["variant"], "compress.reason": reason})
     log.info("compress: %s", reason)
     return CompressResult(chosen["variant"], reason, table)
+
+
+def _network_rows(model, payload, splits: tuple, params: Params, meta, variants_dir: Path) -> list[dict]:
+    """A network's rows: fp32 in torch (the reference), fp32 ONNX, pruned and fine-tuned ONNX per ratio, and the int8
+    variants of each; the ONNX files written to `variants_dir`."""
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
+
+    cfg, pixel_max, (train, val, test) = params.compress, meta.pixel_max, splits
+    wrap = lambda net: servable(net, pixel_max, image_input=meta.kind == "images")  # noqa: E731
+    images = served_inputs(test.x, pixel_max)
+    baseline = wrap(model)
+    reference = predicted_classes(torch_predictor(baseline), images)
+    held_out = served_inputs(val.x, pixel_max)  # the choice is made on the validation split; the test split only reports
+    measured = lambda predict: (measure(predict, images, test.y, reference, cfg.latency_repeats),  # noqa: E731
+                                float((predicted_classes(predict, held_out) == val.y).mean()))
+    rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), *measured(torch_predictor(baseline)))]
+    calibration = served_inputs(train.x[: cfg.calibration_samples], pixel_max)
+    fp32_val = rows[0]["val_accuracy"]
+    threads = params.train.threads  # as training: in a sweep, this trial's share of the cores (0: all of them)
+    for prefix, net in itertools.chain([("", model)], _pruned(model, payload, train, val, params)):  # lazily
+        fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
+        export_onnx(wrap(net), images[:2], fp32_path)
+        rows.append(_row(f"{prefix}fp32-onnx", fp32_path.stat().st_size, _count(net),
+                         *measured(onnx_predictor(fp32_path, threads))))
+        if prefix and cfg.prune_ratio == "auto" and fp32_val - rows[-1]["val_accuracy"] > cfg.max_accuracy_drop:
+            # its int8 variants only lose more, and so would a larger ratio: the search stops here
+            log.info("compress: %s is %.4f below fp32 on validation, over the budget: no larger ratio is tried",
+                     prefix.rstrip("-"), fp32_val - rows[-1]["val_accuracy"])
+            break
+        for kind in _quantized(fp32_path, net, variants_dir, prefix, calibration, cfg.calibrations):
+            path = variants_dir / f"{prefix}{kind}.onnx"
+            rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net),
+                             *measured(onnx_predictor(path, threads))))
+    return rows
+
+
+def _tree_rows(model, splits: tuple, pixel_max: float, variants_dir: Path, repeats: int, threads: int) -> list[dict]:
+    """A tree ensemble's one row: its ONNX graph as trained (TreeEnsembleClassifier), measured like a network's
+    variants. Channel pruning and int8 do not apply: the ensemble holds thresholds and leaf values, no weight
+    matrices; ONNX Runtime runs it in float32 at batch 1 in tens of microseconds."""
+    from tasks.nn.latency import measure, onnx_predictor, predicted_classes
+
+    _, val, test = splits
+    path = variants_dir / f"{TREE_VARIANT}.onnx"
+    write_with(path, lambda tmp: tmp.write_bytes(model.onnx))
+    predict = onnx_predictor(path, threads)
+    measured = measure(predict, served_inputs(test.x, pixel_max), test.y, None, repeats)
+    val_accuracy = float((predicted_classes(predict, served_inputs(val.x, pixel_max)) == val.y).mean())
+    return [_row(TREE_VARIANT, path.stat().st_size, model.nodes(), measured, val_accuracy)]
 
 
 def _quantized(fp32_path: Path, net, variants_dir: Path, prefix: str, calibration: np.ndarray,
@@ -127,7 +159,7 @@ def choose(table: list[dict], cfg: CompressParams) -> tuple[dict, str]:
     key = OBJECTIVE_KEY[cfg.objective]
     eligible = [r for r in table if r["variant"] != BASELINE and r["val_accuracy_drop"] <= cfg.max_accuracy_drop]
     if not eligible:  # fp32 ONNX computes the same function; only numerical noise can exclude it
-        eligible = [r for r in table if r["variant"] == "fp32-onnx"]
+        eligible = [r for r in table if r["variant"] in ("fp32-onnx", TREE_VARIANT)]
     best = min(eligible, key=lambda r: r[key])
     reason = (
         f"chose {best['variant']}: lowest {key} ({best[key]:.4g}) among {len(eligible)} variant(s) within "

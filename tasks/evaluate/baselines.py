@@ -114,8 +114,8 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def leaderboard(network: dict, baselines: list[Baseline]) -> list[dict]:
-    """The network and every baseline, best test accuracy first."""
-    rows = [{"model": "network", **network}] + [
+def leaderboard(network: dict, baselines: list[Baseline], family: str = "network") -> list[dict]:
+    """The trained model (its family's name: network or tree) and every baseline, best test accuracy first."""
+    rows = [{"model": family, **network}] + [
         {"model": b.name, "accuracy": b.accuracy, "f1_macro": b.f1_macro, "fit_seconds": b.fit_seconds} for b in baselines]
     return sorted(rows, key=lambda r: -r["accuracy"])

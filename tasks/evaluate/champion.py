@@ -16,9 +16,9 @@ from tasks.common.errors import PromotionError
 from tasks.common.registry import CHAMPION, CHECKPOINT
 from tasks.evaluate.gate import Champion
 
-# what evaluate registers (mlflow.pytorch.log_model): any other flavour, loader or a code folder is not ours
-OWN_FLAVOURS = {"pytorch", "python_function"}
-OWN_LOADER = "mlflow.pytorch"
+# what evaluate registers (mlflow.pytorch.log_model for a network, mlflow.onnx.log_model for a tree ensemble): any
+# other flavour, loader or a code folder is not ours
+OWN_FLAVOURS = {"pytorch": "mlflow.pytorch", "onnx": "mlflow.onnx"}  # flavour (beside python_function) → its loader
 
 
 class UntrustedModel(PromotionError):
@@ -75,10 +75,13 @@ def check_own(mlmodel: dict, what: str) -> None:
     problems = []
     if any(flavour.get("code") for flavour in flavours.values() if isinstance(flavour, dict)):
         problems.append("a code folder (this project logs none)")
-    if pyfunc.get("loader_module") != OWN_LOADER:
-        problems.append(f"loader module {pyfunc.get('loader_module')!r} (this project's: {OWN_LOADER!r})")
-    if set(flavours) != OWN_FLAVOURS:
-        problems.append(f"flavours {sorted(flavours)} (this project logs {sorted(OWN_FLAVOURS)})")
+    own = next((f for f in OWN_FLAVOURS if set(flavours) == {f, "python_function"}), None)
+    loaders = [OWN_FLAVOURS[own]] if own else list(OWN_FLAVOURS.values())
+    if pyfunc.get("loader_module") not in loaders:
+        problems.append(f"loader module {pyfunc.get('loader_module')!r} (this project's: {' or '.join(loaders)})")
+    if own is None:
+        problems.append(f"flavours {sorted(flavours)} (this project logs python_function with one of "
+                        f"{sorted(OWN_FLAVOURS)})")
     if problems:
         raise UntrustedModel(f"{what} is not a model this project registered, so it is not loaded: "
                              + "; ".join(problems))

@@ -53,7 +53,8 @@ def evaluate(params: Params, root: Path, prepared_dir: Path, train_dir: Path, ou
     train = load_split(prepared_dir / "train", mmap=True)
     baselines = fit_baselines(train.x, train.y, test.x, test.y, data.kind, params.base.seed,
                               texts=baseline_texts(prepared_dir, data))
-    board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines)
+    board = leaderboard({"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}, baselines,
+                        getattr(model, "family", "network"))
     metric = params.evaluate.gate_metric  # the best baseline by what the gate compares
     best = max(baselines, key=lambda b: Scores(b.correct, {}, test.y).score(metric))
     logged = _write_files(out_dir, test, probabilities, data.kind, classes, metrics, per_class, pairs, board, bins, ece)
@@ -184,9 +185,11 @@ def _scores(predict, test, classes: list[str]):
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities of a torch model, computed on the CPU in batches."""
+    """Class probabilities of a torch model, computed on the CPU in batches, or of a tree ensemble (TreeModel)."""
     import torch
 
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(x)
     model.eval()
     with torch.inference_mode():
         chunks = [torch.softmax(model(torch.from_numpy(x[i : i + batch_size])), 1) for i in range(0, len(x), batch_size)]

@@ -29,6 +29,7 @@ class TrainResult:
     val_accuracy: float
     seconds: float
     resumed_at_epoch: int  # 0 for a fresh start
+    family: str = "network"  # what model.pt holds: network | tree (train.model: auto ships the better on validation)
 
 
 @dataclass(frozen=True)
@@ -57,36 +58,46 @@ def train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, hooks: 
 
 def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world, hooks: RunHooks | None) -> TrainResult:
     from tasks.common.dataset import prepared_meta
+    from tasks.common.tables import text_of
     from tasks.nn.distributed import barrier
     from tasks.train import loop
+    from tasks.train.trees import NETWORK, TREE, families
 
     data = prepared_meta(prepared_dir)
-    fit = loop.build(params, prepared_dir, world, n_classes=len(data.classes))
+    trained = families(params.train.model, data.kind, data.kind == "table" and bool(text_of(data.columns)))
+    fit = loop.build(params, prepared_dir, world, n_classes=len(data.classes)) if NETWORK in trained else None
     hashes = {split: directory_md5(prepared_dir / split) for split in ("train", "val", "test")}
     fingerprint = _fingerprint(params, hashes, world.size)
-    progress = loop.resume(fit, out_dir / "last.pt", fingerprint)
+    progress = loop.resume(fit, out_dir / "last.pt", fingerprint) if fit else loop.Progress()
     started = time.perf_counter()
-    with _tracked(root, params, out_dir, fit, progress, hooks, hashes, data):
-        _epochs(fit, progress, out_dir, fingerprint, hooks)
-        seconds = time.perf_counter() - started
-        if world.is_main:
-            _finish(root, out_dir, fit, progress, seconds, lineage=hooks is None)
+    family = NETWORK
+    with _tracked(root, params, out_dir, world, fit, progress, hooks, hashes, data):
+        if fit:
+            _epochs(fit, progress, out_dir, fingerprint, hooks)
+            if world.is_main:
+                _finish(root, out_dir, fit, progress, time.perf_counter() - started, lineage=hooks is None)
+        if TREE in trained and world.is_main:
+            from tasks.train.contest import contest
+
+            family = contest(params, root, prepared_dir, out_dir, data, progress, lineage=hooks is None)
     barrier(world)
     best = progress.best
-    log.info("trained %s on %s: best epoch %d, val acc %.4f", params.train.model, fit.device, best["epoch"],
-             best["accuracy"])
-    return TrainResult(progress.run_id or "", str(fit.device), best["epoch"], progress.epochs_run, best["loss"],
-                       best["accuracy"], seconds, progress.start_epoch)
+    log.info("trained %s (%s shipped) on %s: best epoch %d, val acc %.4f", params.train.model, family,
+             fit.device if fit else "cpu", best["epoch"], best["accuracy"])
+    return TrainResult(progress.run_id or "", str(fit.device) if fit else "cpu", best["epoch"], progress.epochs_run,
+                       best["loss"], best["accuracy"], time.perf_counter() - started, progress.start_epoch, family)
 
 
 @contextmanager
-def _tracked(root: Path, params: Params, out_dir: Path, fit, progress, hooks: RunHooks | None, hashes: dict, data):
+def _tracked(root: Path, params: Params, out_dir: Path, world, fit, progress, hooks: RunHooks | None, hashes: dict,
+             data):
     """Rank 0's MLflow run for the block: the interrupted run's own when resuming, else a new one with the params,
     lineage, device and data tags (and a sweep's tags from `hooks`); `progress.run_id` is set."""
-    if not fit.world.is_main:
+    if not world.is_main:
         yield
         return
     import mlflow
+    import torch
 
     from tasks.common import tracking
     from tasks.nn.device import device_tags
@@ -100,7 +111,8 @@ def _tracked(root: Path, params: Params, out_dir: Path, fit, progress, hooks: Ru
             tracking.record_run(out_dir / "run.json", progress.run_id, experiment_id)
             mlflow.log_params(_flatten(params.recorded()))
             mlflow.set_tags({**tracking.lineage_tags(root, hashes, params.recorded()),
-                             **device_tags(fit.device, fit.world), **tracking.data_tags(data)})
+                             **device_tags(fit.device if fit else torch.device("cpu"), world),
+                             **tracking.data_tags(data)})
             mlflow.log_dict(data.model_dump(exclude={"encoding"}), "data/description.json")
         yield
 
@@ -136,7 +148,6 @@ def _finish(root, out_dir: Path, fit, progress, seconds: float, lineage: bool) -
     import mlflow
 
     from tasks.nn.checkpoint import save_checkpoint
-    from tasks.nn.curves import plot_curves
     from tasks.nn.device import peak_memory_mb
 
     params, best, history = fit.params, progress.best, progress.history
@@ -147,15 +158,25 @@ def _finish(root, out_dir: Path, fit, progress, seconds: float, lineage: bool) -
     summary = {"best_epoch": best["epoch"], "epochs_run": progress.epochs_run, "val_loss": best["loss"],
                "val_accuracy": best["accuracy"], "train_seconds": seconds, "peak_memory_mb": peak_memory_mb(fit.device)}
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()})
-    write_json(out_dir / "metrics.json", summary)
+    write_json(out_dir / "metrics.json", {**summary, "family": "network"})
+    write_curves(root, out_dir, history, best["epoch"], lineage)
+    (out_dir / "last.pt").unlink(missing_ok=True)
+
+
+def write_curves(root: Path, out_dir: Path, history: list[dict], best_epoch: int, lineage: bool) -> None:
+    """The shipped model's curves (history.csv, curves.png) written and logged to the active run, with the lineage
+    files this run used (dvc.lock: the data version under `dvc repro`; params.yaml: what `mlops reproduce` restores)."""
+    import mlflow
+
+    from tasks.nn.curves import plot_curves
+
     write_with(out_dir / "history.csv", lambda tmp: _write_history(tmp, history))
-    write_with(out_dir / "curves.png", lambda tmp: plot_curves(tmp, history, best["epoch"]))
+    write_with(out_dir / "curves.png", lambda tmp: plot_curves(tmp, history, best_epoch))
     mlflow.log_artifact(str(out_dir / "history.csv"))
     mlflow.log_artifact(str(out_dir / "curves.png"))
-    for name in ("dvc.lock", "params.yaml") if lineage else ():  # the data version (under `dvc repro`) and the params
-        if (Path(root) / name).is_file():                            # this run used: what `mlops reproduce` restores
+    for name in ("dvc.lock", "params.yaml") if lineage else ():
+        if (Path(root) / name).is_file():
             mlflow.log_artifact(str(Path(root) / name), artifact_path="lineage")
-    (out_dir / "last.pt").unlink(missing_ok=True)
 
 
 def _fingerprint(params: Params, hashes: dict, world_size: int) -> str:

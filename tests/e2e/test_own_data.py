@@ -1,6 +1,6 @@
 """A team's own data, end to end, as a new user brings it: `mlops run --data PATH [--label COL]` on a
-CSV with text classes, an RGB JPEG folder whose folders are words, .npy arrays with text labels and IDX files, each to a
-promoted champion whose Bento, served over HTTP, answers class names. One project is shared, in file order: each
+CSV with text classes, an RGB JPEG folder whose folders are words, .npy arrays with text labels, IDX files and a CSV
+whose classes follow sharp thresholds (where the tree family wins), each to a promoted champion whose Bento, served over HTTP, answers class names. One project is shared, in file order: each
 dataset after the first is a switch, refused by the data contract without --new-dataset.
 """
 
@@ -26,7 +26,8 @@ def project(tmp_path_factory, prefect_api):
     root = project_copy(base / "project")
     sources = root / "data" / "sources"
     made = {"loans": own_data.loans_csv(sources / "loans.csv"), "colours": own_data.colour_folder(sources / "colours"),
-            "shapes": own_data.shapes_arrays(sources / "shapes"), "codes": own_data.shapes_idx(sources / "codes")}
+            "shapes": own_data.shapes_arrays(sources / "shapes"), "codes": own_data.shapes_idx(sources / "codes"),
+            "transactions": own_data.transactions_csv(sources / "transactions.csv")}
     return root, project_env(base, prefect_api), made
 
 
@@ -134,6 +135,45 @@ def test_idx_class_codes_are_ordered_as_numbers_and_served_as_names(project):
     assert json.loads((root / "data/prepared/meta.json").read_text())["classes"] == ["3", "7", "12"]
     answers = _served_answers(project, made["codes"], [12])
     assert answers[0]["label"] == "12" and list(answers[0]["probabilities"]) == ["3", "7", "12"]
+
+
+def test_a_table_of_sharp_thresholds_ships_gradient_boosted_trees_served_as_in_process(project):
+    """`train.model: auto` trains the network and the trees on the same split; the trees win on validation here
+    (the classes follow business-rule steps), go through evaluate, compress, package and the serving check, and the
+    served Bento answers raw rows with missing values exactly as the shipped model does in this process."""
+    from tasks.nn.checkpoint import TreeModel, load_checkpoint
+    from tasks.shipped.rows import encode_rows
+
+    root, _, _ = project
+    done = _pipeline(project, "--data", "data/sources/transactions.csv", "--label", "decision", "--new-dataset")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "model family:    tree won (validation accuracy" in done.stdout and "network" in done.stdout
+    read = lambda rel: json.loads((root / "artifacts" / rel).read_text())  # noqa: E731
+    assert read("train/metrics.json")["family"] == "tree" and read("compress/choice.json")["variant"] == "tree-onnx"
+    assert "tree" in read("evaluate/leaderboard.json") and "network" not in read("evaluate/leaderboard.json")
+    assert read("promote/promotion.json")["promoted"]  # the serving check passed: the Bento answered like the model
+    client, champion = _champion(root, "transactions-classifier")
+    assert client.get_run(champion.run_id).data.tags["train.family"] == "tree"
+    rows = [{"amount": 950.0, "tenure_years": 0.5, "merchant_risk": 5.0, "channel": "web", "hour": 3},  # fraud
+            {"amount": 500.0, "tenure_years": 6.0, "merchant_risk": 15.0, "channel": "shop", "hour": 12},  # review
+            {"amount": 500.0, "tenure_years": 6.0, "merchant_risk": 25.0, "channel": None, "hour": 12},  # ok
+            {"amount": None, "tenure_years": 1.0, "merchant_risk": 55.0, "channel": "phone", "hour": 20},
+            {"amount": 820.0, "tenure_years": None, "merchant_risk": None, "channel": None, "hour": 0}]
+    model, _ = load_checkpoint(root / "artifacts/train/model.pt")
+    assert isinstance(model, TreeModel)
+    encoding = json.loads((root / "data/prepared/meta.json").read_text())["encoding"]
+    expected = model.predict_proba(encode_rows(rows, encoding))
+    classes = ["fraud", "ok", "review"]
+    server, url = serve_last_built(*project[:2])
+    try:
+        answer = httpx.post(f"{url}/predict_rows", json={"rows": rows}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        served = answer.json()
+    finally:
+        stop(server)
+    assert [a["label"] for a in served] == [classes[k] for k in expected.argmax(1)]
+    assert [a["label"] for a in served[:3]] == ["fraud", "review", "ok"]
+    np.testing.assert_allclose([[a["probabilities"][c] for c in classes] for a in served], expected, atol=1e-5)
 
 
 def test_a_grayscale_model_cannot_learn_the_colour_task(tmp_path):

@@ -168,3 +168,27 @@ def tickets_folder(root: Path, per_class: int = 60, seed: int = 3) -> dict:
     legacy = root / "billing" / "legacy.txt"
     legacy.write_bytes("Refund for my café invoice – charged twice".encode("cp1252"))
     return {"classes": sorted(QUEUES), "legacy": legacy}
+
+
+def transactions_csv(path: Path, rows: int = 900, seed: int = 0) -> dict:
+    """A card-transactions table whose class follows sharp thresholds, as business rules make them: `fraud` when
+    a large amount comes from a new account, `review` when the merchant's risk score falls in an odd band of ten
+    (0-9 ok, 10-19 review, ...) and the amount is over 200, else `ok`; a channel category and a few gaps
+    (missing amounts count as small). Gradient-boosted trees cut such steps exactly; a network smooths them."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    amount = rng.uniform(0, 1000, rows).round(2)
+    tenure = rng.uniform(0, 10, rows).round(2)
+    risk = rng.uniform(0, 100, rows).round(1)
+    decision = np.where((amount > 700) & (tenure < 3), "fraud",
+                        np.where(((risk // 10) % 2 == 1) & (amount > 200), "review", "ok"))
+    frame = pd.DataFrame({"amount": amount, "tenure_years": tenure, "merchant_risk": risk,
+                          "channel": rng.choice(["web", "shop", "phone"], rows), "hour": rng.integers(0, 24, rows),
+                          "decision": decision})
+    gaps = rng.choice(np.flatnonzero(frame["amount"] < 150), rows // 60, replace=False)
+    frame.loc[gaps, "amount"] = np.nan
+    frame.loc[rng.choice(rows, rows // 60, replace=False), "channel"] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return {"label": "decision", "classes": ["fraud", "ok", "review"], "frame": frame}
