@@ -54,6 +54,7 @@ bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minut
 	$(BIN)/python -m benchmarks.scoring
 	$(BIN)/python -m benchmarks.sweep
 	$(BIN)/python -m benchmarks.text
+	$(BIN)/python -m benchmarks.tables
 	$(BIN)/python -m benchmarks.report
 
 repro: install  ## the same DAG through DVC alone

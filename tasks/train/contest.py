@@ -1,11 +1,13 @@
 """Which model family ships: with `train.model: auto` on a table, the network (already trained) and gradient-boosted
 trees are scored on the same validation split by the gate's metric (`evaluate.gate_metric`), and the better one
-becomes artifacts/train/model.pt; a tie keeps the network. With `train.model: tree`, the trees alone."""
+becomes artifacts/train/model.pt; when neither leads significantly (`evaluate.significance`), the lower validation
+log-loss decides. With `train.model: tree`, the trees alone."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +19,31 @@ from tasks.common.dataset import load_split
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    family: str  # the family shipped
+    scores: dict[str, float]  # each family's validation score by the gate's metric
+    losses: dict[str, float]  # each family's validation log-loss
+    reason: str
+
+
 def contest(params: Params, root: Path, prepared_dir: Path, out_dir: Path, data, progress, lineage: bool) -> str:
     """Fit the trees, score every family trained on the validation split, ship the best; its family."""
     import mlflow
 
     from tasks.nn.checkpoint import TreeModel, load_checkpoint, save_tree_checkpoint
-    from tasks.nn.latency import predicted_classes, torch_predictor
     from tasks.train.stage import write_curves
     from tasks.train.trees import NETWORK, TREE, fit_tree
 
     train, val = load_split(prepared_dir / "train"), load_split(prepared_dir / "val")
     tree = fit_tree(params.train, (train.x, train.y), (val.x, val.y), len(data.classes), params.base.seed)
-    metric = params.evaluate.gate_metric
-    predictors = {TREE: TreeModel(tree.onnx).predict_proba}
+    x = np.asarray(val.x)
+    probabilities = {TREE: TreeModel(tree.onnx).predict_proba(x)}
     if progress.history:  # the network's best epoch, reloaded from the checkpoint it ships as
-        predictors = {NETWORK: torch_predictor(load_checkpoint(out_dir / "model.pt")[0]), **predictors}
-    scores = {name: val_score(predicted_classes(predict, np.asarray(val.x)), np.asarray(val.y), metric)
-              for name, predict in predictors.items()}
-    family = max(scores, key=lambda name: scores[name])  # the first (the network) on a tie
+        probabilities = {NETWORK: _softmax(load_checkpoint(out_dir / "model.pt")[0], x), **probabilities}
+    verdict = judge(probabilities, np.asarray(val.y), params.evaluate.gate_metric, params.evaluate.significance)
     rounds = {**_shipped(tree.history), "seconds": tree.seconds}
-    if family == TREE:
+    if verdict.family == TREE:
         save_tree_checkpoint(out_dir / "model.pt", tree.onnx, params=params.recorded(), input_shape=train.x.shape[1:],
                              n_classes=len(data.classes), extra={"seed": params.base.seed, "epoch": tree.rounds,
                                                                  "run_id": progress.run_id})
@@ -44,20 +51,65 @@ def contest(params: Params, root: Path, prepared_dir: Path, out_dir: Path, data,
                          "accuracy": rounds["val_accuracy"]}
         progress.history, progress.epochs_run = tree.history, len(tree.history)
         # the curves are the shipped model's; the lineage files went with the network's, when one was trained
-        write_curves(root, out_dir, tree.history, tree.rounds, lineage and NETWORK not in predictors)
-    figures = _record(out_dir, family, scores, metric, rounds, tree.rounds)
-    mlflow.log_metrics({f"family_{name}_val_{metric}": score for name, score in scores.items()})
+        write_curves(root, out_dir, tree.history, tree.rounds, lineage and NETWORK not in probabilities)
+    _record(out_dir, verdict, params.evaluate.gate_metric, rounds, tree.rounds)
+    metric = params.evaluate.gate_metric
+    mlflow.log_metrics({f"family_{name}_val_{metric}": score for name, score in verdict.scores.items()})
+    mlflow.log_metrics({f"family_{name}_val_log_loss": loss for name, loss in verdict.losses.items()})
     mlflow.log_metrics({"tree_rounds": float(tree.rounds), "tree_fit_seconds": tree.seconds})
-    mlflow.set_tag("train.family", family)
-    log.info("model family: %s ships (%s)", family, figures["family_reason"])
-    return family
+    mlflow.set_tag("train.family", verdict.family)
+    log.info("model family: %s ships (%s)", verdict.family, verdict.reason)
+    return verdict.family
 
 
-def val_score(predicted: np.ndarray, y: np.ndarray, metric: str) -> float:
-    """`metric` (accuracy | balanced_accuracy) of predicted classes against the labels."""
-    from sklearn.metrics import balanced_accuracy_score
+def judge(probabilities: dict[str, np.ndarray], y: np.ndarray, metric: str, significance: float) -> Verdict:
+    """The family with the best validation score by `metric` (accuracy | balanced_accuracy), when it leads the
+    runner-up significantly (one-sided paired z-test on the same examples at `significance`); within that noise
+    (thousands of rows can still split two good models by a row or two), the lower validation log-loss, the finer
+    measure of the same predictions, decides. One family: itself."""
+    from scipy.stats import norm
+    from sklearn.metrics import log_loss
 
-    return float(balanced_accuracy_score(y, predicted) if metric == "balanced_accuracy" else (predicted == y).mean())
+    weights = _weights(y, metric)
+    correct = {name: p.argmax(1) == y for name, p in probabilities.items()}
+    scores = {name: float((weights * c).sum()) for name, c in correct.items()}
+    labels = list(range(next(iter(probabilities.values())).shape[1]))
+    losses = {name: float(log_loss(y, np.clip(p, 1e-7, 1), labels=labels)) for name, p in probabilities.items()}
+    ranked = sorted(scores, key=lambda name: -scores[name])  # stable: the first family on an exact tie
+    leader = ranked[0]
+    if len(ranked) == 1:
+        return Verdict(leader, scores, losses, f"validation {metric} {scores[leader]:.4f}")
+    runner = ranked[1]
+    d = weights * (correct[leader].astype(float) - correct[runner])
+    spread = float(np.sqrt(len(d) * d.var(ddof=1))) if len(d) > 1 else 0.0
+    z = (scores[leader] - scores[runner]) / spread if spread > 0 else 0.0
+    critical = float(norm.ppf(1 - significance))
+    versus = f"validation {metric}: {leader} {scores[leader]:.4f} vs {runner} {scores[runner]:.4f}"
+    if z >= critical:
+        return Verdict(leader, scores, losses, f"{versus}, {scores[leader] - scores[runner]:.4f} ahead "
+                                               f"(paired z {z:.2f} ≥ {critical:.2f})")
+    family = min((leader, runner), key=lambda name: losses[name])
+    other = runner if family == leader else leader
+    return Verdict(family, scores, losses, f"{versus}, within noise (paired z {z:.2f} < {critical:.2f}); "
+                                           f"the lower validation log-loss decides: {family} {losses[family]:.4f} "
+                                           f"vs {other} {losses[other]:.4f}")
+
+
+def _weights(y: np.ndarray, metric: str) -> np.ndarray:
+    """Each example's share of the score: 1/n for accuracy; for balanced accuracy 1/(classes × its class's rows)."""
+    if metric != "balanced_accuracy":
+        return np.full(len(y), 1.0 / len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    per_class = dict(zip(classes.tolist(), counts.tolist()))
+    return np.array([1.0 / (len(classes) * per_class[k]) for k in y.tolist()])
+
+
+def _softmax(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy()
+                               for i in range(0, len(x), batch)])
 
 
 def _shipped(history: list[dict]) -> dict:
@@ -65,18 +117,15 @@ def _shipped(history: list[dict]) -> dict:
     return {"val_loss": history[-1]["val_loss"], "val_accuracy": history[-1]["val_accuracy"]}
 
 
-def _record(out_dir: Path, family: str, scores: dict, metric: str, rounds: dict, n_rounds: int) -> dict:
-    """metrics.json names the family shipped, why, and every family's validation score (the network's own summary,
-    when one was trained, stays; a shipped tree's replaces its figures)."""
+def _record(out_dir: Path, verdict: Verdict, metric: str, rounds: dict, n_rounds: int) -> None:
+    """metrics.json names the family shipped, why, and every family's validation score and log-loss (the network's own
+    summary, when one was trained, stays; a shipped tree's replaces its figures)."""
     path = out_dir / "metrics.json"
-    summary = json.loads(path.read_text()) if path.is_file() and len(scores) > 1 else {}
-    if family == "tree":
+    summary = json.loads(path.read_text()) if path.is_file() and len(verdict.scores) > 1 else {}
+    if verdict.family == "tree":
         summary.update({"best_epoch": n_rounds, "epochs_run": n_rounds, "val_loss": rounds["val_loss"],
                         "val_accuracy": rounds["val_accuracy"], "train_seconds": rounds["seconds"]})
-    others = {name: score for name, score in scores.items() if name != family}
-    reason = (f"validation {metric} {scores[family]:.4f}" + "".join(
-        f"; {name} {score:.4f}, {scores[family] - score:.4f} behind" for name, score in others.items()))
-    figures = {"family": family, "family_metric": metric, "family_reason": reason,
-               "families": {name: {f"val_{metric}": score} for name, score in scores.items()}}
-    write_json(path, {**summary, **figures})
-    return figures
+    families = {name: {f"val_{metric}": score, "val_log_loss": verdict.losses[name]}
+                for name, score in verdict.scores.items()}
+    write_json(path, {**summary, "family": verdict.family, "family_metric": metric, "family_reason": verdict.reason,
+                      "families": families})

@@ -94,7 +94,9 @@ def test_auto_ships_the_tree_when_it_wins_on_validation_and_the_gate_can_reload_
     scores = summary["families"]
     assert summary["family"] == "tree" and scores["tree"]["val_accuracy"] > scores["network"]["val_accuracy"] + 0.05
     assert result.val_accuracy == pytest.approx(scores["tree"]["val_accuracy"])  # what a sweep's trial reports
-    assert "network" in summary["family_reason"] and "behind" in summary["family_reason"]
+    assert summary["family_reason"].startswith("validation accuracy: tree 0.9") and "ahead (paired z" in \
+        summary["family_reason"]
+    assert summary["families"]["tree"]["val_log_loss"] < summary["families"]["network"]["val_log_loss"]
     history = (tmp_path / "train" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) - 1 == summary["epochs_run"]  # one row per round
     model, payload = load_checkpoint(tmp_path / "train" / "model.pt")
@@ -126,3 +128,44 @@ def test_train_model_tree_trains_the_trees_alone(transactions, tmp_path):
     assert (tmp_path / "train" / "curves.png").stat().st_size > 0
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert run.data.params["train.model"] == "tree" and "data.train.md5" in run.data.tags
+
+
+def test_a_lead_within_noise_goes_to_the_lower_validation_log_loss():
+    from tasks.train.contest import judge
+
+    y = np.array([0, 1] * 500)
+    sure = np.where(y[:, None] == np.arange(2), 0.9, 0.1)  # right everywhere, confident
+    vague = np.where(y[:, None] == np.arange(2), 0.6, 0.4)
+    vague[:2] = vague[:2, ::-1]  # two examples worse: 0.998 against 1.0, within noise
+    tie = judge({"network": vague, "tree": sure}, y, "accuracy", 0.05)
+    assert tie.family == "tree" and "within noise" in tie.reason and "log-loss decides: tree" in tie.reason
+    wrong = sure.copy()
+    wrong[:100] = wrong[:100, ::-1]  # 100 of 1,000 wrong: a lead no noise explains
+    clear = judge({"network": vague, "tree": wrong}, y, "accuracy", 0.05)
+    assert clear.family == "network" and "ahead (paired z" in clear.reason
+    assert clear.scores == pytest.approx({"network": 0.998, "tree": 0.9})
+    minority = np.array([0] * 900 + [1] * 100)  # balanced accuracy weighs the 100 as much as the 900
+    always_zero = np.tile([1.0, 0.0], (1000, 1))
+    finds_ones = np.where(minority[:, None] == np.arange(2), 0.7, 0.3)
+    finds_ones[:60] = finds_ones[:60, ::-1]  # 60 majority rows wrong: still far ahead on balanced accuracy
+    verdict = judge({"network": always_zero, "tree": finds_ones}, minority, "balanced_accuracy", 0.05)
+    assert verdict.family == "tree" and verdict.scores["network"] == pytest.approx(0.5)
+
+
+def test_a_sweep_can_search_the_trees_knobs():
+    import optuna
+
+    from jobs.sweep.space import check, suggest
+    from tasks.common.config import SweepDimension
+
+    params = Params()
+    space = {"train.model": SweepDimension(choices=["tree", "mlp"]),
+             "train.tree_learning_rate": SweepDimension(low=0.02, high=0.3, log=True),
+             "train.tree_max_leaf_nodes": SweepDimension(low=8, high=64)}
+    check(space, params)
+    trial = optuna.trial.FixedTrial({"train.model": "tree", "train.tree_learning_rate": 0.05,
+                                     "train.tree_max_leaf_nodes": 16})
+    assert suggest(trial, space, params) == {"train.model": "tree", "train.tree_learning_rate": 0.05,
+                                             "train.tree_max_leaf_nodes": 16}
+    with pytest.raises(ConfigError, match="sweep.space.train.tree_learning_rate"):
+        check({"train.tree_learning_rate": SweepDimension(low=0.1, high=2.0)}, params)
