@@ -157,7 +157,7 @@ def memory(root: Path, scale: int) -> dict:
     shutil.copytree(root / "prepared", project / "data" / "prepared")
     train = load_split(project / "data" / "prepared" / "train")
     save_split(project / "data" / "prepared" / "train", Split(np.tile(train.x, (scale, 1)), np.tile(train.y, scale)))
-    return {"rows": len(train.y) * scale, **run_train(project, 256, model="auto")}
+    return {"rows": len(train.y) * scale, **run_train(project, 256, model="transformer")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(REPO / "params.yaml")
         params = params.model_copy(update={
             "ingest": params.ingest.model_copy(update={"path": "tickets.csv", "label_column": "queue"}),
-            "train": params.train.model_copy(update={"epochs": EPOCHS, "patience": EPOCHS})})
+            "train": params.train.model_copy(update={"epochs": EPOCHS, "patience": EPOCHS, "model": "transformer"})})
         ingest(params.ingest, root, root / "raw")
         prepare(params.prepare, params.base.seed, root / "raw", root / "prepared")
         data = prepared_meta(root / "prepared")

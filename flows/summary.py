@@ -45,9 +45,7 @@ def render(summary: dict) -> str:
         f"  test accuracy:   {summary['test_accuracy']:.4f}",
         f"  vs baselines:    {_board(summary['leaderboard'])}",
         f"  model version:   {promotion['version']} ({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})",
-        f"  compressed:      {summary['compressed']['variant']}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
-        f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
-        f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}",
+        f"  compressed:      {_compressed(summary['compressed']['variant'], fp32, chosen)}",
         f"  bento:           {summary['bento']['bento_tag']}",
         f"  serving front:   {_served(summary['served'])}",
         "",
@@ -56,6 +54,15 @@ def render(summary: dict) -> str:
         f"  serve:       make serve  (the champion's Bento on port 3000), or: bentoml serve {summary['bento']['bento_tag']} --host 127.0.0.1",
         f"  predict:     {predict_hint(summary['data'])} (README: Serving)",
     ])
+
+
+def _compressed(variant: str, fp32: dict, chosen: dict) -> str:
+    if fp32 is chosen or fp32 == chosen:  # a tree ensemble: no fp32 network to compare with
+        return (f"{variant}: {chosen['size_bytes'] / 1024:.0f} KB, shipped as trained; latency b1 "
+                f"{chosen['latency_b1_ms']:.3f} ms, b64 {chosen['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}")
+    return (f"{variant}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
+            f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
+            f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}")
 
 
 def _family(train_metrics: dict) -> str:

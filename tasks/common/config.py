@@ -103,9 +103,10 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["auto", "cnn", "mlp", "vit", "transformer", "ngram", "tree"] = "auto"  # auto: cnn for images, the
-    # better of mlp and tree on the validation split for a table, transformer for a table with text; transformer and
-    # ngram take text (with any other columns beside it); tree: gradient-boosted trees (a table without text)
+    model: Literal["auto", "cnn", "mlp", "vit", "transformer", "ngram", "tfidf", "tree"] = "auto"  # auto: cnn for
+    # images; the better on the validation split of mlp and tree for a table, of transformer and tfidf for a table
+    # with text; transformer, ngram and tfidf take text (with any other columns beside it); tree: gradient-boosted
+    # trees (a table without text)
     cnn_channels: tuple[int, int, int] = (32, 64, 128)
     mlp_hidden: tuple[int, ...] = (256, 128)
     vit_patch: int = Field(2, ge=1)  # must divide the image side
@@ -116,6 +117,8 @@ class TrainParams(Section):
     text_depth: int = Field(2, ge=1)  # transformer: encoder blocks
     text_heads: int = Field(4, ge=1)  # transformer: attention heads
     ngram_buckets: int = Field(16384, ge=0)  # ngram: hashed token-bigram embeddings beside the tokens' (0: tokens only)
+    tfidf_c: tuple[float, ...] = Field((0.3, 1.0, 3.0, 10.0), min_length=1)  # tfidf: the logistic regression's
+    # inverse regularisation strengths tried; the one with the lowest validation log-loss is kept
     tree_max_iter: int = Field(500, ge=1)  # tree: boosting rounds at most (stopped after `patience` rounds without a
     # validation-loss gain)
     tree_learning_rate: float = Field(0.1, gt=0, le=1)
@@ -147,6 +150,8 @@ class TrainParams(Section):
             raise ValueError(f"text_dim ({self.text_dim}) must be a multiple of text_heads ({self.text_heads})")
         if self.model == "vit" and self.vit_dim % self.vit_heads:
             raise ValueError(f"vit_dim ({self.vit_dim}) must be a multiple of vit_heads ({self.vit_heads})")
+        if any(c <= 0 for c in self.tfidf_c):
+            raise ValueError(f"tfidf_c {list(self.tfidf_c)}: each strength must be > 0")
         return self
 
 

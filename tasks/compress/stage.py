@@ -143,8 +143,14 @@ def _pruned(model, payload, train, val, params: Params):
     tries `auto_ratios` from the smallest up (`pruned50-`, ...), a fixed ratio gives one (`pruned-`), 0 none."""
     from tasks.compress.variants import fine_tune, prune_channels
 
+    from torch import nn
+
     cfg = params.compress
     ratios = sorted(cfg.auto_ratios) if cfg.prune_ratio == "auto" else [cfg.prune_ratio] if cfg.prune_ratio > 0 else []
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if ratios and all(getattr(m, "out_features", None) == payload["n_classes"] for m in layers):
+        log.info("compress: no layer to prune (the head alone is linear: a logistic regression keeps its inputs)")
+        return
     for ratio in ratios:
         pruned = prune_channels(model, np.asarray(train.x), ratio, payload["n_classes"])
         pruned = fine_tune(pruned, train.x, train.y, val.x, val.y, epochs=cfg.finetune_epochs,

@@ -116,17 +116,48 @@ class TextNet(nn.Module):
         return self.head(torch.cat(parts, dim=1))
 
 
+class TfidfNet(nn.Module):
+    """Logistic regression over TF-IDF, as a network: each text column's tokens and hashed token bigrams (the ids
+    TextNet's `ngram` uses) counted, sublinear (1 + log count), times their inverse document frequency, L2-normalised
+    per column, beside the table's other encoded columns, into one linear layer. Its idf and weights are fitted by
+    scikit-learn (tasks/train/tfidf.py), not by gradient steps; as a module it exports, compresses and serves like the
+    other text models, on the same token ids (no second tokenizer)."""
+
+    def __init__(self, text: dict, params: TrainParams, n_classes: int) -> None:
+        super().__init__()
+        self.dense, self.columns, self.length, self.vocab = text["dense"], text["columns"], text["length"], text["vocab"]
+        self.buckets = params.ngram_buckets
+        self.features = self.vocab + self.buckets
+        self.register_buffer("idf", torch.ones(self.columns, self.features))
+        self.head = nn.Linear(self.dense + self.columns * self.features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(-1, self.length)
+        real = ids != 0
+        if self.buckets:
+            bigrams = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab
+            ids, real = torch.cat([ids, bigrams], dim=1), torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1)
+        counts = torch.zeros(ids.shape[0], self.features, dtype=x.dtype, device=x.device)
+        counts = counts.scatter_add(1, ids, real.to(x.dtype))
+        tf = torch.where(counts > 0, 1.0 + torch.log(counts.clamp(min=1.0)), torch.zeros_like(counts))
+        weighted = tf.reshape(x.shape[0], self.columns, self.features) * self.idf
+        normalised = weighted / weighted.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return self.head(torch.cat([x[:, : self.dense], normalised.reshape(x.shape[0], -1)], dim=1))
+
+
 def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int, text: dict | None = None) -> nn.Module:
     """The model `params.model` names, sized for `input_shape` (C, H, W for images; F for a table) and `n_classes`;
     `text` (tasks/common/tables.py text_layout) when a table's last columns are token ids."""
     from tasks.common.errors import ConfigError
 
     if text:
-        if params.model not in ("auto", "transformer", "ngram"):
+        if params.model not in ("auto", "transformer", "ngram", "tfidf"):
             raise ConfigError(f"train.model={params.model} cannot read text; a table with a text column trains with "
-                              "train.model: transformer, ngram or auto")
+                              "train.model: transformer, ngram, tfidf or auto")
+        if params.model == "tfidf":
+            return TfidfNet(text, params, n_classes)
         return TextNet(text, "transformer" if params.model == "auto" else params.model, params, n_classes)
-    if params.model in ("transformer", "ngram"):
+    if params.model in ("transformer", "ngram", "tfidf"):
         raise ConfigError(f"train.model={params.model} needs a text column; this data has none")
     if len(input_shape) == 1:  # encoded table features
         if params.model not in ("mlp", "auto"):

@@ -1,12 +1,14 @@
-"""Which model family ships: with `train.model: auto` on a table, the network (already trained) and gradient-boosted
-trees are scored on the same validation split by the gate's metric (`evaluate.gate_metric`), and the better one
-becomes artifacts/train/model.pt; when neither leads significantly (`evaluate.significance`), the lower validation
-log-loss decides. With `train.model: tree`, the trees alone."""
+"""Which model family ships: with `train.model: auto` on a table, the network (already trained) and a challenger
+(gradient-boosted trees; on a table with text, TF-IDF + logistic regression) are scored on the same validation split
+by the gate's metric (`evaluate.gate_metric`), and the better one becomes artifacts/train/model.pt; when neither
+leads significantly (`evaluate.significance`), the lower validation log-loss decides. With `train.model: tree` or
+`tfidf`, the challenger alone."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,39 +29,76 @@ class Verdict:
     reason: str
 
 
+@dataclass(frozen=True)
+class Challenger:
+    """A family fitted beside the network: its validation probabilities, its rounds (history) and how it is saved."""
+
+    family: str
+    probabilities: np.ndarray  # on the validation split
+    history: list[dict]  # rows as a network's epochs (train/val loss and accuracy)
+    seconds: float
+    save: Callable[[Path, dict], None]  # (model.pt, provenance) → the checkpoint
+    metrics: dict  # logged to the run
+
+
 def contest(params: Params, root: Path, prepared_dir: Path, out_dir: Path, data, progress, lineage: bool) -> str:
-    """Fit the trees, score every family trained on the validation split, ship the best; its family."""
+    """Fit the challenger (trees for a table, TF-IDF for text), score every family trained on the validation split,
+    ship the best; its family."""
     import mlflow
 
-    from tasks.nn.checkpoint import TreeModel, load_checkpoint, save_tree_checkpoint
+    from tasks.nn.checkpoint import load_checkpoint
     from tasks.train.stage import write_curves
-    from tasks.train.trees import NETWORK, TREE, fit_tree
+    from tasks.train.trees import NETWORK
 
     train, val = load_split(prepared_dir / "train"), load_split(prepared_dir / "val")
-    tree = fit_tree(params.train, (train.x, train.y), (val.x, val.y), len(data.classes), params.base.seed)
-    x = np.asarray(val.x)
-    probabilities = {TREE: TreeModel(tree.onnx).predict_proba(x)}
+    challenger = _challenger(params, data, (train.x, train.y), (val.x, val.y))
+    probabilities = {challenger.family: challenger.probabilities}
     if progress.history:  # the network's best epoch, reloaded from the checkpoint it ships as
-        probabilities = {NETWORK: _softmax(load_checkpoint(out_dir / "model.pt")[0], x), **probabilities}
+        probabilities = {NETWORK: _softmax(load_checkpoint(out_dir / "model.pt")[0], np.asarray(val.x)),
+                         **probabilities}
     verdict = judge(probabilities, np.asarray(val.y), params.evaluate.gate_metric, params.evaluate.significance)
-    rounds = {**_shipped(tree.history), "seconds": tree.seconds}
-    if verdict.family == TREE:
-        save_tree_checkpoint(out_dir / "model.pt", tree.onnx, params=params.recorded(), input_shape=train.x.shape[1:],
-                             n_classes=len(data.classes), extra={"seed": params.base.seed, "epoch": tree.rounds,
-                                                                 "run_id": progress.run_id})
-        progress.best = {"loss": rounds["val_loss"], "epoch": tree.rounds, "state": None,
-                         "accuracy": rounds["val_accuracy"]}
-        progress.history, progress.epochs_run = tree.history, len(tree.history)
+    shipped = {**_shipped(challenger.history), "seconds": challenger.seconds}
+    if verdict.family == challenger.family:
+        rounds = len(challenger.history)
+        challenger.save(out_dir / "model.pt", {"seed": params.base.seed, "epoch": rounds, "run_id": progress.run_id})
+        progress.best = {"loss": shipped["val_loss"], "epoch": rounds, "state": None,
+                         "accuracy": shipped["val_accuracy"]}
+        progress.history, progress.epochs_run = challenger.history, rounds
         # the curves are the shipped model's; the lineage files went with the network's, when one was trained
-        write_curves(root, out_dir, tree.history, tree.rounds, lineage and NETWORK not in probabilities)
-    _record(out_dir, verdict, params.evaluate.gate_metric, rounds, tree.rounds)
+        write_curves(root, out_dir, challenger.history, rounds, lineage and NETWORK not in probabilities)
+    _record(out_dir, verdict, params.evaluate.gate_metric, shipped, len(challenger.history))
     metric = params.evaluate.gate_metric
     mlflow.log_metrics({f"family_{name}_val_{metric}": score for name, score in verdict.scores.items()})
     mlflow.log_metrics({f"family_{name}_val_log_loss": loss for name, loss in verdict.losses.items()})
-    mlflow.log_metrics({"tree_rounds": float(tree.rounds), "tree_fit_seconds": tree.seconds})
+    mlflow.log_metrics(challenger.metrics)
     mlflow.set_tag("train.family", verdict.family)
     log.info("model family: %s ships (%s)", verdict.family, verdict.reason)
     return verdict.family
+
+
+def _challenger(params: Params, data, train: tuple, val: tuple) -> Challenger:
+    """The trees on a table without text, TF-IDF + logistic regression on one with text, fitted on `train`."""
+    from tasks.common.tables import text_layout
+    from tasks.nn.checkpoint import TreeModel, save_checkpoint, save_tree_checkpoint
+    from tasks.train.trees import TFIDF, TREE, fit_tree
+
+    n_classes, shape = len(data.classes), tuple(np.asarray(train[0]).shape[1:])
+    text = text_layout(data.encoding, data.features)
+    recorded = params.recorded()
+    if text:
+        from tasks.train.tfidf import fit_tfidf
+
+        fit = fit_tfidf(params, text, train, val, n_classes)
+        recorded = {**recorded, "train": {**recorded["train"], "model": TFIDF}}  # what load_checkpoint rebuilds
+        return Challenger(TFIDF, _softmax(fit.model, np.asarray(val[0])), fit.history, fit.seconds,
+                          lambda path, extra: save_checkpoint(path, fit.model, params=recorded, input_shape=shape,
+                                                              n_classes=n_classes, extra=extra, text=text),
+                          {"tfidf_c": fit.c, "tfidf_fit_seconds": fit.seconds})
+    tree = fit_tree(params.train, train, val, n_classes, params.base.seed)
+    return Challenger(TREE, TreeModel(tree.onnx).predict_proba(np.asarray(val[0])), tree.history, tree.seconds,
+                      lambda path, extra: save_tree_checkpoint(path, tree.onnx, params=recorded, input_shape=shape,
+                                                               n_classes=n_classes, extra=extra),
+                      {"tree_rounds": float(tree.rounds), "tree_fit_seconds": tree.seconds})
 
 
 def judge(probabilities: dict[str, np.ndarray], y: np.ndarray, metric: str, significance: float) -> Verdict:
@@ -122,7 +161,7 @@ def _record(out_dir: Path, verdict: Verdict, metric: str, rounds: dict, n_rounds
     summary, when one was trained, stays; a shipped tree's replaces its figures)."""
     path = out_dir / "metrics.json"
     summary = json.loads(path.read_text()) if path.is_file() and len(verdict.scores) > 1 else {}
-    if verdict.family == "tree":
+    if verdict.family != "network":
         summary.update({"best_epoch": n_rounds, "epochs_run": n_rounds, "val_loss": rounds["val_loss"],
                         "val_accuracy": rounds["val_accuracy"], "train_seconds": rounds["seconds"]})
     families = {name: {f"val_{metric}": score, "val_log_loss": verdict.losses[name]}

@@ -61,7 +61,7 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world,
     from tasks.common.tables import text_of
     from tasks.nn.distributed import barrier
     from tasks.train import loop
-    from tasks.train.trees import NETWORK, TREE, families
+    from tasks.train.trees import NETWORK, families
 
     data = prepared_meta(prepared_dir)
     trained = families(params.train.model, data.kind, data.kind == "table" and bool(text_of(data.columns)))
@@ -76,7 +76,7 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world,
             _epochs(fit, progress, out_dir, fingerprint, hooks)
             if world.is_main:
                 _finish(root, out_dir, fit, progress, time.perf_counter() - started, lineage=hooks is None)
-        if TREE in trained and world.is_main:
+        if trained != [NETWORK] and world.is_main:  # a challenger: the trees or TF-IDF
             from tasks.train.contest import contest
 
             family = contest(params, root, prepared_dir, out_dir, data, progress, lineage=hooks is None)

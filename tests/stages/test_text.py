@@ -76,3 +76,50 @@ def test_empty_texts_unknown_words_and_longer_texts_are_named(accepted, tmp_path
     assert "val: expect_column_values_to_be_between(message__chars)" in message  # 25 % empty, over 10 %
     assert "test: expect_column_mean_to_be_between(message__unknown_share)" in message
     assert "test: expect_column_mean_to_be_between(message__tokens)" in message  # drifted from the reference
+
+
+def _splits(prepared):
+    from tasks.common.dataset import load_split, prepared_meta
+    from tasks.common.tables import text_layout
+
+    data = prepared_meta(prepared)
+    return text_layout(data.encoding, data.features), load_split(prepared / "train"), load_split(prepared / "val")
+
+
+def test_the_tfidf_network_computes_what_scikit_learn_fitted_and_exports_as_it_runs(text_prepared, tmp_path):
+    """TF-IDF + logistic regression fitted by scikit-learn on features computed from the token ids, written into a
+    TfidfNet: the network's probabilities are scikit-learn's (its log-loss and accuracy on validation), and its
+    ONNX export answers the same."""
+    import torch
+    from sklearn.metrics import log_loss
+
+    from tasks.common.config import Params
+    from tasks.compress.variants import export_onnx, servable
+    from tasks.nn.latency import onnx_predictor
+    from tasks.train.tfidf import fit_tfidf
+
+    text, train, val = _splits(text_prepared[0])
+    fit = fit_tfidf(Params(), text, (train.x, train.y), (val.x, val.y), 3)
+    assert fit.c in Params().train.tfidf_c and text["dense"] == 3  # the channel's one-hot beside the text
+    with torch.inference_mode():
+        probabilities = torch.softmax(fit.model(torch.from_numpy(np.asarray(val.x))), 1).numpy()
+    assert log_loss(val.y, probabilities, labels=[0, 1, 2]) == pytest.approx(fit.history[0]["val_loss"], abs=1e-4)
+    assert (probabilities.argmax(1) == val.y).mean() == pytest.approx(fit.history[0]["val_accuracy"])
+    export_onnx(servable(fit.model, 1.0, image_input=False), np.asarray(val.x[:2]), tmp_path / "tfidf.onnx")
+    np.testing.assert_allclose(onnx_predictor(tmp_path / "tfidf.onnx")(np.asarray(val.x)), probabilities, atol=1e-5)
+
+
+def test_auto_ships_tfidf_when_the_network_is_worse_on_validation(text_prepared, tmp_path):
+    """One epoch leaves the Transformer far behind: `auto` ships the TF-IDF network, which loads as a network."""
+    from tasks.common.config import Params
+    from tasks.nn.checkpoint import load_checkpoint
+    from tasks.nn.models import TfidfNet
+    from tasks.train import train
+
+    params = Params.model_validate({"train": {"epochs": 1}, "base": {"experiment": "text-families"}})
+    result = train(params, tmp_path, text_prepared[0], tmp_path / "train")
+    summary = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert result.family == summary["family"] == "tfidf", summary["family_reason"]
+    assert summary["families"]["tfidf"]["val_accuracy"] > summary["families"]["network"]["val_accuracy"]
+    model, payload = load_checkpoint(tmp_path / "train" / "model.pt")
+    assert isinstance(model, TfidfNet) and payload["params"]["train"]["model"] == "tfidf" and payload["text"]

@@ -56,7 +56,8 @@ def test_the_skl2onnx_workaround_is_still_needed():
 
 def test_which_families_train_on_which_data():
     assert families("auto", "table", has_text=False) == ["network", "tree"]
-    assert families("auto", "table", has_text=True) == ["network"]  # token ids are names, not quantities
+    assert families("auto", "table", has_text=True) == ["network", "tfidf"]  # token ids are names, not quantities
+    assert families("tfidf", "table", has_text=True) == ["tfidf"]
     assert families("auto", "images", has_text=False) == ["network"]
     assert families("mlp", "table", has_text=False) == ["network"]
     assert families("tree", "table", has_text=False) == ["tree"]
@@ -64,6 +65,8 @@ def test_which_families_train_on_which_data():
         families("tree", "images", has_text=False)
     with pytest.raises(ConfigError, match="this data is a table with text"):
         families("tree", "table", has_text=True)
+    with pytest.raises(ConfigError, match="train.model=tfidf needs a text column; this data has none"):
+        families("tfidf", "table", has_text=False)
 
 
 @pytest.fixture(scope="module")
