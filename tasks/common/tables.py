@@ -165,6 +165,20 @@ def feature_kinds(frame: pd.DataFrame, text: list[str] | tuple = ()) -> tuple[li
     return numeric, [c for c in features if c not in numeric]
 
 
+def example_keys(features: pd.DataFrame, text: list[str] | tuple = ()) -> np.ndarray:
+    """One key per row of `features` (the label left out): identical rows, whatever their label, share it; a text
+    counts as identical to another when the tokenizer's normalisation makes them equal (case, accents, spacing: the
+    same example to the model). What prepare splits by, and what validate calls a leak or a conflict."""
+    from tasks.common.tokenizer import untrained
+    from tasks.shipped.text import normalized
+
+    if text:
+        tokenizer, features = untrained(), features.copy()
+        for column in text:
+            features[column] = [normalized(tokenizer, "" if pd.isna(v) else str(v)) for v in features[column]]
+    return pd.util.hash_pandas_object(features, index=False).to_numpy()
+
+
 def text_of(columns: dict[str, str]) -> list[str]:
     """The text columns of a data description's `columns` (column → numeric | categorical | text)."""
     return [c for c, kind in columns.items() if kind == "text"]

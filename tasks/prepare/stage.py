@@ -56,13 +56,13 @@ def prepare(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path) -> P
 def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Path, data: DataDescription) -> PrepareResult:
     import pandas as pd
 
-    from tasks.common.tables import LABEL, describe, encode, fit_encoder, text_of
+    from tasks.common.tables import LABEL, describe, encode, example_keys, fit_encoder, text_of
 
     frame = pd.read_parquet(raw_dir / "table.parquet")
     labels = frame[LABEL].to_numpy(np.int64)
     text = text_of(data.columns)
     parts = split_stratified(np.arange(len(frame)), labels, params.val_fraction, params.test_fraction, seed, data.classes,
-                             groups=_row_keys(frame.drop(columns=[LABEL]), text))
+                             groups=example_keys(frame.drop(columns=[LABEL]), text))
     tables = {name: frame.iloc[part.x].reset_index(drop=True) for name, part in parts.items()}
     # imputation medians, scales, categories and the tokenizer's vocabulary: from the train rows only
     encoder = fit_encoder(tables["train"], text, params.vocab_size, params.max_tokens)
@@ -74,21 +74,6 @@ def _prepare_table(params: PrepareParams, seed: int, raw_dir: Path, out_dir: Pat
     rows = {name: len(table) for name, table in tables.items()}
     log.info("split %d table rows into %s; %d encoded features", len(frame), rows, n_features)
     return PrepareResult(rows=rows)
-
-
-def _row_keys(features, text: list[str]) -> np.ndarray:
-    """One key per row: identical rows, whatever their label, share it; a text counts as identical to another when
-    the tokenizer's normalisation makes them equal (case, accents, spacing: the same example to the model)."""
-    import pandas as pd
-
-    from tasks.common.tokenizer import untrained
-    from tasks.shipped.text import normalized
-
-    if text:
-        tokenizer, features = untrained(), features.copy()
-        for column in text:
-            features[column] = [normalized(tokenizer, "" if pd.isna(v) else str(v)) for v in features[column]]
-    return pd.util.hash_pandas_object(features, index=False).to_numpy()
 
 
 def split_stratified(

@@ -2,7 +2,7 @@
 trained on looks better than it is, and the gate's comparison means nothing.
 
 Images are compared by their pixels, table rows by their feature values (the label left out: the same features
-with another label leak just as much).
+with another label leak just as much), texts after the tokenizer's normalisation.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 
 
-def example_hashes(split_dir: Path, kind: str) -> list[str]:
-    """One hash per example of a prepared split: its pixels, or its raw feature values."""
+def example_hashes(split_dir: Path, kind: str, text: list[str] | tuple = ()) -> list[str]:
+    """One hash per example of a prepared split: its pixels, or its raw feature values (`text` columns as the
+    tokenizer normalises them: texts that differ only in case or accents are the same example, as prepare splits)."""
     if kind == "table":
         import pandas as pd
 
-        from tasks.common.tables import LABEL
+        from tasks.common.tables import LABEL, example_keys
 
         rows = pd.read_parquet(split_dir / "rows.parquet").drop(columns=[LABEL])
-        return [f"{h:016x}" for h in pd.util.hash_pandas_object(rows, index=False)]
+        return [f"{h:016x}" for h in example_keys(rows, text)]
     x = np.load(split_dir / "x.npy", mmap_mode="r")
     return [hashlib.md5(np.ascontiguousarray(row).tobytes()).hexdigest() for row in x]
 

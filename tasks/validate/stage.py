@@ -41,6 +41,7 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     """
     import great_expectations as gx  # seconds to import: only here
 
+    from tasks.common.tables import text_of
 
     started = time.time()
     data = prepared_meta(prepared_dir)
@@ -62,9 +63,10 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     everything = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
     frame, suite = suites.version_class_checks(everything, params, data.classes)  # rows per class: over the version
     checks += checkpoints.run(gx, context, source, "all_class_counts", frame, suite, "all splits")
-    checks += _leakage(prepared_dir, kind, params.max_leaked_fraction)
+    text = text_of(data.columns) if kind == "table" else []
+    checks += _leakage(prepared_dir, kind, params.max_leaked_fraction, text)
     failures = [c for c in checks if not c.passed]
-    conflicts = _conflicts(prepared_dir, kind, data.classes)
+    conflicts = _conflicts(prepared_dir, kind, data.classes, text)
     site = Path(out_dir) / "gx" / "uncommitted" / "data_docs" / "local_site"
     page = _pages(site, started, checks, broken, conflicts, prepared_dir, data)
     result = ValidateResult(success=not failures, failures=failures, data_docs=site / "index.html", report=page,
@@ -132,21 +134,21 @@ def _pages(site: Path, started: float, checks: list[Check], broken: list[str], c
     return page
 
 
-def _leakage(prepared_dir: Path, kind: str, max_fraction: float) -> list[Check]:
+def _leakage(prepared_dir: Path, kind: str, max_fraction: float, text: list[str]) -> list[Check]:
     """Val and test examples identical to training examples, beyond `max_fraction` of the split: named by row."""
-    train = leakage.example_hashes(prepared_dir / "train", kind)
+    train = leakage.example_hashes(prepared_dir / "train", kind, text)
     checks = []
     for split in ("val", "test"):
-        held_out = leakage.example_hashes(prepared_dir / split, kind)
+        held_out = leakage.example_hashes(prepared_dir / split, kind, text)
         pairs = leakage.leaked(train, held_out)
         checks.append(Check(split, "no_leakage_from_train", "rows", leakage.describe(split, pairs, len(held_out)),
                             f"max_leaked_fraction={max_fraction:g}", passed=len(pairs) <= max_fraction * len(held_out)))
     return checks
 
 
-def _conflicts(prepared_dir: Path, kind: str, names: list[str]) -> dict:
+def _conflicts(prepared_dir: Path, kind: str, names: list[str], text: list[str]) -> dict:
     """Identical examples with different labels in this version (reported, and logged, not refused)."""
-    hashes = [h for s in SPLITS for h in leakage.example_hashes(prepared_dir / s, kind)]
+    hashes = [h for s in SPLITS for h in leakage.example_hashes(prepared_dir / s, kind, text)]
     labels = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
     found = leakage.conflicting_labels(hashes, labels, names)
     if found["examples"]:

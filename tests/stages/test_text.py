@@ -123,3 +123,20 @@ def test_auto_ships_tfidf_when_the_network_is_worse_on_validation(text_prepared,
     assert summary["families"]["tfidf"]["val_accuracy"] > summary["families"]["network"]["val_accuracy"]
     model, payload = load_checkpoint(tmp_path / "train" / "model.pt")
     assert isinstance(model, TfidfNet) and payload["params"]["train"]["model"] == "tfidf" and payload["text"]
+
+
+def test_texts_equal_after_normalisation_with_other_labels_are_reported_as_conflicts(tmp_path):
+    """The same ticket sent twice, in other case and accents, filed under two queues: one example to the model, so
+    one split, and validation reports the conflict (as for identical table rows)."""
+    made = tickets_csv(tmp_path / "tickets.csv", rows=300, duplicates=0)
+    frame = made["frame"]
+    first = frame.iloc[0]
+    other = next(q for q in made["classes"] if q != first["queue"])
+    copy = {**first.to_dict(), "message": first["message"].upper().replace("E", "É"), "queue": other}
+    pd.concat([frame, pd.DataFrame([copy])], ignore_index=True).to_csv(tmp_path / "tickets.csv", index=False)
+    ingest(IngestParams(path="tickets.csv", label_column="queue"), tmp_path, tmp_path / "raw")
+    prepare(PrepareParams(vocab_size=400), 42, tmp_path / "raw", tmp_path / "prepared")
+    report = validate(ValidateParams(), tmp_path / "prepared", tmp_path / "out")
+    assert report.success
+    found = json.loads((tmp_path / "out" / "report.json").read_text())["conflicting_labels"]
+    assert found["examples"] == 1 and sorted(found["labels_of_first"][0]) == sorted([first["queue"], other])
