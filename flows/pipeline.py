@@ -17,6 +17,7 @@ from flows.dag import (LOCK_FILE, StageFailed, StageRun, changed_stages, push_da
 from flows.summary import failure_markdown, markdown, summarize
 from tasks.common import params_journal
 from tasks.common.errors import PipelineError
+from tasks.common.tracking import end_orphaned_runs
 
 
 class WorkspaceBusy(PipelineError):
@@ -90,6 +91,8 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
             get_run_logger().warning(recovered)
         for left in release_dead_locks(root_path):  # a killed run's DVC stage lock, released
             get_run_logger().warning("released DVC's lock held by a process that is gone: %s", left)
+        for ended in end_orphaned_runs(root_path):  # a killed run's MLflow runs, ended KILLED
+            get_run_logger().warning("%s", ended)
         with override.applied(root_path / "params.yaml", overrides):
             config = load_params(root_path / "params.yaml")
             knobs = config.pipeline

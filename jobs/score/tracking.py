@@ -19,7 +19,8 @@ def log_run(root: Path, experiment: str, result) -> str:
     from tasks.common import tracking
 
     experiment_id = tracking.configure(root, f"{experiment}-scoring")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"score {Path(result.input).name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"score {Path(result.input).name}") as run, \
+            tracking.marked_open(root, run):
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local-file source
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(Path(result.input).resolve()))

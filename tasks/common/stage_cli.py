@@ -31,6 +31,10 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     from tasks.common.params_journal import recover
 
     recover(layout.root)  # under `dvc repro` alone: a killed run's overrides undone before this stage reads them
+    from tasks.common.tracking import end_orphaned_runs
+
+    for ended in end_orphaned_runs(layout.root):  # and its MLflow runs ended KILLED
+        logging.getLogger(__name__).warning("%s", ended)
     try:
         from tasks.common.config import load_params
 

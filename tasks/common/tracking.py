@@ -57,12 +57,68 @@ def resumed_run(root: Path, experiment: str, run_file: Path):
 
     configure(root, experiment)
     run_id = TrainRun.read(Path(run_file)).run_id
-    with mlflow.start_run(run_id=run_id) as run:
+    with mlflow.start_run(run_id=run_id) as run, marked_open(root, run):
         if os.environ.get("PIPELINE_OVERRIDES", "{}") != "{}":  # a later flow run re-ran this stage with overrides
             mlflow.set_tag("pipeline.overrides", os.environ["PIPELINE_OVERRIDES"])
         if os.environ.get("PIPELINE_ORIGIN"):
             mlflow.set_tag("pipeline.origin", os.environ["PIPELINE_ORIGIN"])
         yield run
+
+
+OPEN_RUNS = ".mlflow-open"  # a marker per MLflow run a process of this project holds open; a kill leaves it behind
+
+
+@contextmanager
+def marked_open(root: Path, run):
+    """While the block runs, `root/.mlflow-open/<run>.<pid>.json` says this process holds `run` open. It goes when the
+    block ends, error or not; a SIGKILL, an OOM kill or a power cut leaves it, and the next run ends the run
+    (end_orphaned_runs): otherwise a run whose next attempt trains anew (other params) stays RUNNING for ever."""
+    import mlflow
+
+    from tasks.common.atomic import write_json
+
+    marker = Path(root) / OPEN_RUNS / f"{run.info.run_id}.{os.getpid()}.json"
+    marker.parent.mkdir(exist_ok=True)
+    write_json(marker, {"run_id": run.info.run_id, "pid": os.getpid(), "tracking_uri": mlflow.get_tracking_uri()})
+    try:
+        yield run
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def end_orphaned_runs(root: Path) -> list[str]:
+    """End KILLED each MLflow run whose holder was killed (its marker outlived its process); what was ended, in words.
+    MLflow is imported only when such a marker exists."""
+    folder = Path(root) / OPEN_RUNS
+    markers = [m for m in sorted(folder.glob("*.json")) if not _alive(m)] if folder.is_dir() else []
+    if not markers:
+        return []
+    import mlflow
+
+    ended = []
+    for marker in markers:
+        try:
+            found = json.loads(marker.read_text())
+            client = mlflow.MlflowClient(tracking_uri=found["tracking_uri"])
+            if client.get_run(found["run_id"]).info.status == "RUNNING":
+                client.set_tag(found["run_id"], "ended_by", "the next run: the process that held it open was killed")
+                client.set_terminated(found["run_id"], "KILLED")
+                ended.append(f"MLflow run {found['run_id']} (process {found['pid']}, killed) ended KILLED")
+        except (OSError, ValueError, KeyError, mlflow.exceptions.MlflowException) as err:
+            ended.append(f"MLflow run of {marker.name} not ended ({type(err).__name__}: {str(err)[:200]})")
+        marker.unlink(missing_ok=True)
+    return ended
+
+
+def _alive(marker: Path) -> bool:
+    """Whether the process a marker names (`<run>.<pid>.json`) still runs on this machine."""
+    try:
+        os.kill(int(marker.stem.rsplit(".", 1)[1]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process of that number
+        return True
+    return True
 
 
 def record_run(run_file: Path, run_id: str, experiment_id: str) -> None:

@@ -204,7 +204,8 @@ def _log_to_mlflow(root: Path, experiment: str, prepared_dir: Path, result: Vali
 
     experiment_id = tracking.configure(root, experiment)
     data_md5 = {s: directory_md5(prepared_dir / s) for s in SPLITS}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {data_md5['train'][:8]}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate {data_md5['train'][:8]}") as run, \
+            tracking.marked_open(root, run):
         mlflow.set_tags({"stage": "validate", "validation.success": str(result.success).lower(),
                          **{f"data.{s}.md5": h for s, h in data_md5.items()}})
         mlflow.log_metric("failed_expectations", len(result.failures))

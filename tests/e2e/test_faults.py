@@ -21,15 +21,25 @@ def project(trained_project, tmp_path_factory, prefect_api):
 
 
 def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(project):
+    """SIGKILL mid-training (its first epoch checkpointed) of a run with an override. The next plain run puts
+    params.yaml back, trains anew (other params: nothing to resume) and ends the killed run's MLflow run KILLED."""
+    import json
+    import time
+
+    import mlflow
+
     root, env = project
     original = (root / "params.yaml").read_bytes()
-    run = subprocess.Popen([MLOPS, "run", "--no-push", "--set", "train.epochs=3"], cwd=root, env=env,
+    run = subprocess.Popen([MLOPS, "run", "--no-push", "--set", "train.epochs=30"], cwd=root, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen = []
     try:
         for line in run.stdout:
             seen.append(line)
             if "Running stage 'train'" in line:  # overridden, and the train stage started on it
+                deadline = time.monotonic() + 300
+                while not (root / "artifacts/train/last.pt").is_file() and time.monotonic() < deadline:
+                    time.sleep(0.1)  # an epoch checkpointed: the MLflow run is open
                 os.killpg(run.pid, signal.SIGKILL)
                 break
     finally:
@@ -37,12 +47,20 @@ def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(proje
         run.wait()
     assert any("Running stage 'train'" in line for line in seen), "".join(seen[-40:])
     assert (root / JOURNAL).is_file() and (root / "params.yaml").read_bytes() != original  # what the kill left
+    killed = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_run(killed).info.status == "RUNNING"  # as the kill left it
     after = run_in(root, env, MLOPS, "run", "--no-push")
     assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
-    assert "params.yaml restored byte for byte" in after.stdout and '"train.epochs": 3' in after.stdout
+    assert "params.yaml restored byte for byte" in after.stdout and '"train.epochs": 30' in after.stdout
+    assert f"MLflow run {killed} (process" in after.stdout + after.stderr  # said, as the journal's restore is
     assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
     status = run_in(root, env, "dvc", "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout  # the job finished
+    assert client.get_run(killed).info.status == "KILLED"
+    running = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+               if r.info.status == "RUNNING"]
+    assert not running and not list((root / ".mlflow-open").glob("*.json")), running
 
 
 def test_a_machine_whose_bentoml_store_lacks_the_champion_scores_with_it_from_the_registry(project, tmp_path):
