@@ -159,11 +159,16 @@ def _shipped(history: list[dict]) -> dict:
 def _record(out_dir: Path, verdict: Verdict, metric: str, rounds: dict, n_rounds: int) -> None:
     """metrics.json names the family shipped, why, and every family's validation score and log-loss (the network's own
     summary, when one was trained, stays; a shipped tree's replaces its figures)."""
+    import mlflow
+
     path = out_dir / "metrics.json"
     summary = json.loads(path.read_text()) if path.is_file() and len(verdict.scores) > 1 else {}
     if verdict.family != "network":
-        summary.update({"best_epoch": n_rounds, "epochs_run": n_rounds, "val_loss": rounds["val_loss"],
-                        "val_accuracy": rounds["val_accuracy"], "train_seconds": rounds["seconds"]})
+        shipped = {"best_epoch": n_rounds, "epochs_run": n_rounds, "val_loss": rounds["val_loss"],
+                   "val_accuracy": rounds["val_accuracy"], "train_seconds": rounds["seconds"]}
+        summary.update(shipped)
+        # the run's best_* figures are the shipped model's, as for a network (what `mlops reproduce` compares)
+        mlflow.log_metrics({f"best_{k}": float(v) for k, v in shipped.items()})
     families = {name: {f"val_{metric}": score, "val_log_loss": verdict.losses[name]}
                 for name, score in verdict.scores.items()}
     write_json(path, {**summary, "family": verdict.family, "family_metric": metric, "family_reason": verdict.reason,

@@ -107,6 +107,8 @@ def test_auto_ships_the_tree_when_it_wins_on_validation_and_the_gate_can_reload_
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert run.data.tags["train.family"] == "tree"
     assert {"family_tree_val_accuracy", "family_network_val_accuracy", "tree_rounds"} <= set(run.data.metrics)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(summary["val_accuracy"])  # the shipped model's
+    assert run.data.metrics["best_epochs_run"] == summary["epochs_run"]  # what `mlops reproduce` compares
 
     test = load_split(root / "prepared" / "test")
     probabilities = model.predict_proba(np.asarray(test.x))
