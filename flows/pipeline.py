@@ -47,7 +47,9 @@ def run_stage(root: str, stage: str, env: dict[str, str], unchanged: bool = Fals
 
 @task(name="push data versions", retries=2, retry_delay_seconds=10)
 def push(root: str) -> None:
+    get_run_logger().info("pushing the data versions to the DVC remote (dvc push)")
     push_data(Path(root))
+    get_run_logger().info("data versions pushed")
 
 
 @task(name="roll out the champion")

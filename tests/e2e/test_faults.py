@@ -156,3 +156,44 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project):
     bentos = run_in(root, env, "bentoml", "list", "-o", "json")
     tags = [b["tag"] for b in json.loads(bentos.stdout)]
     assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags
+
+
+def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
+    """SIGKILL as the data versions go to the DVC remote: the next plain run sees them unpushed, pushes them (every
+    stage up to date) and ends with the remote in sync, the workspace free and no MLflow run left RUNNING."""
+    import shutil
+
+    import mlflow
+    from filelock import FileLock
+
+    from flows.dag import unpushed
+
+    root, env = project
+    remote = root / run_in(root, env, "dvc", "remote", "list").stdout.split()[1]  # relative to the project, or not
+    shutil.rmtree(remote, ignore_errors=True)  # whatever earlier tests pushed: this run has everything to push
+    assert unpushed(root)
+    run = subprocess.Popen([MLOPS, "run"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in run.stdout:
+            seen.append(line)
+            if "pushing the data versions to the DVC remote" in line:
+                os.killpg(run.pid, signal.SIGKILL)
+                break
+    finally:
+        run.kill()
+        run.wait()
+    assert any("pushing the data versions" in line for line in seen), "".join(seen[-40:])
+    after = run_in(root, env, MLOPS, "run")
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+    assert "data versions pushed" in after.stdout + after.stderr and "Traceback" not in after.stdout + after.stderr
+    assert not unpushed(root)
+    status = run_in(root, env, "dvc", "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):
+        pass
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    running = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+               if r.info.status == "RUNNING"]
+    assert not running, running
