@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -107,11 +108,46 @@ def test_a_machine_whose_bentoml_store_lacks_the_champion_serves_it_built_from_t
     assert "had no Bento on this machine: built" in printed and "Traceback" not in printed, printed[-3000:]
 
 
-def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project):
-    """One run with overrides, SIGKILLed (process group) as evaluate, then package, then promote start, each time
-    started again; the last attempt finishes. The end state is a finished run's: one new registered version (no
-    duplicate), aliases as its gate decided, no MLflow run left RUNNING, no half-built Bento, the workspace lock
-    free, params.yaml byte-identical and no journal left."""
+KILL_POINTS = [("train", "Running stage 'train'"), ("evaluate", "Running stage 'evaluate'"),
+               ("compress", "Running stage 'compress'"), ("compress, fine-tuning", "fine-tune"),
+               ("package", "Running stage 'package'"), ("promote", "Running stage 'promote'")]
+
+
+def _end_state(root: Path) -> dict:
+    """What a finished run leaves that a kill must not change: data versions (DVC's hashes), the weights, the trained
+    and evaluated figures, the gate's decision, the variant shipped, the promotion, the registry's versions and
+    aliases. (Not latencies, times or Bento tags: those differ between any two runs.)"""
+    import json
+
+    import mlflow
+    import yaml
+
+    read = lambda rel: json.loads((root / "artifacts" / rel).read_text())  # noqa: E731
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    outs = {out["path"]: out.get("md5") for stage in ("ingest", "prepare") for out in lock[stage]["outs"]}
+    import hashlib
+
+    import torch
+
+    state = torch.load(root / "artifacts/train/model.pt", weights_only=True)["state_dict"]  # (the file holds run ids)
+    weights = hashlib.md5(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    gate, promotion = read("evaluate/gate.json"), read("promote/promotion.json")
+    return {"dvc outs": outs, "weights": weights, "train": {k: read("train/metrics.json")[k] for k in ("best_epoch", "epochs_run",
+                                                                                   "val_loss", "val_accuracy")},
+            "evaluate": read("evaluate/metrics.json"), "gate": {k: gate[k] for k in ("passed", "reason", "version")},
+            "shipped variant": read("compress/choice.json")["variant"],
+            "promotion": {k: promotion[k] for k in ("promoted", "version")},
+            "versions": sorted(int(v.version) for v in client.search_model_versions("name='digits-classifier'")),
+            "aliases": dict(client.get_registered_model("digits-classifier").aliases)}
+
+
+def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, tmp_path):
+    """One run with overrides, SIGKILLed (process group) as train, evaluate, compress, package and promote start
+    and in the middle of compress's fine-tuning of the pruned model, each time started again; the last attempt finishes. Its end state
+    equals, field by field, that of the same run never killed, in a copy of the project made before the first kill;
+    and it is a finished run's: no MLflow run left RUNNING, no half-built Bento, the workspace lock free,
+    params.yaml byte-identical and no journal left."""
     import json
 
     import mlflow
@@ -119,24 +155,29 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project):
 
     root, env = project
     original = (root / "params.yaml").read_bytes()
-    overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=1", "--set",
-                 "compress.latency_repeats=3"]
+    overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=2", "--set",
+                 "compress.latency_repeats=3", "--set", "compress.calibrations=[minmax]", "--set",
+                 "compress.prune_ratio=0.5"]
+    twin = copy_trained(root.parent, tmp_path / "twin")  # the same state, never killed
+    never_killed = run_in(twin, project_env(tmp_path / "twin", env.get("PREFECT_API_URL")), MLOPS, "run",
+                          "--no-push", *overrides)
+    assert never_killed.returncode == 0, never_killed.stdout[-3000:] + never_killed.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     before = {v.version for v in client.search_model_versions("name='digits-classifier'")}
-    for stage in ("evaluate", "package", "promote"):
+    for point, sign in KILL_POINTS:
         run = subprocess.Popen([MLOPS, "run", "--no-push", *overrides], cwd=root, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         seen = []
         try:
             for line in run.stdout:
                 seen.append(line)
-                if f"Running stage '{stage}'" in line:
+                if sign in line:
                     os.killpg(run.pid, signal.SIGKILL)
                     break
         finally:
             run.kill()
             run.wait()
-        assert any(f"Running stage '{stage}'" in line for line in seen), "".join(seen[-40:])
+        assert any(sign in line for line in seen), f"{point}: " + "".join(seen[-40:])
     done = run_in(root, env, MLOPS, "run", "--no-push", *overrides)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
@@ -156,6 +197,7 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project):
     bentos = run_in(root, env, "bentoml", "list", "-o", "json")
     tags = [b["tag"] for b in json.loads(bentos.stdout)]
     assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags
+    assert _end_state(root) == _end_state(twin)
 
 
 def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
