@@ -108,7 +108,9 @@ def test_a_machine_whose_bentoml_store_lacks_the_champion_serves_it_built_from_t
     assert "had no Bento on this machine: built" in printed and "Traceback" not in printed, printed[-3000:]
 
 
-KILL_POINTS = [("train", "Running stage 'train'"), ("evaluate", "Running stage 'evaluate'"),
+KILL_POINTS = [("ingest", "Running stage 'ingest'"), ("prepare", "Running stage 'prepare'"),
+               ("validate", "Running stage 'validate'"), ("train", "Running stage 'train'"),
+               ("evaluate", "Running stage 'evaluate'"),
                ("compress", "Running stage 'compress'"), ("compress, fine-tuning", "fine-tune"),
                ("package", "Running stage 'package'"), ("promote", "Running stage 'promote'")]
 
@@ -143,9 +145,9 @@ def _end_state(root: Path) -> dict:
 
 
 def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, tmp_path):
-    """One run with overrides, SIGKILLed (process group) as train, evaluate, compress, package and promote start
-    and in the middle of compress's fine-tuning of the pruned model, each time started again; the last attempt finishes. Its end state
-    equals, field by field, that of the same run never killed, in a copy of the project made before the first kill;
+    """One run with overrides (an ingest param and the split among them: every stage runs), SIGKILLed (process group)
+    as each stage starts and in the middle of compress's fine-tuning of the pruned model, each time started again;
+    the last attempt finishes. Its end state equals, field by field, that of the same run never killed, in a copy of the project made before the first kill;
     and it is a finished run's: no MLflow run left RUNNING, no half-built Bento, the workspace lock free,
     params.yaml byte-identical and no journal left."""
     import json
@@ -157,7 +159,7 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, 
     original = (root / "params.yaml").read_bytes()
     overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=2", "--set",
                  "compress.latency_repeats=3", "--set", "compress.calibrations=[minmax]", "--set",
-                 "compress.prune_ratio=0.5"]
+                 "compress.prune_ratio=0.5", "--set", "ingest.max_table_mb=1000", "--set", "prepare.val_fraction=0.16"]
     twin = copy_trained(root.parent, tmp_path / "twin")  # the same state, never killed
     never_killed = run_in(twin, project_env(tmp_path / "twin", env.get("PREFECT_API_URL")), MLOPS, "run",
                           "--no-push", *overrides)
