@@ -183,14 +183,15 @@ def push_data(root: Path) -> None:
 
 
 def nothing_to_do(root: Path, push: bool) -> bool:
-    """DVC reports every stage up to date, the data versions are pushed, and no other run holds the workspace:
-    a run would skip every stage, so Prefect need not even be started."""
+    """DVC reports every stage up to date, the data versions are pushed, no roll-out was cut short and no other run
+    holds the workspace: a run would skip every stage, so Prefect need not even be started."""
     from filelock import FileLock, Timeout
 
     try:
         with FileLock(str(root / LOCK_FILE)).acquire(timeout=0):
             return (not changed_stages(root) and not (push and unpushed(root))
-                    and (root / "artifacts/promote/promotion.json").is_file())
+                    and (root / "artifacts/promote/promotion.json").is_file()
+                    and not (root / ".serving/rollout.pending").is_file())  # a roll-out cut short: the flow ends it
     except Timeout:  # a run is in progress: the flow refuses this one, and says so
         return False
     except Exception:  # noqa: BLE001 - no dvc.lock yet, a broken workspace: let the flow run and report it properly

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+PENDING = ".serving/rollout.pending"  # a roll-out asked for and not yet answered: a kill leaves it, the next run ends it
 
 
 def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None = None) -> dict:
@@ -20,18 +21,25 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
     (the old one is then still serving).
     """
     from bento.front.admin import admin_token, request_rollout, serving_status
+    from tasks.common.atomic import write_json
     from tasks.common.outputs import BentoBuild, Promotion
 
     promotion = Promotion.read(root / "artifacts/promote/promotion.json")
     bento = BentoBuild.read(root / "artifacts/package/bento.json").bento_tag
     if not admin_url:
+        (root / PENDING).unlink(missing_ok=True)  # no front to finish it on any more
         return {"action": "none", "reason": "no serving front configured (rollout.admin_url is empty)"}
     if not promotion.promoted:
         return {"action": "kept", "reason": f"version {promotion.version} was not promoted"}
     token = admin_token(root / ".serving")  # the front's, when it runs from this project (else FRONT_ADMIN_TOKEN)
     if serving_status(admin_url, token)["bento"] == bento:
+        (root / PENDING).unlink(missing_ok=True)
         return {"action": "kept", "reason": f"the front already serves {bento}", "bento": bento}
+    # Said before asking: a run killed while the front switches leaves this, and the next `mlops run` then starts a
+    # flow (instead of "everything up to date") whose roll-out step sees the front and finishes the job.
+    write_json(root / PENDING, {"bento": bento, "version": promotion.version})
     record = request_rollout(admin_url, bento, token, ready_timeout_s)
+    (root / PENDING).unlink(missing_ok=True)
     return {"action": "rolled out", "reason": f"version {promotion.version} promoted to champion", **record}
 
 

@@ -241,3 +241,20 @@ def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
     running = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                if r.info.status == "RUNNING"]
     assert not running, running
+
+
+def test_a_roll_out_cut_short_makes_the_next_run_start_a_flow_that_ends_it(project):
+    """What a run killed while the serving front switched Bentos leaves (`.serving/rollout.pending`, written before
+    the front is asked): the next `mlops run` does not stop at "everything up to date" but starts the flow, whose
+    roll-out step finishes or, with no front configured any more, drops it; the run after is up to date again."""
+    root, env = project
+    before = run_in(root, env, MLOPS, "run", "--no-push")  # the push test before this one left everything done
+    assert before.returncode == 0 and "Everything up to date" in before.stdout, before.stdout[-2000:]
+    (root / ".serving").mkdir(exist_ok=True)
+    (root / ".serving/rollout.pending").write_text('{"bento": "digits_classifier:cut-short", "version": "1"}')
+    after = run_in(root, env, MLOPS, "run", "--no-push")
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+    assert "Everything up to date" not in after.stdout and "Pipeline finished" in after.stdout
+    assert not (root / ".serving/rollout.pending").exists()
+    again = run_in(root, env, MLOPS, "run", "--no-push")
+    assert again.returncode == 0 and "Everything up to date" in again.stdout, again.stdout[-2000:]

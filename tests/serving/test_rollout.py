@@ -248,7 +248,10 @@ def test_the_flow_step_rolls_out_only_a_promoted_champion_not_already_served(ben
     outputs(True, other)
     done = roll_out_champion(tmp_path, front.admin)
     assert done["action"] == "rolled out" and done["from"] == served and done["to"] == other
-    assert front.status()["bento"] == other
+    assert front.status()["bento"] == other and not (tmp_path / ".serving/rollout.pending").exists()
+    (tmp_path / ".serving/rollout.pending").write_text("{}")  # what a run killed while the front switched leaves
+    assert roll_out_champion(tmp_path, front.admin)["action"] == "kept"  # the front finished it: the next run says so
+    assert not (tmp_path / ".serving/rollout.pending").exists()
     with pytest.raises(BackendFailed, match="no serving front answered"):
         roll_out_champion(tmp_path, f"http://127.0.0.1:{free_port()}")
 
