@@ -40,30 +40,33 @@ def log_and_register(model, example_x: np.ndarray, example_y: np.ndarray, name: 
         return existing
     mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT.rsplit("/", 1)[0])
     signature = infer_signature(np.asarray(example_x), example_y)
-    info = _log_model(model, signature, np.asarray(example_x), name)
-    version = str(info.registered_model_version)
+    info = _log_model(model, signature, np.asarray(example_x))
+    # Registered with its identity tags in one call (one transaction in MLflow's store): a stage killed right after
+    # finds this version by them when it runs again, instead of registering the same weights twice.
+    version = str(mlflow.register_model(info.model_uri, name, tags={"run_id": run.info.run_id,
+                                                                    MODEL_MD5: model_md5}).version)
     client = mlflow.MlflowClient()
     lineage = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", "gate."))}
-    for key, value in {**lineage, "run_id": run.info.run_id, MODEL_MD5: model_md5}.items():
+    for key, value in lineage.items():
         client.set_model_version_tag(name, version, key, value)
     return version
 
 
-def _log_model(model, signature, example: np.ndarray, name: str):
-    """A network with MLflow's pytorch flavour, a tree ensemble (tasks/nn/checkpoint.py TreeModel) with its onnx one;
-    registered under `name`."""
+def _log_model(model, signature, example: np.ndarray):
+    """A network logged with MLflow's pytorch flavour, a tree ensemble (tasks/nn/checkpoint.py TreeModel) with its
+    onnx one (not registered yet)."""
     import mlflow
 
-    # Stated, not inferred: inference re-imports the model in a subprocess (seconds) and drops torch's +cpu label anyway.
+    # Stated, not inferred: inference re-imports the model in a subprocess (seconds), dropping torch's +cpu label.
     libraries = ("onnx", "onnxruntime", "numpy") if hasattr(model, "onnx") else ("torch", "numpy")
     requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in libraries]
     if hasattr(model, "onnx"):
         import onnx
 
         return mlflow.onnx.log_model(onnx.load_from_string(model.onnx), name="model", signature=signature,
-                                     input_example=example, registered_model_name=name, pip_requirements=requirements)
+                                     input_example=example, pip_requirements=requirements)
     return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                    registered_model_name=name, pip_requirements=requirements)
+                                    pip_requirements=requirements)
 
 
 def champion_version(name: str) -> str | None:
@@ -194,13 +197,22 @@ def register_compressed(name: str, version: str, onnx_path, table: list[dict], c
     import mlflow
     import onnx
 
+    import hashlib
+
     client = mlflow.MlflowClient()
     row = next(r for r in table if r["variant"] == chosen)
-    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="compressed_model",
-                                 registered_model_name=compressed_name(name))
-    compressed = str(info.registered_model_version)
-    tags = {"source.model": name, "source.version": version, "source.run_id": run.info.run_id, "variant": chosen,
-            **{f"measured.{k}": f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in row.items() if k != "variant"},
+    identity = {"source.model": name, "source.version": version, "source.run_id": run.info.run_id, "variant": chosen,
+                "onnx.md5": hashlib.md5(Path(onnx_path).read_bytes()).hexdigest()}
+    found = [v for v in client.search_model_versions(f"name = '{compressed_name(name)}' and run_id = "
+                                                     f"'{run.info.run_id}'")
+             if all(v.tags.get(k) == value for k, value in identity.items())]
+    if found:  # a package stage killed after registering it, run again: the same version, not a second one
+        compressed = str(min(int(v.version) for v in found))
+    else:  # registered with its identity in one call (one transaction), so a kill right after cannot duplicate it
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="compressed_model")
+        compressed = str(mlflow.register_model(info.model_uri, compressed_name(name), tags=identity).version)
+    tags = {**{f"measured.{k}": f"{v:.6g}" if isinstance(v, float) else str(v)
+               for k, v in row.items() if k != "variant"},
             "measured.table": json.dumps(table)[:4900]}  # the whole table is on the run too: compression/variants.json
     for key, value in tags.items():
         client.set_model_version_tag(compressed_name(name), compressed, key, value)

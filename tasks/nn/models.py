@@ -125,7 +125,8 @@ class TfidfNet(nn.Module):
 
     def __init__(self, text: dict, params: TrainParams, n_classes: int) -> None:
         super().__init__()
-        self.dense, self.columns, self.length, self.vocab = text["dense"], text["columns"], text["length"], text["vocab"]
+        self.dense, self.columns, self.length = text["dense"], text["columns"], text["length"]
+        self.vocab = text["vocab"]
         self.buckets = params.ngram_buckets
         self.features = self.vocab + self.buckets
         self.register_buffer("idf", torch.ones(self.columns, self.features))

@@ -104,8 +104,9 @@ def _tracked(root: Path, params: Params, out_dir: Path, world, fit, progress, ho
 
     experiment_id = tracking.configure(root, params.base.experiment)
     resumed = progress.run_id
-    with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
-                          tags=None if resumed or hooks is None else hooks.tags) as run, tracking.marked_open(root, run):
+    started = mlflow.start_run(run_id=resumed, experiment_id=None if resumed else experiment_id,
+                               tags=None if resumed or hooks is None else hooks.tags)
+    with started as run, tracking.marked_open(root, run):
         if resumed is None:
             progress.run_id = run.info.run_id
             tracking.record_run(out_dir / "run.json", progress.run_id, experiment_id)

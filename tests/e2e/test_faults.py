@@ -108,100 +108,6 @@ def test_a_machine_whose_bentoml_store_lacks_the_champion_serves_it_built_from_t
     assert "had no Bento on this machine: built" in printed and "Traceback" not in printed, printed[-3000:]
 
 
-KILL_POINTS = [("ingest", "Running stage 'ingest'"), ("prepare", "Running stage 'prepare'"),
-               ("validate", "Running stage 'validate'"), ("train", "Running stage 'train'"),
-               ("evaluate", "Running stage 'evaluate'"),
-               ("compress", "Running stage 'compress'"), ("compress, fine-tuning", "fine-tune"),
-               ("package", "Running stage 'package'"), ("promote", "Running stage 'promote'")]
-
-
-def _end_state(root: Path) -> dict:
-    """What a finished run leaves that a kill must not change: data versions (DVC's hashes), the weights, the trained
-    and evaluated figures, the gate's decision, the variant shipped, the promotion, the registry's versions and
-    aliases. (Not latencies, times or Bento tags: those differ between any two runs.)"""
-    import json
-
-    import mlflow
-    import yaml
-
-    read = lambda rel: json.loads((root / "artifacts" / rel).read_text())  # noqa: E731
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    outs = {out["path"]: out.get("md5") for stage in ("ingest", "prepare") for out in lock[stage]["outs"]}
-    import hashlib
-
-    import torch
-
-    state = torch.load(root / "artifacts/train/model.pt", weights_only=True)["state_dict"]  # (the file holds run ids)
-    weights = hashlib.md5(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    gate, promotion = read("evaluate/gate.json"), read("promote/promotion.json")
-    return {"dvc outs": outs, "weights": weights, "train": {k: read("train/metrics.json")[k] for k in ("best_epoch", "epochs_run",
-                                                                                   "val_loss", "val_accuracy")},
-            "evaluate": read("evaluate/metrics.json"), "gate": {k: gate[k] for k in ("passed", "reason", "version")},
-            "shipped variant": read("compress/choice.json")["variant"],
-            "promotion": {k: promotion[k] for k in ("promoted", "version")},
-            "versions": sorted(int(v.version) for v in client.search_model_versions("name='digits-classifier'")),
-            "aliases": dict(client.get_registered_model("digits-classifier").aliases)}
-
-
-def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, tmp_path):
-    """One run with overrides (an ingest param and the split among them: every stage runs), SIGKILLed (process group)
-    as each stage starts and in the middle of compress's fine-tuning of the pruned model, each time started again;
-    the last attempt finishes. Its end state equals, field by field, that of the same run never killed, in a copy of the project made before the first kill;
-    and it is a finished run's: no MLflow run left RUNNING, no half-built Bento, the workspace lock free,
-    params.yaml byte-identical and no journal left."""
-    import json
-
-    import mlflow
-    from filelock import FileLock
-
-    root, env = project
-    original = (root / "params.yaml").read_bytes()
-    overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=2", "--set",
-                 "compress.latency_repeats=3", "--set", "compress.calibrations=[minmax]", "--set",
-                 "compress.prune_ratio=0.5", "--set", "ingest.max_table_mb=1000", "--set", "prepare.val_fraction=0.16"]
-    twin = copy_trained(root.parent, tmp_path / "twin")  # the same state, never killed
-    never_killed = run_in(twin, project_env(tmp_path / "twin", env.get("PREFECT_API_URL")), MLOPS, "run",
-                          "--no-push", *overrides)
-    assert never_killed.returncode == 0, never_killed.stdout[-3000:] + never_killed.stderr[-3000:]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    before = {v.version for v in client.search_model_versions("name='digits-classifier'")}
-    for point, sign in KILL_POINTS:
-        run = subprocess.Popen([MLOPS, "run", "--no-push", *overrides], cwd=root, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        seen = []
-        try:
-            for line in run.stdout:
-                seen.append(line)
-                if sign in line:
-                    os.killpg(run.pid, signal.SIGKILL)
-                    break
-        finally:
-            run.kill()
-            run.wait()
-        assert any(sign in line for line in seen), f"{point}: " + "".join(seen[-40:])
-    done = run_in(root, env, MLOPS, "run", "--no-push", *overrides)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stdout + done.stderr
-    assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
-    with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):  # nobody holds the workspace
-        pass
-    versions = client.search_model_versions("name='digits-classifier'")
-    new = {v.version for v in versions} - before
-    assert len(new) == 1 and len(versions) == len(before) + 1, sorted(v.version for v in versions)
-    gate = json.loads((root / "artifacts/evaluate/gate.json").read_text())
-    aliases = client.get_registered_model("digits-classifier").aliases
-    promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
-    assert str(aliases["champion"]) == (gate["version"] if promotion["promoted"] else gate["previous_champion"])
-    running = [r.info.run_name for e in client.search_experiments()
-               for r in client.search_runs([e.experiment_id]) if r.info.status == "RUNNING"]
-    assert not running, running
-    bentos = run_in(root, env, "bentoml", "list", "-o", "json")
-    tags = [b["tag"] for b in json.loads(bentos.stdout)]
-    assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags
-    assert _end_state(root) == _end_state(twin)
-
-
 def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
     """SIGKILL as the data versions go to the DVC remote: the next plain run sees them unpushed, pushes them (every
     stage up to date) and ends with the remote in sync, the workspace free and no MLflow run left RUNNING."""
@@ -258,3 +164,106 @@ def test_a_roll_out_cut_short_makes_the_next_run_start_a_flow_that_ends_it(proje
     assert not (root / ".serving/rollout.pending").exists()
     again = run_in(root, env, MLOPS, "run", "--no-push")
     assert again.returncode == 0 and "Everything up to date" in again.stdout, again.stdout[-2000:]
+
+
+KILL_POINTS = [  # (what is cut short, the line after which the process group is killed)
+    ("ingest, starting", "Running stage 'ingest'"), ("ingest, outputs written", "tasks.ingest.stage: ingested"),
+    ("prepare, starting", "Running stage 'prepare'"), ("prepare, outputs written", "tasks.prepare.stage: split"),
+    ("validate, starting", "Running stage 'validate'"), ("validate, checked", "tasks.validate.stage:"),
+    ("train, starting", "Running stage 'train'"), ("train, trained", "tasks.train.stage: trained"),
+    ("evaluate, starting", "Running stage 'evaluate'"),
+    ("evaluate, version registered", "of model 'digits-classifier'."),
+    ("compress, starting", "Running stage 'compress'"), ("compress, fine-tuning the pruned model", "fine-tune"),
+    ("package, starting", "Running stage 'package'"),
+    ("package, compressed version registered", "of model 'digits-classifier-compressed'."),
+    ("promote, starting", "Running stage 'promote'"),  # (this run's model is not promoted: no serving check)
+]
+
+
+def _end_state(root: Path) -> dict:
+    """What a finished run leaves that a kill must not change: data versions (DVC's hashes), the weights, the trained
+    and evaluated figures, the gate's decision, the variant shipped, the promotion, the registry's versions and
+    aliases. (Not latencies, times or Bento tags: those differ between any two runs.)"""
+    import hashlib
+    import json
+
+    import mlflow
+    import torch
+    import yaml
+
+    read = lambda rel: json.loads((root / "artifacts" / rel).read_text())  # noqa: E731
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    outs = {out["path"]: out.get("md5") for stage in ("ingest", "prepare") for out in lock[stage]["outs"]}
+    state = torch.load(root / "artifacts/train/model.pt", weights_only=True)["state_dict"]  # (the file holds run ids)
+    weights = hashlib.md5(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    gate, promotion = read("evaluate/gate.json"), read("promote/promotion.json")
+    trained = read("train/metrics.json")
+    return {"dvc outs": outs, "weights": weights,
+            "train": {k: trained[k] for k in ("best_epoch", "epochs_run", "val_loss", "val_accuracy")},
+            "evaluate": read("evaluate/metrics.json"), "gate": {k: gate[k] for k in ("passed", "reason", "version")},
+            "shipped variant": read("compress/choice.json")["variant"],
+            "promotion": {k: promotion[k] for k in ("promoted", "version")},
+            "versions": sorted(int(v.version) for v in client.search_model_versions("name='digits-classifier'")),
+            "aliases": dict(client.get_registered_model("digits-classifier").aliases)}
+
+
+def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, tmp_path):
+    """One run with overrides (an ingest param and the split among them: every stage runs), SIGKILLed (process group)
+    at each point of KILL_POINTS in turn (each stage's start, and inside it: after its outputs are written but
+    before DVC records them, right after a version is registered, while fine-tuning), each time started again; the last attempt finishes. Its end state equals, field by
+    field, that of the same run never killed, in a copy of the project made before the first kill; and it is a
+    finished run's: no MLflow run left RUNNING, no half-built Bento, the workspace lock free,
+    params.yaml byte-identical and no journal left."""
+    import json
+
+    import mlflow
+    from filelock import FileLock
+
+    root, env = project
+    original = (root / "params.yaml").read_bytes()
+    overrides = ["--set", "train.epochs=4", "--set", "compress.finetune_epochs=2", "--set",
+                 "compress.latency_repeats=3", "--set", "compress.calibrations=[minmax]", "--set",
+                 "compress.prune_ratio=0.5", "--set", "ingest.max_table_mb=1000", "--set", "prepare.val_fraction=0.16"]
+    twin = copy_trained(root.parent, tmp_path / "twin")  # the same state, never killed
+    never_killed = run_in(twin, project_env(tmp_path / "twin", env.get("PREFECT_API_URL")), MLOPS, "run",
+                          "--no-push", *overrides)
+    assert never_killed.returncode == 0, never_killed.stdout[-3000:] + never_killed.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    before = {v.version for v in client.search_model_versions("name='digits-classifier'")}
+    for point, sign in KILL_POINTS:
+        run = subprocess.Popen([MLOPS, "run", "--no-push", *overrides], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        seen = []
+        try:
+            for line in run.stdout:
+                seen.append(line)
+                if sign in line:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    break
+        finally:
+            run.kill()
+            run.wait()
+        assert any(sign in line for line in seen), f"{point}: " + "".join(seen[-40:])
+    done = run_in(root, env, MLOPS, "run", "--no-push", *overrides)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
+    with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):  # nobody holds the workspace
+        pass
+    versions = client.search_model_versions("name='digits-classifier'")
+    new = {v.version for v in versions} - before
+    assert len(new) == 1 and len(versions) == len(before) + 1, sorted(v.version for v in versions)
+    compressed = client.search_model_versions("name='digits-classifier-compressed'")
+    assert len([v for v in compressed if v.tags.get("source.version") in {str(n) for n in new}]) == 1  # nor here
+    gate = json.loads((root / "artifacts/evaluate/gate.json").read_text())
+    aliases = client.get_registered_model("digits-classifier").aliases
+    promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
+    assert str(aliases["champion"]) == (gate["version"] if promotion["promoted"] else gate["previous_champion"])
+    running = [r.info.run_name for e in client.search_experiments()
+               for r in client.search_runs([e.experiment_id]) if r.info.status == "RUNNING"]
+    assert not running, running
+    bentos = run_in(root, env, "bentoml", "list", "-o", "json")
+    tags = [b["tag"] for b in json.loads(bentos.stdout)]
+    assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags
+    assert _end_state(root) == _end_state(twin)
