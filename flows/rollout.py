@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-PENDING = ".serving/rollout.pending"  # a roll-out asked for and not yet answered: a kill leaves it, the next run ends it
+PENDING = ".serving/rollout.pending"  # a roll-out asked for, not yet answered: a kill leaves it, the next run ends it
 
 
 def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None = None) -> dict:

@@ -25,7 +25,8 @@ def summarize(root: Path, runs: list[StageRun], served: dict | None = None) -> d
         "leaderboard": read("evaluate/leaderboard.json"),
         "gate": GateResult.read(artifacts / "evaluate/gate.json").model_dump(),
         "promotion": Promotion.read(artifacts / "promote/promotion.json").model_dump(),
-        "compressed": {"variant": chosen, "fp32": variants.get("fp32-torch", variants[chosen]), "chosen": variants[chosen]},
+        "compressed": {"variant": chosen, "fp32": variants.get("fp32-torch", variants[chosen]),
+                       "chosen": variants[chosen]},
         "family": _family(read("train/metrics.json")),
         "bento": BentoBuild.read(artifacts / "package/bento.json").model_dump(),
         "served": served or {"action": "none", "reason": "no roll-out step ran"},
@@ -59,10 +60,12 @@ def render(summary: dict) -> str:
 def _compressed(variant: str, fp32: dict, chosen: dict) -> str:
     if fp32 is chosen or fp32 == chosen:  # a tree ensemble: no fp32 network to compare with
         return (f"{variant}: {chosen['size_bytes'] / 1024:.0f} KB, shipped as trained; latency b1 "
-                f"{chosen['latency_b1_ms']:.3f} ms, b64 {chosen['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}")
+                f"{chosen['latency_b1_ms']:.3f} ms, b64 {chosen['latency_b64_ms']:.3f} ms; "
+                f"accuracy {chosen['accuracy']:.4f}")
     return (f"{variant}: {chosen['size_bytes'] / 1024:.0f} KB vs {fp32['size_bytes'] / 1024:.0f} KB fp32; "
             f"latency b1 {chosen['latency_b1_ms']:.3f} ms vs {fp32['latency_b1_ms']:.3f} ms, "
-            f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; accuracy {chosen['accuracy']:.4f}")
+            f"b64 {chosen['latency_b64_ms']:.3f} ms vs {fp32['latency_b64_ms']:.3f} ms; "
+            f"accuracy {chosen['accuracy']:.4f}")
 
 
 def _family(train_metrics: dict) -> str:
