@@ -19,6 +19,25 @@ from tasks.common.config import Params
 from tasks.common.dataset import load_split
 
 log = logging.getLogger(__name__)
+NETWORK, TREE, TFIDF = "network", "tree", "tfidf"
+
+
+def families(model: str, kind: str, has_text: bool) -> list[str]:
+    """The model families `train.model` trains on this data, the network first: `auto` on a table trains the network
+    and a challenger (trees; TF-IDF + logistic regression when the table has text) and ships the better on the
+    validation split (contest.py); `tree` or `tfidf` the challenger alone; anything else a network."""
+    from tasks.common.errors import ConfigError
+
+    if model == TREE and not (kind == "table" and not has_text):
+        raise ConfigError("train.model=tree needs a table without text (trees read numbers and categories; "
+                          f"this data is {'a table with text' if has_text else kind}): use train.model: auto")
+    if model == TFIDF and not has_text:
+        raise ConfigError(f"train.model=tfidf needs a text column; this data has none ({kind}): use train.model: auto")
+    if model in (TREE, TFIDF):
+        return [model]
+    if model == "auto" and kind == "table":
+        return [NETWORK, TFIDF if has_text else TREE]
+    return [NETWORK]
 
 
 @dataclass(frozen=True)
@@ -48,8 +67,6 @@ def contest(params: Params, root: Path, prepared_dir: Path, out_dir: Path, data,
 
     from tasks.nn.checkpoint import load_checkpoint
     from tasks.train.stage import write_curves
-    from tasks.train.trees import NETWORK
-
     train, val = load_split(prepared_dir / "train"), load_split(prepared_dir / "val")
     challenger = _challenger(params, data, (train.x, train.y), (val.x, val.y))
     probabilities = {challenger.family: challenger.probabilities}
@@ -80,7 +97,7 @@ def _challenger(params: Params, data, train: tuple, val: tuple) -> Challenger:
     """The trees on a table without text, TF-IDF + logistic regression on one with text, fitted on `train`."""
     from tasks.common.tables import text_layout
     from tasks.nn.checkpoint import TreeModel, save_checkpoint, save_tree_checkpoint
-    from tasks.train.trees import TFIDF, TREE, fit_tree
+    from tasks.train.trees import fit_tree
 
     n_classes, shape = len(data.classes), tuple(np.asarray(train[0]).shape[1:])
     text = text_layout(data.encoding, data.features)
@@ -143,12 +160,12 @@ def _weights(y: np.ndarray, metric: str) -> np.ndarray:
     return np.array([1.0 / (len(classes) * per_class[k]) for k in y.tolist()])
 
 
-def _softmax(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
+def _softmax(model, x: np.ndarray) -> np.ndarray:
     import torch
 
-    with torch.inference_mode():
-        return np.concatenate([torch.softmax(model(torch.from_numpy(x[i : i + batch])), 1).numpy()
-                               for i in range(0, len(x), batch)])
+    from tasks.nn.epoch import predict_logits
+
+    return torch.softmax(predict_logits(model, x, 512), 1).numpy()
 
 
 def _shipped(history: list[dict]) -> dict:

@@ -61,7 +61,7 @@ def _train(params: Params, root: Path, prepared_dir: Path, out_dir: Path, world,
     from tasks.common.tables import text_of
     from tasks.nn.distributed import barrier
     from tasks.train import loop
-    from tasks.train.trees import NETWORK, families
+    from tasks.train.contest import NETWORK, families
 
     data = prepared_meta(prepared_dir)
     trained = families(params.train.model, data.kind, data.kind == "table" and bool(text_of(data.columns)))

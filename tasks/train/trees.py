@@ -13,9 +13,6 @@ import numpy as np
 from tasks.common.config import TrainParams
 
 log = logging.getLogger(__name__)
-TREE = "tree"
-TFIDF = "tfidf"
-NETWORK = "network"
 
 
 @dataclass(frozen=True)
@@ -24,24 +21,6 @@ class TreeFit:
     rounds: int  # boosting rounds kept (early stopping on the validation split)
     seconds: float
     history: list[dict]  # per round, as a network's per epoch: train/val loss and accuracy (train: up to 5,000 rows)
-
-
-def families(model: str, kind: str, has_text: bool) -> list[str]:
-    """The model families `train.model` trains on this data, the network first: `auto` on a table trains the network
-    and a challenger (trees; TF-IDF + logistic regression when the table has text) and ships the better on the
-    validation split (contest.py); `tree` or `tfidf` the challenger alone; anything else a network."""
-    from tasks.common.errors import ConfigError
-
-    if model == TREE and not (kind == "table" and not has_text):
-        raise ConfigError("train.model=tree needs a table without text (trees read numbers and categories; "
-                          f"this data is {'a table with text' if has_text else kind}): use train.model: auto")
-    if model == TFIDF and not has_text:
-        raise ConfigError(f"train.model=tfidf needs a text column; this data has none ({kind}): use train.model: auto")
-    if model in (TREE, TFIDF):
-        return [model]
-    if model == "auto" and kind == "table":
-        return [NETWORK, TFIDF if has_text else TREE]
-    return [NETWORK]
 
 
 def fit_tree(cfg: TrainParams, train: tuple, val: tuple, n_classes: int, seed: int) -> TreeFit:

@@ -21,32 +21,51 @@ def project(trained_project, tmp_path_factory, prefect_api):
     return copy_trained(trained_project, base), project_env(base, prefect_api)
 
 
-def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(project):
-    """SIGKILL mid-training (its first epoch checkpointed) of a run with an override. The next plain run puts
-    params.yaml back, trains anew (other params: nothing to resume) and ends the killed run's MLflow run KILLED."""
-    import json
+def _killed_at(root: Path, env: dict, args: list[str], sign: str, wait_for: Path | None = None) -> list[str]:
+    """`mlops <args>` in `root`, SIGKILLed (its process group, as an OOM killer or `kill -9` would) at the first
+    output line holding `sign` (once `wait_for` exists, when given); the lines it printed. Fails when `sign` never
+    came."""
     import time
 
-    import mlflow
-
-    root, env = project
-    original = (root / "params.yaml").read_bytes()
-    run = subprocess.Popen([MLOPS, "run", "--no-push", "--set", "train.epochs=30"], cwd=root, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = subprocess.Popen([MLOPS, *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
     seen = []
     try:
         for line in run.stdout:
             seen.append(line)
-            if "Running stage 'train'" in line:  # overridden, and the train stage started on it
+            if sign in line:
                 deadline = time.monotonic() + 300
-                while not (root / "artifacts/train/last.pt").is_file() and time.monotonic() < deadline:
-                    time.sleep(0.1)  # an epoch checkpointed: the MLflow run is open
+                while wait_for is not None and not wait_for.is_file() and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 os.killpg(run.pid, signal.SIGKILL)
                 break
     finally:
         run.kill()
         run.wait()
-    assert any("Running stage 'train'" in line for line in seen), "".join(seen[-40:])
+    assert any(sign in line for line in seen), f"never printed {sign!r}: " + "".join(seen[-40:])
+    return seen
+
+
+def _running(root: Path) -> list[str]:
+    """The MLflow runs of the project's store still RUNNING."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    return [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if r.info.status == "RUNNING"]
+
+
+def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(project):
+    """SIGKILL mid-training (its first epoch checkpointed) of a run with an override. The next plain run puts
+    params.yaml back, trains anew (other params: nothing to resume) and ends the killed run's MLflow run KILLED."""
+    import json
+
+    import mlflow
+
+    root, env = project
+    original = (root / "params.yaml").read_bytes()
+    _killed_at(root, env, ["run", "--no-push", "--set", "train.epochs=30"], "Running stage 'train'",
+               wait_for=root / "artifacts/train/last.pt")  # an epoch checkpointed: the MLflow run is open
     assert (root / JOURNAL).is_file() and (root / "params.yaml").read_bytes() != original  # what the kill left
     killed = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -59,9 +78,7 @@ def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(proje
     status = run_in(root, env, "dvc", "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout  # the job finished
     assert client.get_run(killed).info.status == "KILLED"
-    running = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-               if r.info.status == "RUNNING"]
-    assert not running and not list((root / ".mlflow-open").glob("*.json")), running
+    assert not _running(root) and not list((root / ".mlflow-open").glob("*.json")), _running(root)
 
 
 def test_a_machine_whose_bentoml_store_lacks_the_champion_scores_with_it_from_the_registry(project, tmp_path):
@@ -113,7 +130,6 @@ def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
     stage up to date) and ends with the remote in sync, the workspace free and no MLflow run left RUNNING."""
     import shutil
 
-    import mlflow
     from filelock import FileLock
 
     from flows.dag import unpushed
@@ -122,19 +138,7 @@ def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
     remote = root / run_in(root, env, "dvc", "remote", "list").stdout.split()[1]  # relative to the project, or not
     shutil.rmtree(remote, ignore_errors=True)  # whatever earlier tests pushed: this run has everything to push
     assert unpushed(root)
-    run = subprocess.Popen([MLOPS, "run"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
-    seen = []
-    try:
-        for line in run.stdout:
-            seen.append(line)
-            if "pushing the data versions to the DVC remote" in line:
-                os.killpg(run.pid, signal.SIGKILL)
-                break
-    finally:
-        run.kill()
-        run.wait()
-    assert any("pushing the data versions" in line for line in seen), "".join(seen[-40:])
+    _killed_at(root, env, ["run"], "pushing the data versions to the DVC remote")
     after = run_in(root, env, MLOPS, "run")
     assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
     assert "data versions pushed" in after.stdout + after.stderr and "Traceback" not in after.stdout + after.stderr
@@ -143,10 +147,7 @@ def test_a_run_killed_while_pushing_its_data_pushes_it_at_the_next_run(project):
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     with FileLock(str(root / ".pipeline.lock")).acquire(timeout=0):
         pass
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    running = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-               if r.info.status == "RUNNING"]
-    assert not running, running
+    assert not _running(root), _running(root)
 
 
 def test_a_roll_out_cut_short_makes_the_next_run_start_a_flow_that_ends_it(project):
@@ -231,20 +232,8 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, 
     assert never_killed.returncode == 0, never_killed.stdout[-3000:] + never_killed.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     before = {v.version for v in client.search_model_versions("name='digits-classifier'")}
-    for point, sign in KILL_POINTS:
-        run = subprocess.Popen([MLOPS, "run", "--no-push", *overrides], cwd=root, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        seen = []
-        try:
-            for line in run.stdout:
-                seen.append(line)
-                if sign in line:
-                    os.killpg(run.pid, signal.SIGKILL)
-                    break
-        finally:
-            run.kill()
-            run.wait()
-        assert any(sign in line for line in seen), f"{point}: " + "".join(seen[-40:])
+    for _, sign in KILL_POINTS:  # (the point named in KILL_POINTS; the failure shows its line)
+        _killed_at(root, env, ["run", "--no-push", *overrides], sign)
     done = run_in(root, env, MLOPS, "run", "--no-push", *overrides)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
@@ -260,9 +249,7 @@ def test_a_run_killed_at_each_stage_in_turn_ends_like_one_never_killed(project, 
     aliases = client.get_registered_model("digits-classifier").aliases
     promotion = json.loads((root / "artifacts/promote/promotion.json").read_text())
     assert str(aliases["champion"]) == (gate["version"] if promotion["promoted"] else gate["previous_champion"])
-    running = [r.info.run_name for e in client.search_experiments()
-               for r in client.search_runs([e.experiment_id]) if r.info.status == "RUNNING"]
-    assert not running, running
+    assert not _running(root), _running(root)
     bentos = run_in(root, env, "bentoml", "list", "-o", "json")
     tags = [b["tag"] for b in json.loads(bentos.stdout)]
     assert json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"] in tags

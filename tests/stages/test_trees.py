@@ -11,7 +11,8 @@ import pytest
 
 from tasks.common.config import IngestParams, Params
 from tasks.common.errors import ConfigError
-from tasks.train.trees import families, to_onnx
+from tasks.train.contest import families
+from tasks.train.trees import to_onnx
 from tests.support import own_data
 
 
