@@ -49,6 +49,7 @@ bench: run  ## every benchmark in benchmarks/, then rewrite BENCHMARKS.md (minut
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.orchestration
 	$(BIN)/python -m benchmarks.cli_startup
+	$(BIN)/python -m benchmarks.fixed_cost
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.serving --overload
 	$(BIN)/python -m benchmarks.scoring

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -43,30 +45,45 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sweep.set_defaults(run=run_sweep, parser=sweep)
 
 
-def track_on_project_server(root: Path) -> None:
-    """The project's Prefect server, when one runs, instead of a temporary one (before Prefect is imported)."""
-    from flows.prefect_server import use_running
+@contextmanager
+def flow_server(root: Path) -> Iterator:
+    """The Prefect server this command's flow runs are tracked on, set before Prefect is imported: the user's, the
+    project's own while it runs, or one booting in the background now (flows/prefect_server.py `for_command`).
+    Call `.ready()` on it right before the flow."""
+    from flows.prefect_server import for_command
 
-    api_url = use_running(root.resolve())
-    if api_url:
-        print(f"flow runs tracked on the project's Prefect server: {api_url.removesuffix('/api')}", file=sys.stderr)
+    with for_command(root.resolve()) as server:
+        if server is not None and server.proc is None:
+            print(f"flow runs tracked on the project's Prefect server: {server.api_url.removesuffix('/api')}",
+                  file=sys.stderr)
+        elif server is not None:
+            print(f"flow runs tracked on a Prefect server started for this command ({server.api_url}; its database: "
+                  "PREFECT_HOME; `mlops schedule` keeps one running)", file=sys.stderr)
+        yield server or _AlreadySet()
+
+
+class _AlreadySet:
+    def ready(self) -> None:
+        """PREFECT_API_URL was the user's: nothing to wait for."""
 
 
 def run_score(args: argparse.Namespace) -> int:
-    track_on_project_server(args.root)
-    from flows.score import render, score_batch
-    from tasks.common.errors import DataError
-    from jobs.score.model import NoModel
+    with flow_server(args.root) as server:
+        from flows.score import render, score_batch
+        from tasks.common.errors import DataError
+        from jobs.score.model import NoModel, import_libraries
 
-    try:
-        results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
-                              push_to_remote=not args.no_push)
-    except DataError as err:
-        print(f"scoring stopped: {err}", file=sys.stderr)
-        return 2
-    except NoModel as err:
-        print(f"no model to score with: {err}", file=sys.stderr)
-        return 3
+        import_libraries()  # while the server boots
+        server.ready()
+        try:
+            results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
+                                  push_to_remote=not args.no_push)
+        except DataError as err:
+            print(f"scoring stopped: {err}", file=sys.stderr)
+            return 2
+        except NoModel as err:
+            print(f"no model to score with: {err}", file=sys.stderr)
+            return 3
     rejected = [result for result in results if result.get("rejected")]
     scored = [result for result in results if not result.get("rejected")]
     if scored:
@@ -78,30 +95,31 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    track_on_project_server(args.root)
     from flows.overrides import parse_assignment
 
     settings = dict(parse_assignment(item) for item in args.set)
     if args.trials < 0 or args.parallel < 0:
         args.parser.error("--trials and --parallel must be positive")
-    from flows.dag import StageFailed
-    from flows.sweep import DataNotReady, render, sweep_flow
-    from tasks.common.errors import ConfigError, PipelineError
-    from tasks.common.params_journal import recover
+    with flow_server(args.root) as server:
+        from flows.dag import StageFailed
+        from flows.sweep import DataNotReady, render, sweep_flow
+        from tasks.common.errors import ConfigError, PipelineError
+        from tasks.common.params_journal import recover
 
-    recovered = recover(args.root.resolve())  # trials read params.yaml: a killed run's overrides undone first
-    if recovered:
-        print(recovered)
+        recovered = recover(args.root.resolve())  # trials read params.yaml: a killed run's overrides undone first
+        if recovered:
+            print(recovered)
 
-    try:
-        outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,
-                             run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push, settings=settings)
-    except (ConfigError, DataNotReady) as err:
-        print(f"sweep refused: {err}", file=sys.stderr)
-        return 2
-    except (PipelineError, StageFailed) as err:
-        print(f"sweep failed: {err}", file=sys.stderr)
-        return 1
+        server.ready()
+        try:
+            outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,
+                                 run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push, settings=settings)
+        except (ConfigError, DataNotReady) as err:
+            print(f"sweep refused: {err}", file=sys.stderr)
+            return 2
+        except (PipelineError, StageFailed) as err:
+            print(f"sweep failed: {err}", file=sys.stderr)
+            return 1
     print(render(outcome["sweep"]))
     if outcome["pipeline"]:
         from flows.summary import render as render_pipeline

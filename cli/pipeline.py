@@ -58,18 +58,38 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
         print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
         return 0
-    from cli.jobs import track_on_project_server
+    import os
+    from contextlib import nullcontext
 
-    track_on_project_server(root)
-    from bento.front.supervisor import BackendFailed
-    from flows.dag import StageFailed
-    from flows.pipeline import pipeline
-    from tasks.common.errors import PipelineError
+    from tasks.common.stage_host import HOST_ENV, started
 
-    try:
-        summary = pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
-    except (PipelineError, StageFailed, BackendFailed) as err:
-        print(f"pipeline failed: {err}", file=sys.stderr)
+    # The stages' warm host imports their libraries while Prefect starts (PIPELINE_STAGE_HOST= turns it off).
+    with nullcontext({}) if HOST_ENV in os.environ else started(root) as host:
+        os.environ.update(host)
+        try:
+            summary = _flow(root, args, overrides)
+        finally:
+            for key in host:
+                os.environ.pop(key)
+    if summary is None:
         return 1
     print(render(summary))
     return 0
+
+
+def _flow(root: Path, args: argparse.Namespace, overrides: dict) -> dict | None:
+    """The pipeline flow run; None when it failed (said on stderr)."""
+    from cli.jobs import flow_server
+
+    with flow_server(root) as server:
+        from bento.front.supervisor import BackendFailed
+        from flows.dag import StageFailed
+        from flows.pipeline import pipeline
+        from tasks.common.errors import PipelineError
+
+        server.ready()
+        try:
+            return pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
+        except (PipelineError, StageFailed, BackendFailed) as err:
+            print(f"pipeline failed: {err}", file=sys.stderr)
+            return None

@@ -15,7 +15,8 @@ from tasks.common.params_journal import PIPELINE_LOCK as LOCK_FILE  # one pipeli
 class StageRun:
     stage: str
     executed: bool
-    seconds: float
+    seconds: float  # the stage's command under `dvc repro`, DVC's checks included
+    work_seconds: float = 0.0  # in the stage's own code (tasks/common/stage_cli.py), when it ran
 
 
 class StageFailed(RuntimeError):
@@ -122,7 +123,8 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
                               outcome.retryable)
         reasons = [line for line in tail if line.startswith("ERROR")] or tail[-5:]
         raise StageFailed(f"stage '{stage}' failed (exit {returncode}): " + " | ".join(reasons))
-    return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds)
+    return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds,
+                    work_seconds=outcome.seconds if outcome else 0.0)
 
 
 def _locked(root: Path, stage: str) -> dict | None:

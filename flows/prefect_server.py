@@ -6,18 +6,22 @@ and an ephemeral server runs no scheduler: a served cron deployment registers an
 127.0.0.1, with its database in `<root>/.prefect/` (ignored by git), so deployments, schedules and run
 history survive a restart of the serving process. A server of this project that is already running (its
 address is in `.prefect/server.json`) is reused and left running; one started here is stopped on exit. While it
-runs, `mlops run`, `score` and `sweep` track their flows on it too (`use_running`) instead of starting Prefect's
-temporary server each time.
+runs, `mlops run`, `score` and `sweep` track their flows on it too (`use_running`); otherwise each starts a server
+of its own in the background as it begins (`for_command`), instead of Prefect's temporary server at the flow's
+first call.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +95,51 @@ def use_running(root: Path) -> str | None:
     return running.api_url
 
 
+class CommandServer:
+    """A Prefect server for one command's flow runs, booting in the background (`for_command`)."""
+
+    def __init__(self, proc: subprocess.Popen | None, api_url: str, log_path: Path | None) -> None:
+        self.proc, self.api_url, self.log_path = proc, api_url, log_path
+
+    def ready(self, timeout_s: float = 90) -> None:
+        """Wait until it answers (at once for a server that was already running)."""
+        if self.proc is not None:
+            _wait_until_healthy(self.proc, self.api_url, timeout_s, self.log_path)
+
+
+@contextmanager
+def for_command(root: Path) -> Iterator[CommandServer | None]:
+    """Where this command's flow runs are tracked, set in PREFECT_API_URL before Prefect is imported: as the user
+    set it; else the project's own server while one runs (`mlops schedule`); else a server for this command alone,
+    started now so that it boots while the command imports and checks, where Prefect would start its temporary
+    server at the flow's first call and wait for it (3 to 4 s of every command). It is Prefect's own `prefect
+    server start` without UI or services, on the same database (PREFECT_HOME) as that temporary server, stopped
+    when the process exits. Call `ready()` right before the flow. Yields None when PREFECT_API_URL was the user's."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
+        return
+    running = use_running(root)
+    if running:
+        yield CommandServer(None, running, None)
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api_url = f"http://127.0.0.1:{port}/api"
+    folder = Path(tempfile.mkdtemp(prefix="prefect-server-"))
+    log_path = folder / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port), "--no-ui", "--no-services"], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_stop_with_parent)
+    # Stopped when this process exits, not when the block ends: Prefect sends its last logs and events to the
+    # server from its own exit handlers (registered later, so run earlier), and would wait on a stopped one.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(_let_stop, proc)
+    os.environ["PREFECT_API_URL"] = api_url
+    yield CommandServer(proc, api_url, log_path)
+
+
 def is_healthy(api_url: str) -> bool:
     import httpx
 
@@ -137,6 +186,14 @@ def _stop_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _let_stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, without waiting for it to finish shutting down (it needs no one)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -39,6 +39,7 @@ class StageOutcome(Output):
     error: str = ""  # the PipelineError's class name
     message: str = ""
     retryable: bool = False
+    seconds: float = 0.0  # in the stage's own `run` (no interpreter start, no DVC), as the flow reports it
 
 
 class DataDescription(Output):

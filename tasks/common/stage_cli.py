@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,12 @@ from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
 
 def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
+    if argv is None:  # the command dvc.yaml runs: the pipeline run's warm host runs it when there is one
+        from tasks.common.stage_host import hand_off
+
+        handed = hand_off(f"tasks.{stage}")
+        if handed is not None:
+            return handed
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: the current directory)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on error")
@@ -35,6 +42,7 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
 
     for ended in end_orphaned_runs(layout.root):  # and its MLflow runs ended KILLED
         logging.getLogger(__name__).warning("%s", ended)
+    began = time.perf_counter()
     try:
         from tasks.common.config import load_params
 
@@ -50,7 +58,7 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
         print(f"error in stage {stage}: {type(err).__name__}: {err}", file=sys.stderr)
         return err.exit_code
     figures = _figures(result)
-    _record(StageOutcome(stage=stage, ok=True, result=figures))
+    _record(StageOutcome(stage=stage, ok=True, result=figures, seconds=time.perf_counter() - began))
     print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return 0
 

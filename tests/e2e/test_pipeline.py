@@ -7,6 +7,7 @@ params.yaml or the data are in test_changes.py.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,13 @@ def test_a_first_run_prints_no_traceback_and_no_error_line(trained_project):
     run = json.loads((trained_project / "run.json").read_text())
     assert_clean_log(run["stdout"] + run["stderr"], "mlops run")
     assert "Pipeline finished" in run["stdout"]
+    # The command started its Prefect server itself, in the background (cli/jobs.py flow_server), and the flow
+    # run is in that server's database, PREFECT_HOME's, where Prefect's temporary server would have kept it.
+    assert "flow runs tracked on a Prefect server started for this command" in run["stderr"]
+    with sqlite3.connect(trained_project / "prefect" / "prefect.db") as db:
+        flows = db.execute("SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = "
+                           "flow_run.flow_id").fetchall()
+    assert flows == [("digits-pipeline", "COMPLETED")]
 
 
 def test_dvc_status_is_clean_and_repro_executes_nothing(project):
@@ -111,7 +119,7 @@ def test_a_second_make_run_with_nothing_changed_runs_no_stage_and_skips_prefect(
     done = run_in(root, env, MLOPS, "run")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Everything up to date" in done.stdout and "stages run:      none (everything up to date)" in done.stdout
-    assert "Running stage" not in done.stdout and "Starting temporary server" not in done.stdout + done.stderr
+    assert "Running stage" not in done.stdout and "Prefect server started" not in done.stdout + done.stderr
     assert "model version:   1 (champion" in done.stdout  # the summary still reads the last run's results
 
 

@@ -1,0 +1,164 @@
+"""A command's fixed cost, and its work against the work's real limit (`python -m benchmarks.fixed_cost`).
+
+In a fresh copy of the project trained by `mlops run --no-push` (bundled digits), `mlops score --no-push` as a
+user types it (a new process, its Prefect server, MLflow run and DVC tracking included) on a folder of 64 PNG
+digits, then on 20,000 (each run's folder holds one image of its own, so none is "already scored"); the same
+64-image command again with the project's own Prefect server running (`mlops schedule` keeps one). The work's
+limit is a bare loop over the same 20,000 files: decoding with Pillow (the Bento's decoder) on all cores and the
+same ONNX model at batch 64 in one process. Goals (issue 35): 64 inputs end to end ≤ 3 s; the command's work
+(20,000 − 64 inputs) ≥ 80 % of the bare loop's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.orchestration import _env, _timed
+from benchmarks.record import save, table
+from tests.support.processes import MLOPS, project_copy
+
+GOAL_64_S = 3.0
+GOAL_SHARE = 0.8
+
+
+def _pngs(folder: Path, count: int, salt: int) -> Path:
+    """`count` digits as 8-bit PNGs (the bundled set, repeated), one of them shifted by `salt` so that no two
+    folders have the same content."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images / 16 * 255).astype(np.uint8)
+    folder.mkdir(parents=True)
+    for n in range(count):
+        image = images[n % len(images)] if n else np.roll(images[0], salt % 8, axis=1)
+        Image.fromarray(image).save(folder / f"{n:06d}.png")
+    return folder
+
+
+def _decode(paths: list[str], shape: tuple[int, int], scale: float) -> np.ndarray:
+    from tasks.shipped.imaging import decode_image
+
+    return np.stack([decode_image(Path(p).read_bytes(), shape) * scale for p in paths]).astype(np.float32)
+
+
+def _bare(folder: Path, onnx_path: Path, shape: tuple[int, int], scale: float) -> float:
+    """Seconds for the bare loop: Pillow on every core, then ONNX Runtime at batch 64."""
+    import onnxruntime as ort
+
+    paths = sorted(str(p) for p in folder.iterdir())
+    began = time.perf_counter()
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(cores) as pool:
+        parts = list(pool.map(_decode, [paths[i::cores] for i in range(cores)], [shape] * cores, [scale] * cores))
+    batch = np.concatenate(parts)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for start in range(0, len(batch), 64):
+        session.run(None, {"images": batch[start:start + 64]})
+    return time.perf_counter() - began
+
+
+def _score(root: Path, env: dict, folder: Path) -> float:
+    seconds, out = _timed([MLOPS, "score", "--input", str(folder), "--no-push"], root, env)
+    assert "already scored" not in out, out[-2000:]
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp:
+        root = project_copy(Path(tmp) / "project")
+        env = _env(Path(tmp) / "homes")
+        _timed([MLOPS, "run", "--no-push"], root, env)
+        salt = iter(range(1, 1000))
+        small = [_score(root, env, _pngs(Path(tmp) / f"in64-{i}", 64, next(salt))) for i in range(args.repeats)]
+        large_in = _pngs(Path(tmp) / "in20000", 20_000, next(salt))
+        large = _score(root, env, large_in)
+        served = _served_small(root, env, tmp, salt, args.repeats)
+        figures = _figures(small, large, served, _limit(root, env, large_in))
+    print(figures)
+    save("fixed_cost", title="A command's fixed cost: scoring 64 inputs and 20,000",
+         command=f"python -m benchmarks.fixed_cost --repeats {args.repeats}", markdown=_markdown(figures),
+         figures=figures)
+
+
+def _served_small(root: Path, env: dict, tmp: str, salt, repeats: int) -> list[float]:
+    """The 64-input command while the project's own Prefect server runs (started as `mlops schedule` starts it)."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = ("import time; from pathlib import Path; from flows.prefect_server import project_server\n"
+            f"with project_server(Path('.'), port={port}): print('up', flush=True); time.sleep(3600)")
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "up", "the project's Prefect server did not start"
+        return [_score(root, env, _pngs(Path(tmp) / f"served64-{i}", 64, next(salt))) for i in range(repeats)]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _limit(root: Path, env: dict, folder: Path) -> dict:
+    """The bare loop on the champion's shipped model, as stored by the run (64 inputs and 20,000)."""
+    code = ("import json; from pathlib import Path; from tasks.common.config import load_params\n"
+            "from jobs.score.model import champion_model\n"
+            "m = champion_model(Path('.'), load_params(Path('params.yaml')))\n"
+            "print(json.dumps([str(m.onnx_path), m.served_shape[:2], float(m.meta['pixel_max']) / 255]))")
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    onnx_path, shape, scale = json.loads(done.stdout.strip().splitlines()[-1])
+    small = Path(tempfile.mkdtemp(prefix="bare64-"))
+    try:
+        for p in sorted(folder.iterdir())[:64]:
+            shutil.copy(p, small / p.name)
+        return {"bare_64_s": _bare(small, Path(onnx_path), tuple(shape), scale),
+                "bare_20000_s": _bare(folder, Path(onnx_path), tuple(shape), scale)}
+    finally:
+        shutil.rmtree(small)
+
+
+def _figures(small: list[float], large: float, served: list[float], limit: dict) -> dict:
+    fixed = statistics.median(small)
+    work = large - fixed
+    return {"score_64_s": small, "score_64_median_s": fixed, "score_20000_s": large,
+            "score_64_project_server_s": served, "score_64_project_server_median_s": statistics.median(served),
+            "work_20000_s": work, **limit, "work_share_of_limit": (limit["bare_20000_s"] - limit["bare_64_s"]) / work,
+            "goal_64_s": GOAL_64_S, "goal_share": GOAL_SHARE}
+
+
+def _markdown(f: dict) -> str:
+    rows = [["`mlops score` on 64 PNGs (Prefect server started by the command)", f"{f['score_64_median_s']:.2f}",
+             ", ".join(f"{s:.2f}" for s in f["score_64_s"]), f"goal ≤ {GOAL_64_S:g} s: "
+             + ("met" if f["score_64_median_s"] <= GOAL_64_S else "**not met**")],
+            ["`mlops score` on 64 PNGs, the project's Prefect server running", f"{f['score_64_project_server_median_s']:.2f}",
+             ", ".join(f"{s:.2f}" for s in f["score_64_project_server_s"]), f"goal ≤ {GOAL_64_S:g} s: "
+             + ("met" if f["score_64_project_server_median_s"] <= GOAL_64_S else "**not met**")],
+            ["`mlops score` on 20,000 PNGs", f"{f['score_20000_s']:.2f}", "", ""],
+            ["its work (20,000 − 64 inputs)", f"{f['work_20000_s']:.2f}", "", ""],
+            ["bare loop, 64 / 20,000 files (Pillow on all cores + ONNX b64)",
+             f"{f['bare_64_s']:.2f} / {f['bare_20000_s']:.2f}", "", ""],
+            ["the command's work against the bare loop (speed)", f"{f['work_share_of_limit']:.0%}", "",
+             f"goal ≥ {GOAL_SHARE:.0%}: " + ("met" if f["work_share_of_limit"] >= GOAL_SHARE else "**not met**")]]
+    return "\n".join([__doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
+                      table(["what", "seconds", "each run", ""], rows)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""A warm host for the stage commands of one pipeline run: the heavy libraries imported once, each stage forked.
+
+Every dvc.yaml stage is a new `python -m tasks.<stage>` process, and most of a small stage's time was importing
+torch, MLflow, scikit-learn, Great Expectations (2 to 4 s a stage on 2 cores; benchmarks/orchestration.py). The
+flow starts one host for its run (`started`): it imports those libraries once, while the first stages run, then
+listens on the Unix socket that PIPELINE_STAGE_HOST names. A stage command that finds it (`hand_off`) sends its
+module, arguments, working directory, environment and standard streams; the host forks a child that runs the
+module as `python -m` would, and the command exits with the child's status. DVC still starts the command, hashes
+its outputs and writes dvc.lock: what ran and what is up to date stays DVC's alone. With no host (`dvc repro`
+alone, a host not ready yet or gone) or with settings the libraries read when imported that differ from the
+host's, the command runs the stage itself, as before.
+
+The host is in the flow's process group (a kill of the run kills its stages) and stops with the flow; a stage
+whose command is killed is killed too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOST_ENV = "PIPELINE_STAGE_HOST"  # the host's socket, for the stage commands of this run
+# What the stages import, imported once by the host (a library not installed is skipped).
+PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "yaml", "great_expectations", "torch", "sklearn.linear_model",
+           "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection", "scipy.stats", "matplotlib.pyplot",
+           "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+           "onnx", "onnxruntime", "torch_pruning", "skl2onnx", "tokenizers", "bentoml")  # in the stages' order
+# Settings libraries read when they are imported (OpenMP's threads, BentoML's home, MLflow's log level, ...): a
+# stage whose values differ from the host's would not get its own, so it runs itself.
+IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH_", "CUDA_", "BENTOML_", "MLFLOW_LOGGING_LEVEL",
+               "MPLBACKEND", "PYTHON", "GX_")
+STARTED, REFUSED = b"S", b"R"
+
+
+@contextmanager
+def started(root: Path) -> Iterator[dict[str, str]]:
+    """A host for the stage commands run under `root` while the block runs; yields the environment that points
+    them at it. Its imports take a few seconds: commands started before it listens run themselves."""
+    folder = Path(tempfile.mkdtemp(prefix="stage-host-"))  # a socket's path must be short (108 bytes)
+    address = folder / "host.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address)], cwd=root,
+                            stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
+    try:
+        yield {HOST_ENV: str(address)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+
+
+def hand_off(module: str) -> int | None:
+    """In a stage command: have the run's host run `module` with this process's arguments, directory, environment
+    and streams; its exit status. None when there is no host to take it (the command then runs the stage)."""
+    address = os.environ.get(HOST_ENV)
+    if not address:
+        return None
+    env = {key: value for key, value in os.environ.items() if key != HOST_ENV}
+    body = json.dumps({"module": module, "argv": sys.argv, "cwd": os.getcwd(), "env": env}).encode()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(address)
+        socket.send_fds(conn, [struct.pack("!I", len(body)) + body], _streams())
+        answer = conn.recv(1)
+    except OSError:  # no host listening (not ready yet, or gone): run here
+        conn.close()
+        return None
+    if answer != STARTED:  # refused (other import-time settings), or gone before it started the stage
+        if answer == REFUSED:
+            differ = conn.recv(4096).decode(errors="replace")
+            print(f"{module} runs in its own process: the stage host was started with other values of {differ}",
+                  file=sys.stderr)
+        conn.close()
+        return None
+    with conn:
+        status = _received(conn, 4)
+    if status is None:
+        print(f"the stage host ({address}) stopped before {module} finished", file=sys.stderr)
+        return 1
+    code = struct.unpack("!i", status)[0]
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+
+def serve(address: str) -> None:
+    """The host: import PRELOAD, listen on `address`, fork a child per stage command (until SIGTERM)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as tasks/common/stage_cli.py sets it for a stage
+    settings = _import_time(os.environ)  # before the imports, which set some of their own (KMP_*)
+    _preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address + ".tmp")
+    listener.listen()
+    os.rename(address + ".tmp", address)  # commands find the socket only once the host is ready
+    stages: dict[int, socket.socket] = {}  # a running stage's pid: its command's connection
+    while True:
+        _serve_once(listener, stages, settings)
+
+
+def _serve_once(listener: socket.socket, stages: dict[int, socket.socket], settings: dict) -> None:
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        for conn in stages.values():
+            selector.register(conn, selectors.EVENT_READ)
+        ready = [key.fileobj for key, _ in selector.select(timeout=0.2)]
+    for conn in ready:
+        if conn is listener:
+            _accept(listener, stages, settings)
+        elif not conn.recv(1):  # the command is gone (killed): so is its stage
+            pid = next(pid for pid, c in stages.items() if c is conn)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    _reap(stages)
+
+
+def _accept(listener: socket.socket, stages: dict[int, socket.socket], settings: dict) -> None:
+    conn, _ = listener.accept()
+    try:
+        head, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+        size = struct.unpack("!I", head[:4])[0]
+        body = head[4:] + (_received(conn, size - len(head) + 4) or b"")
+        request = json.loads(body)
+    except (OSError, ValueError, struct.error):
+        conn.close()
+        return
+    asked = _import_time(request["env"])
+    if asked != settings:
+        differ = sorted(key for key in asked.keys() | settings.keys() if asked.get(key) != settings.get(key))
+        conn.sendall(REFUSED + ", ".join(differ).encode())
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+        return
+    conn.sendall(STARTED)
+    pid = os.fork()
+    if pid == 0:
+        listener.close()
+        for other in [conn, *stages.values()]:
+            other.close()
+        _child(request, fds)  # never returns
+    for fd in fds:
+        os.close(fd)
+    stages[pid] = conn
+
+
+def _child(request: dict, fds: list[int]) -> None:
+    """In the forked child: become the command (streams, directory, environment, arguments), run its module, exit
+    as the interpreter would (exit handlers, flushed streams) but without finalizing the libraries the host
+    imported: their native thread pools belong to the host (torch's and ONNX Runtime's abort when torn down in a
+    fork), as Python's own multiprocessing does."""
+    import atexit
+    import runpy
+
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = list(request["argv"])
+    sys.path[0] = request["cwd"]
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=stream.isatty(), write_through=unbuffered or stream is sys.stderr)
+    code = 1
+    try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if not isinstance(done.code, (int, type(None))):
+            print(done.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - what an uncaught error does in a fresh process: its traceback, exit 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()  # noqa: SLF001 - what interpreter exit runs first (MLflow ends its runs there)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+
+def _reap(stages: dict[int, socket.socket]) -> None:
+    """Tell each finished stage's command how it ended."""
+    for pid in list(stages):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            conn = stages.pop(pid)
+            try:
+                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass  # its command is gone
+            conn.close()
+
+
+def _preload() -> None:
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():  # what a stage's own import would warn, it still does (fresh filters there)
+        warnings.simplefilter("ignore")
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+
+
+def _import_time(env: dict) -> dict:
+    return {key: value for key, value in env.items() if key.startswith(IMPORT_TIME)} | {
+        "MLFLOW_LOGGING_LEVEL": env.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
+
+
+def _streams() -> list[int]:
+    """This process's stdin, stdout and stderr, /dev/null for one that is closed."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def _received(conn: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _stop_with_parent() -> None:
+    """In the host, before it starts: SIGTERM it when the flow that started it dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

@@ -1,0 +1,118 @@
+"""The stage commands' warm host (tasks/common/stage_host.py): a command handed to it runs in a child forked from
+the host, with the command's arguments, directory, environment and streams, and the command exits as the child
+did; what it cannot run the same way it refuses, and the command then runs itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.common.stage_host import HOST_ENV, started
+from tests.support.processes import REPO
+
+PROBE = textwrap.dedent("""
+    import os, sys, time
+    print(f"pid={os.getpid()} parent={os.getppid()} cwd={os.getcwd()} argv={sys.argv[1:]} "
+          f"probe={os.environ.get('PROBE_VALUE')}", flush=True)
+    print("to stderr", file=sys.stderr)
+    if "sleep" in sys.argv:
+        open("probe.pid", "w").write(str(os.getpid()))
+        time.sleep(120)
+    if "crash" in sys.argv:
+        raise ValueError("the probe crashed")
+    sys.exit(int(sys.argv[1]))
+""")
+
+# A stage command reduced to its first line: hand off to the host, else say so and exit 99.
+COMMAND = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from tasks.common.stage_host import hand_off; "
+           "code = hand_off('probe'); print('ran here' if code is None else '', end=''); "
+           "sys.exit(99 if code is None else code)")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """A host (it imports the stages' libraries first: seconds), and a folder holding the probe module."""
+    folder = tmp_path_factory.mktemp("probe")
+    (folder / "probe.py").write_text(PROBE)
+    with started(REPO) as host_env:
+        address = Path(host_env[HOST_ENV])
+        env = {**os.environ, **host_env}  # the host's own (the per-test stores differ: it would refuse them)
+        deadline = time.monotonic() + 120
+        while not address.exists():
+            assert time.monotonic() < deadline, "the stage host did not listen within 120 s"
+            time.sleep(0.2)
+        yield folder, env
+
+
+def _command(folder: Path, env: dict, *args: str, **extra_env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", COMMAND, *args], cwd=folder, env={**env, **extra_env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_command_runs_in_a_child_of_the_host_with_its_arguments_directory_environment_and_streams(host):
+    folder, env = host
+    command = _command(folder, env, "7", "--flag", PROBE_VALUE="from the command")
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 7, out + err
+    assert "ran here" not in out
+    fields = dict(part.split("=", 1) for part in out.split("argv=")[0].split())
+    assert int(fields["pid"]) != command.pid and int(fields["parent"]) != command.pid  # forked by the host
+    assert fields["cwd"] == str(folder)
+    assert "argv=['7', '--flag'] probe=from the command" in out
+    assert err.strip() == "to stderr"
+
+
+def test_an_uncaught_error_prints_its_traceback_and_exits_1(host):
+    folder, env = host
+    command = _command(folder, env, "0", "crash")
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 1
+    assert "Traceback" in err and "ValueError: the probe crashed" in err
+
+
+def test_a_command_whose_import_time_settings_differ_from_the_hosts_runs_itself(host):
+    """OpenMP reads OMP_NUM_THREADS when torch is imported: the host's import would not honour another value."""
+    folder, env = host
+    command = _command(folder, env, "0", OMP_NUM_THREADS=str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 7))
+    out, _ = command.communicate(timeout=60)
+    assert (command.returncode, out) == (99, "ran here")
+
+
+def test_with_no_host_listening_the_command_runs_itself(tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    command = _command(tmp_path, {**os.environ, HOST_ENV: str(tmp_path / "nobody.sock")}, "0")
+    out, _ = command.communicate(timeout=60)
+    assert (command.returncode, out) == (99, "ran here")
+
+
+def test_a_killed_command_takes_its_stage_with_it(host):
+    """DVC killed with its command (a stage timeout, Ctrl-C): the stage must not run on unseen in the host."""
+    folder, env = host
+    (folder / "probe.pid").unlink(missing_ok=True)
+    command = _command(folder, env, "0", "sleep")
+    deadline = time.monotonic() + 60
+    while not (folder / "probe.pid").is_file() or not (folder / "probe.pid").read_text():
+        assert time.monotonic() < deadline and command.poll() is None, command.communicate()
+        time.sleep(0.1)
+    stage = int((folder / "probe.pid").read_text())
+    os.kill(command.pid, signal.SIGKILL)
+    command.wait()
+    deadline = time.monotonic() + 10
+    while _alive(stage):
+        assert time.monotonic() < deadline, f"the stage (pid {stage}) outlived its killed command"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return status != "Z"
