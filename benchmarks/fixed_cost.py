@@ -147,7 +147,8 @@ def _markdown(f: dict) -> str:
     rows = [["`mlops score` on 64 PNGs (Prefect server started by the command)", f"{f['score_64_median_s']:.2f}",
              ", ".join(f"{s:.2f}" for s in f["score_64_s"]), f"goal ≤ {GOAL_64_S:g} s: "
              + ("met" if f["score_64_median_s"] <= GOAL_64_S else "**not met**")],
-            ["`mlops score` on 64 PNGs, the project's Prefect server running", f"{f['score_64_project_server_median_s']:.2f}",
+            ["`mlops score` on 64 PNGs, the project's Prefect server running",
+             f"{f['score_64_project_server_median_s']:.2f}",
              ", ".join(f"{s:.2f}" for s in f["score_64_project_server_s"]), f"goal ≤ {GOAL_64_S:g} s: "
              + ("met" if f["score_64_project_server_median_s"] <= GOAL_64_S else "**not met**")],
             ["`mlops score` on 20,000 PNGs", f"{f['score_20000_s']:.2f}", "", ""],

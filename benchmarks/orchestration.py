@@ -91,9 +91,11 @@ def _markdown(f: dict, cold: dict, hostless: dict, alone: dict) -> str:
     def share(x: float) -> str:
         return f"{100 * x / f['cold_s']:.1f} % of cold"
 
-    rows = [["cold run (every stage executes)", f["cold_s"], f"{f['cold_per_train']:.2f}× the train stage (goal ≤ 2×)"],
+    rows = [["cold run (every stage executes)", f["cold_s"],
+             f"{f['cold_per_train']:.2f}× the train stage (goal ≤ 2×)"],
             ["the stages' own work in that run (Σ of each stage's `run`)", f["work_s"], share(f["work_s"])],
-            ["orchestration overhead (cold − own work)", f["overhead_s"], share(f["overhead_s"]) + " (goal ≤ 10 %)"],
+            ["orchestration overhead (cold − own work)", f["overhead_s"],
+             share(f["overhead_s"]) + " (goal ≤ 10 %)"],
             ["warm run (nothing changed, no stage executes)", f["warm_s"], share(f["warm_s"]) + " (goal ≤ 5 %)"],
             ["warm run with `--force-flow` (a Prefect flow run that skips every stage)", f["warm_flow_s"],
              share(f["warm_flow_s"])],

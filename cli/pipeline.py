@@ -40,6 +40,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     recovered = recover(root)  # before anything reads params.yaml: a killed run's overrides, undone
     if recovered:
         print(recovered)
+    if overrides:
+        from flows.overrides import checked
+
+        checked(root / "params.yaml", overrides)  # an unknown or ill-typed key: refused before anything starts
     if args.data:
         from flows.dataset import adopt
 

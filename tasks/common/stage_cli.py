@@ -23,12 +23,6 @@ from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
 
 def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
-    if argv is None:  # the command dvc.yaml runs: the pipeline run's warm host runs it when there is one
-        from tasks.common.stage_host import hand_off
-
-        handed = hand_off(f"tasks.{stage}")
-        if handed is not None:
-            return handed
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: the current directory)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on error")

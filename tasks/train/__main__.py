@@ -2,7 +2,12 @@
 
 import sys
 
-from tasks.common.stage_cli import main
-from tasks.train import run
+from tasks.common.stage_host import hand_off
+
+if (handed := hand_off("tasks.train")) is not None:  # the run's warm host ran it (tasks/common/stage_host.py)
+    sys.exit(handed)
+
+from tasks.common.stage_cli import main  # noqa: E402 - imported after the hand-off: the host had them already
+from tasks.train import run  # noqa: E402
 
 sys.exit(main("train", run))

@@ -57,3 +57,15 @@ def test_an_error_is_one_line_with_an_exit_code_and_debug_shows_the_traceback(tm
     assert err.startswith("mlops run: ConfigError: --set 'no-equals-sign'") and "\n" not in err
     with pytest.raises(ConfigError):
         main(["--debug", "run", "--root", str(tmp_path), "--set", "no-equals-sign"])
+
+
+@pytest.mark.parametrize("override, said", [("train.nonsense=1", "train.nonsense: Extra inputs are not permitted"),
+                                            ("train.epochs=abc", "train.epochs: Input should be a valid integer")])
+def test_a_bad_override_is_refused_before_anything_starts(tmp_path, override, said, capsys):
+    """An unknown or ill-typed `--set` key is an argument error: one line, exit 2, no flow run, params untouched."""
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    assert main(["run", "--root", str(tmp_path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "params.yaml").read_bytes() == (REPO / "params.yaml").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no lock, no journal, no server state
