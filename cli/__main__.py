@@ -43,5 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
+def run() -> None:
+    """`mlops` as a person types it: main(), then the exit Python makes minus its last step.
+
+    Non-daemon threads are joined (Prefect sends its last logs and events from hooks there) and the exit handlers
+    run (MLflow ends its runs, logging flushes, temporary folders go, the command's Prefect server is stopped),
+    then the process ends without tearing down each of the thousands of modules MLflow and Prefect import one by
+    one: that last step took 0.8 s of every command that ran a flow here, and leaves nothing for anyone."""
+    import atexit
+    import threading
+
+    code = main()
+    threading._shutdown()  # noqa: SLF001 - what interpreter exit calls first; no public name for it
+    atexit._run_exitfuncs()  # noqa: SLF001 - and second
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

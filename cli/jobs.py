@@ -49,7 +49,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def flow_server(root: Path) -> Iterator:
     """The Prefect server this command's flow runs are tracked on, set before Prefect is imported: the user's, the
     project's own while it runs, or one booting in the background now (flows/prefect_server.py `for_command`).
-    Call `.ready()` on it right before the flow."""
+    Run the flow inside its `.ready()`."""
     from flows.prefect_server import for_command
 
     with for_command(root.resolve()) as server:
@@ -63,8 +63,11 @@ def flow_server(root: Path) -> Iterator:
 
 
 class _AlreadySet:
-    def ready(self) -> None:
-        """PREFECT_API_URL was the user's: nothing to wait for."""
+    def ready(self):
+        """PREFECT_API_URL was the user's: nothing to wait for, nothing to change."""
+        from contextlib import nullcontext
+
+        return nullcontext()
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -74,10 +77,10 @@ def run_score(args: argparse.Namespace) -> int:
         from jobs.score.model import NoModel, import_libraries
 
         import_libraries()  # while the server boots
-        server.ready()
         try:
-            results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
-                                  push_to_remote=not args.no_push)
+            with server.ready():
+                results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,
+                                      push_to_remote=not args.no_push)
         except DataError as err:
             print(f"scoring stopped: {err}", file=sys.stderr)
             return 2
@@ -110,10 +113,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         if recovered:
             print(recovered)
 
-        server.ready()
         try:
-            outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,
-                                 run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push, settings=settings)
+            with server.ready():
+                outcome = sweep_flow(str(args.root.resolve()), args.trials, args.parallel, args.address, args.name,
+                                     run_pipeline=not args.no_pipeline, push_to_remote=not args.no_push,
+                                     settings=settings)
         except (ConfigError, DataNotReady) as err:
             print(f"sweep refused: {err}", file=sys.stderr)
             return 2

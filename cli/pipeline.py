@@ -91,9 +91,9 @@ def _flow(root: Path, args: argparse.Namespace, overrides: dict) -> dict | None:
         from flows.pipeline import pipeline
         from tasks.common.errors import PipelineError
 
-        server.ready()
         try:
-            return pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
+            with server.ready():
+                return pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
         except (PipelineError, StageFailed, BackendFailed) as err:
             print(f"pipeline failed: {err}", file=sys.stderr)
             return None

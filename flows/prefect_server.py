@@ -101,10 +101,21 @@ class CommandServer:
     def __init__(self, proc: subprocess.Popen | None, api_url: str, log_path: Path | None) -> None:
         self.proc, self.api_url, self.log_path = proc, api_url, log_path
 
-    def ready(self, timeout_s: float = 90) -> None:
-        """Wait until it answers (at once for a server that was already running)."""
-        if self.proc is not None:
-            _wait_until_healthy(self.proc, self.api_url, timeout_s, self.log_path)
+    @contextmanager
+    def ready(self, timeout_s: float = 90) -> Iterator[None]:
+        """Wait until it answers (at once for a server that was already running); the block runs the flow.
+
+        On a server of the command's own, flow run heartbeats are off for the block: that server runs no services,
+        so nothing reads them (they let a server with services mark a crashed run), and Prefect's heartbeat thread
+        sleeps in 1 s steps that the end of every flow run waits for (up to 1 s a run)."""
+        if self.proc is None:
+            yield
+            return
+        _wait_until_healthy(self.proc, self.api_url, timeout_s, self.log_path)
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
 
 
 @contextmanager
@@ -114,7 +125,7 @@ def for_command(root: Path) -> Iterator[CommandServer | None]:
     started now so that it boots while the command imports and checks, where Prefect would start its temporary
     server at the flow's first call and wait for it (3 to 4 s of every command). It is Prefect's own `prefect
     server start` without UI or services, on the same database (PREFECT_HOME) as that temporary server, stopped
-    when the process exits. Call `ready()` right before the flow. Yields None when PREFECT_API_URL was the user's."""
+    when the process exits. Run the flow inside `ready()`. Yields None when PREFECT_API_URL was the user's."""
     if os.environ.get("PREFECT_API_URL"):
         yield None
         return

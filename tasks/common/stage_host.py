@@ -2,8 +2,8 @@
 
 Every dvc.yaml stage is a new `python -m tasks.<stage>` process, and most of a small stage's time was importing
 torch, MLflow, scikit-learn, Great Expectations (2 to 4 s a stage on 2 cores; benchmarks/orchestration.py). The
-flow starts one host for its run (`started`): it imports those libraries once, while the first stages run, then
-listens on the Unix socket that PIPELINE_STAGE_HOST names. A stage command that finds it (`hand_off`) sends its
+flow starts one host for its run (`started`): it listens on the Unix socket that PIPELINE_STAGE_HOST names and
+imports those libraries once, while the first stages run. A stage command that finds it (`hand_off`) sends its
 module, arguments, working directory, environment and standard streams; the host forks a child that runs the
 module as `python -m` would, and the command exits with the child's status. DVC still starts the command, hashes
 its outputs and writes dvc.lock: what ran and what is up to date stays DVC's alone. With no host (`dvc repro`
@@ -26,14 +26,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 HOST_ENV = "PIPELINE_STAGE_HOST"  # the host's socket, for the stage commands of this run
 # What the stages import, imported once by the host (a library not installed is skipped).
-PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "yaml", "great_expectations", "torch", "sklearn.linear_model",
-           "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection", "scipy.stats", "matplotlib.pyplot",
-           "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-           "onnx", "onnxruntime", "torch_pruning", "skl2onnx", "tokenizers", "bentoml")  # in the stages' order
+PRELOAD = ("numpy", "pandas", "yaml", "PIL.Image", "pyarrow.parquet", "great_expectations", "torch",
+           "sklearn.linear_model", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection", "scipy.stats",
+           "matplotlib.pyplot", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+           "mlflow.store.model_registry.sqlalchemy_store", "onnx", "onnxruntime", "torch_pruning", "skl2onnx",
+           "tokenizers", "bentoml")  # in the order the stages need them
 # Settings libraries read when they are imported (OpenMP's threads, BentoML's home, MLflow's log level, ...): a
 # stage whose values differ from the host's would not get its own, so it runs itself.
 IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH_", "CUDA_", "BENTOML_", "MLFLOW_LOGGING_LEVEL",
@@ -41,10 +43,16 @@ IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH_", "CUDA_", "BENTOML_
 STARTED, REFUSED = b"S", b"R"
 
 
+@dataclass
+class _Stage:
+    conn: socket.socket  # its command's connection: the exit status goes back on it
+    exited: int | None  # a pidfd, readable once the stage's process has ended (Linux); None: polled
+
+
 @contextmanager
 def started(root: Path) -> Iterator[dict[str, str]]:
     """A host for the stage commands run under `root` while the block runs; yields the environment that points
-    them at it. Its imports take a few seconds: commands started before it listens run themselves."""
+    them at it. Its imports take a few seconds; a command that comes meanwhile imports what is still missing."""
     folder = Path(tempfile.mkdtemp(prefix="stage-host-"))  # a socket's path must be short (108 bytes)
     address = folder / "host.sock"
     proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address)], cwd=root,
@@ -97,31 +105,36 @@ def hand_off(module: str) -> int | None:
 
 def serve(address: str) -> None:
     """The host: import PRELOAD, listen on `address`, fork a child per stage command (until SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the run's stages; the run stops the host
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as tasks/common/stage_cli.py sets it for a stage
     settings = _import_time(os.environ)  # before the imports, which set some of their own (KMP_*)
-    _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".tmp")
     listener.listen()
-    os.rename(address + ".tmp", address)  # commands find the socket only once the host is ready
-    stages: dict[int, socket.socket] = {}  # a running stage's pid: its command's connection
+    os.rename(address + ".tmp", address)  # commands find the socket once it listens
+    stages: dict[int, _Stage] = {}  # by the stage's pid
+    for name in PRELOAD:  # a command that comes meanwhile is forked between two imports: it imports the rest
+        _preload(name)
+        _serve_once(listener, stages, settings, timeout=0)
     while True:
         _serve_once(listener, stages, settings)
 
 
-def _serve_once(listener: socket.socket, stages: dict[int, socket.socket], settings: dict) -> None:
+def _serve_once(listener: socket.socket, stages: dict[int, _Stage], settings: dict, timeout: float = 0.2) -> None:
+    """Wait for a new command, a stage's end (its pidfd) or a command gone; the timeout polls where no pidfd."""
     import selectors
 
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)
-        for conn in stages.values():
-            selector.register(conn, selectors.EVENT_READ)
-        ready = [key.fileobj for key, _ in selector.select(timeout=0.2)]
-    for conn in ready:
-        if conn is listener:
+        for pid, stage in stages.items():
+            selector.register(stage.conn, selectors.EVENT_READ, pid)
+            if stage.exited is not None:
+                selector.register(stage.exited, selectors.EVENT_READ)
+        ready = [(key.fileobj, key.data) for key, _ in selector.select(timeout=timeout)]
+    for source, pid in ready:
+        if source is listener:
             _accept(listener, stages, settings)
-        elif not conn.recv(1):  # the command is gone (killed): so is its stage
-            pid = next(pid for pid, c in stages.items() if c is conn)
+        elif isinstance(source, socket.socket) and not source.recv(1):  # the command is gone (killed): its stage too
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -129,7 +142,7 @@ def _serve_once(listener: socket.socket, stages: dict[int, socket.socket], setti
     _reap(stages)
 
 
-def _accept(listener: socket.socket, stages: dict[int, socket.socket], settings: dict) -> None:
+def _accept(listener: socket.socket, stages: dict[int, _Stage], settings: dict) -> None:
     conn, _ = listener.accept()
     try:
         head, fds, _, _ = socket.recv_fds(conn, 65536, 3)
@@ -151,12 +164,22 @@ def _accept(listener: socket.socket, stages: dict[int, socket.socket], settings:
     pid = os.fork()
     if pid == 0:
         listener.close()
-        for other in [conn, *stages.values()]:
-            other.close()
+        conn.close()
+        for other in stages.values():
+            other.conn.close()
+            if other.exited is not None:
+                os.close(other.exited)
         _child(request, fds)  # never returns
     for fd in fds:
         os.close(fd)
-    stages[pid] = conn
+    stages[pid] = _Stage(conn, _pidfd(pid))
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux ≥ 5.3
+        return None
 
 
 def _child(request: dict, fds: list[int]) -> None:
@@ -167,6 +190,7 @@ def _child(request: dict, fds: list[int]) -> None:
     import atexit
     import runpy
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any Python process
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -197,30 +221,31 @@ def _child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
-def _reap(stages: dict[int, socket.socket]) -> None:
+def _reap(stages: dict[int, _Stage]) -> None:
     """Tell each finished stage's command how it ended."""
     for pid in list(stages):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            conn = stages.pop(pid)
+            stage = stages.pop(pid)
             try:
-                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+                stage.conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
             except OSError:
                 pass  # its command is gone
-            conn.close()
+            stage.conn.close()
+            if stage.exited is not None:
+                os.close(stage.exited)
 
 
-def _preload() -> None:
+def _preload(name: str) -> None:
     import importlib
     import warnings
 
-    with warnings.catch_warnings():  # what a stage's own import would warn, it still does (fresh filters there)
+    with warnings.catch_warnings():  # (no fork inside: a stage keeps its own warning filters)
         warnings.simplefilter("ignore")
-        for name in PRELOAD:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                pass
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not installed (an optional library): the stages that need it say so themselves
+            pass
 
 
 def _import_time(env: dict) -> dict:

@@ -70,7 +70,11 @@ def test_a_first_run_prints_no_traceback_and_no_error_line(trained_project):
     with sqlite3.connect(trained_project / "prefect" / "prefect.db") as db:
         flows = db.execute("SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = "
                            "flow_run.flow_id").fetchall()
+        logs = [row[0] for row in db.execute("SELECT message FROM log ORDER BY timestamp")]
     assert flows == [("digits-pipeline", "COMPLETED")]
+    # Its logs too, up to the last line the flow logs: Prefect sent them before the command's quick exit
+    # (cli/__main__.py run) and before its server stopped.
+    assert any(line.startswith("promote: ran in") for line in logs) and logs[-1] == "Finished in state Completed()"
 
 
 def test_dvc_status_is_clean_and_repro_executes_nothing(project):
