@@ -40,6 +40,8 @@ def roll_out_champion(root: Path, admin_url: str, ready_timeout_s: float | None 
     write_json(root / PENDING, {"bento": bento, "version": promotion.version})
     record = request_rollout(admin_url, bento, token, ready_timeout_s)
     (root / PENDING).unlink(missing_ok=True)
+    if record.get("already_serving"):  # the switch a killed run asked for had finished meanwhile
+        return {"action": "kept", "reason": f"the front already serves {bento}", "bento": bento}
     return {"action": "rolled out", "reason": f"version {promotion.version} promoted to champion", **record}
 
 

@@ -86,6 +86,11 @@ class Front:
         """Start `tag`, wait until it is ready, switch, drain and stop the old one. Raises BackendFailed."""
         async with self._rolling:
             old = self.backend
+            if old is not None and old.tag == tag:
+                # Asked for what it serves already: a roll-out asked twice (its first asker killed before the answer)
+                # switches once.
+                return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from": tag, "to": tag, "ready_seconds": 0.0,
+                        "drained": True, "seconds": 0.0, "already_serving": True}
             began = time.monotonic()
             new = await start_backend(tag, self.log_dir, ready_timeout_s or self.ready_timeout_s, self.session)
             ready_s = time.monotonic() - began

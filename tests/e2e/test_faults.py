@@ -4,6 +4,7 @@ byte, says so, and finishes the job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -165,6 +166,51 @@ def test_a_roll_out_cut_short_makes_the_next_run_start_a_flow_that_ends_it(proje
     assert not (root / ".serving/rollout.pending").exists()
     again = run_in(root, env, MLOPS, "run", "--no-push")
     assert again.returncode == 0 and "Everything up to date" in again.stdout, again.stdout[-2000:]
+
+
+def test_a_run_killed_mid_roll_out_leaves_the_front_serving_and_the_next_run_finishes_the_switch(project):
+    """A team's setting (`rollout.admin_url` in params.yaml, a front serving the champion's Bento) and a change that
+    rebuilds the Bento; SIGKILL once the run has asked the front to switch (`.serving/rollout.pending` written).
+    The front keeps answering throughout; the next plain run finds the marker, starts a flow whose stages are all
+    up to date and ends the switch: the front serves the new Bento, switched once, and nothing is left behind."""
+    import httpx
+    import yaml
+
+    from tests.support.processes import free_port, stop, wait_until_healthy
+
+    root, env = project
+    original = (root / "params.yaml").read_bytes()
+    served = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
+    port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    front = subprocess.Popen([MLOPS, "serve", "--port", str(port), "--admin-port", str(admin_port)], cwd=root, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_healthy(front, f"{admin}/healthz", "the serving front")
+        auth = {"Authorization": f"Bearer {(root / '.serving/admin-token').read_text()}"}
+        params = yaml.safe_load(original)
+        params["rollout"]["admin_url"] = admin
+        params["compress"]["latency_repeats"] = 20  # a new compressed model: a new Bento for the same champion
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _killed_at(root, env, ["run", "--no-push"], "promote: ran in", wait_for=root / ".serving/rollout.pending")
+        rebuilt = json.loads((root / "artifacts/package/bento.json").read_text())["bento_tag"]
+        assert rebuilt != served and (root / ".serving/rollout.pending").is_file()
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"images": [[[0.0] * 8] * 8]}, timeout=60)
+        assert answer.status_code == 200  # the front answered with the run killed under it
+        after = run_in(root, env, MLOPS, "run", "--no-push")
+        assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+        assert "Everything up to date" not in after.stdout and "stages run:      none" in after.stdout
+        status = httpx.get(f"{admin}/status", headers=auth, timeout=30).json()
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"images": [[[0.0] * 8] * 8]}, timeout=60)
+        dvc_status = run_in(root, env, "dvc", "status").stdout
+    finally:
+        stop(front)
+        (root / "params.yaml").write_bytes(original)
+    assert status["bento"] == rebuilt and answer.headers["x-bento-tag"] == rebuilt
+    switches = [(h["from"], h["to"]) for h in status["history"] if not h.get("already_serving")]
+    assert switches == [(None, served), (served, rebuilt)]  # its start, then one switch however often it was asked
+    assert not (root / ".serving/rollout.pending").exists() and not _running(root), _running(root)
+    assert "Data and pipelines are up to date." in dvc_status, dvc_status
 
 
 KILL_POINTS = [  # (what is cut short, the line after which the process group is killed)

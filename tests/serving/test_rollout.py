@@ -129,6 +129,16 @@ def test_a_rollout_under_load_switches_bentos_without_a_failed_request(bentos, f
     assert not _alive(old_pid)
 
 
+def test_asking_again_for_the_served_bento_switches_nothing(front):
+    """A roll-out asked twice (a run killed before the front answered, then the next run) switches once."""
+    before = front.status()
+    asked = front.cli("rollout", before["bento"])
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert json.loads(asked.stdout)["already_serving"] is True
+    after = front.status()
+    assert (after["backend_pid"], after["history"]) == (before["backend_pid"], before["history"])
+
+
 def _served_predictions(url: str) -> float:
     """The Bento behind `url`'s count of /predict answered 200, from its /metrics."""
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
