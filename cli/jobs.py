@@ -53,21 +53,13 @@ def flow_server(root: Path) -> Iterator:
     from flows.prefect_server import for_command
 
     with for_command(root.resolve()) as server:
-        if server is not None and server.proc is None:
+        if server.origin == "project":
             print(f"flow runs tracked on the project's Prefect server: {server.api_url.removesuffix('/api')}",
                   file=sys.stderr)
-        elif server is not None:
+        elif server.origin == "command":
             print(f"flow runs tracked on a Prefect server started for this command ({server.api_url}; its database: "
                   "PREFECT_HOME; `mlops schedule` keeps one running)", file=sys.stderr)
-        yield server or _AlreadySet()
-
-
-class _AlreadySet:
-    def ready(self):
-        """PREFECT_API_URL was the user's: nothing to wait for, nothing to change."""
-        from contextlib import nullcontext
-
-        return nullcontext()
+        yield server
 
 
 def run_score(args: argparse.Namespace) -> int:

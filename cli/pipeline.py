@@ -62,19 +62,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
         print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
         return 0
-    import os
-    from contextlib import nullcontext
+    from tasks.common.stage_host import for_run
 
-    from tasks.common.stage_host import HOST_ENV, started
-
-    # The stages' warm host imports their libraries while Prefect starts (PIPELINE_STAGE_HOST= turns it off).
-    with nullcontext({}) if HOST_ENV in os.environ else started(root) as host:
-        os.environ.update(host)
-        try:
-            summary = _flow(root, args, overrides)
-        finally:
-            for key in host:
-                os.environ.pop(key)
+    with for_run(root):  # the stages' warm host imports their libraries while Prefect starts
+        summary = _flow(root, args, overrides)
     if summary is None:
         return 1
     print(render(summary))

@@ -7,7 +7,6 @@ failures retried with backoff, each stage under a timeout, a markdown report per
 from __future__ import annotations
 
 import json
-import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -97,9 +96,8 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
     try:
         # The stage commands' warm host (tasks/common/stage_host.py): it imports the heavy libraries while the
         # checks below and the first stages run, then each stage forks from it instead of importing them anew.
-        # `mlops run` starts it before Prefect is even imported; a run started otherwise starts its own.
-        # PIPELINE_STAGE_HOST set empty: no host, every stage in its own process.
-        host = {} if stage_host.HOST_ENV in os.environ else stack.enter_context(stage_host.started(root_path))
+        # `mlops run` starts it before Prefect is even imported; a run started otherwise starts its own here.
+        stack.enter_context(stage_host.for_run(root_path))
         recovered = params_journal.recover(root_path, lock_held=True)  # a killed run's overrides, undone
         if recovered:
             get_run_logger().warning(recovered)
@@ -115,7 +113,7 @@ def pipeline(root: str = ".", push_to_remote: bool = True, overrides: dict[str, 
                 retry_delay_seconds=exponential_backoff(backoff_factor=knobs.retry_delay_seconds)(knobs.retries) or 0)
             # Stages record these as lineage tags on the MLflow run (tasks/common/tracking.py).
             env = {"PIPELINE_FLOW_RUN_ID": str(flow_run.id), "PIPELINE_OVERRIDES": json.dumps(overrides or {}),
-                   "PIPELINE_ORIGIN": origin, **host}
+                   "PIPELINE_ORIGIN": origin}
             changed = changed_stages(root_path)  # one `dvc status`; the rule `dvc repro` applies
             for stage in stage_order(root_path):
                 upstream_ran = any(r.executed for r in runs)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.errors import PipelineError
+from tasks.common.stage_host import stop_with_parent
 
 STATE_DIR = ".prefect"  # the server's PREFECT_HOME: prefect.db, server.log, server.json
 DEFAULT_PORT = 4200  # Prefect's own default, so the UI is where Prefect's documentation says
@@ -71,7 +72,7 @@ def project_server(root: Path, port: int = DEFAULT_PORT, timeout_s: float = 120)
         # it is stopped after the runner has shut down (finally below).
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_stop_with_parent)
+                                start_new_session=True, preexec_fn=stop_with_parent)
     try:
         _wait_until_healthy(proc, api_url, timeout_s, log_path)
         record.write_text(json.dumps({"pid": proc.pid, "api_url": api_url}))
@@ -96,10 +97,12 @@ def use_running(root: Path) -> str | None:
 
 
 class CommandServer:
-    """A Prefect server for one command's flow runs, booting in the background (`for_command`)."""
+    """The Prefect server one command's flow runs are tracked on (`for_command`): `origin` is "user"
+    (PREFECT_API_URL as set), "project" (the project's running server) or "command" (booting in the background)."""
 
-    def __init__(self, proc: subprocess.Popen | None, api_url: str, log_path: Path | None) -> None:
-        self.proc, self.api_url, self.log_path = proc, api_url, log_path
+    def __init__(self, origin: str, api_url: str, proc: subprocess.Popen | None = None,
+                 log_path: Path | None = None) -> None:
+        self.origin, self.api_url, self.proc, self.log_path = origin, api_url, proc, log_path
 
     @contextmanager
     def ready(self, timeout_s: float = 90) -> Iterator[None]:
@@ -119,36 +122,36 @@ class CommandServer:
 
 
 @contextmanager
-def for_command(root: Path) -> Iterator[CommandServer | None]:
+def for_command(root: Path) -> Iterator[CommandServer]:
     """Where this command's flow runs are tracked, set in PREFECT_API_URL before Prefect is imported: as the user
     set it; else the project's own server while one runs (`mlops schedule`); else a server for this command alone,
     started now so that it boots while the command imports and checks, where Prefect would start its temporary
     server at the flow's first call and wait for it (3 to 4 s of every command). It is Prefect's own `prefect
     server start` without UI or services, on the same database (PREFECT_HOME) as that temporary server, stopped
-    when the process exits. Run the flow inside `ready()`. Yields None when PREFECT_API_URL was the user's."""
+    when the process exits. Run the flow inside `ready()`."""
     if os.environ.get("PREFECT_API_URL"):
-        yield None
+        yield CommandServer("user", os.environ["PREFECT_API_URL"])
         return
     running = use_running(root)
     if running:
-        yield CommandServer(None, running, None)
+        yield CommandServer("project", running)
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from bento.front.supervisor import free_port
+
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     folder = Path(tempfile.mkdtemp(prefix="prefect-server-"))
     log_path = folder / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                                  str(port), "--no-ui", "--no-services"], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_stop_with_parent)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=stop_with_parent)
     # Stopped when this process exits, not when the block ends: Prefect sends its last logs and events to the
     # server from its own exit handlers (registered later, so run earlier), and would wait on a stopped one.
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     atexit.register(_let_stop, proc)
     os.environ["PREFECT_API_URL"] = api_url
-    yield CommandServer(proc, api_url, log_path)
+    yield CommandServer("command", api_url, proc, log_path)
 
 
 def is_healthy(api_url: str) -> bool:
@@ -186,17 +189,6 @@ def _wait_until_healthy(proc: subprocess.Popen, api_url: str, timeout_s: float, 
             raise ServerUnavailable(f"the Prefect server did not answer {api_url}/health within {timeout_s:.0f} s; "
                                     f"its log: {log_path}\n{_tail(log_path)}")
         time.sleep(0.5)
-
-
-def _stop_with_parent() -> None:
-    """In the server's process, before it starts: SIGTERM it when the process that started it dies, however it
-    dies (a SIGKILL leaves no `finally` to run), so no orphaned server keeps the port and the database. Linux only;
-    elsewhere a killed `serve` leaves the server running, and the next `serve` reuses it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _let_stop(proc: subprocess.Popen) -> None:

@@ -50,13 +50,28 @@ class _Stage:
 
 
 @contextmanager
+def for_run(root: Path) -> Iterator[None]:
+    """The stage commands of this process's run go to a host while the block runs: the one PIPELINE_STAGE_HOST
+    already names (set empty: none, every stage in its own process), else one started here (`started`)."""
+    if HOST_ENV in os.environ:
+        yield
+        return
+    with started(root) as env:
+        os.environ.update(env)  # the commands DVC starts inherit it
+        try:
+            yield
+        finally:
+            os.environ.pop(HOST_ENV, None)
+
+
+@contextmanager
 def started(root: Path) -> Iterator[dict[str, str]]:
     """A host for the stage commands run under `root` while the block runs; yields the environment that points
     them at it. Its imports take a few seconds; a command that comes meanwhile imports what is still missing."""
     folder = Path(tempfile.mkdtemp(prefix="stage-host-"))  # a socket's path must be short (108 bytes)
     address = folder / "host.sock"
     proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address)], cwd=root,
-                            stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
+                            stdin=subprocess.DEVNULL, preexec_fn=stop_with_parent)
     try:
         yield {HOST_ENV: str(address)}
     finally:
@@ -275,8 +290,10 @@ def _received(conn: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def _stop_with_parent() -> None:
-    """In the host, before it starts: SIGTERM it when the flow that started it dies, however it dies."""
+def stop_with_parent() -> None:
+    """In a child process, before it starts (`preexec_fn`): SIGTERM it when the process that started it dies,
+    however it dies (a SIGKILL leaves no `finally` to run), so no orphan keeps a port, a socket or a database.
+    Linux only; elsewhere the child outlives a killed parent."""
     if sys.platform.startswith("linux"):
         import ctypes
 
