@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
 JOURNAL = ".params.yaml.journal"
 PIPELINE_LOCK = ".pipeline.lock"  # held by a pipeline run for its whole length (flows/pipeline.py)
-
-log = logging.getLogger(__name__)
 
 
 def override(params_file: Path, text: str, overrides: dict) -> None:
@@ -59,8 +56,7 @@ def recover(root: Path, lock_held: bool = False) -> str | None:
         restore(params_file)
         said = (f"params.yaml restored byte for byte: a run with the overrides {overrides} was killed before it "
                 f"could put it back (journal {journal.name})")
-    log.warning(said)
-    return said
+    return said  # the caller says it, once, where its user looks (a command's output, a flow's or a stage's log)
 
 
 def _busy(root: Path) -> bool:

@@ -31,7 +31,9 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
     layout = Layout(args.root.resolve())
     from tasks.common.params_journal import recover
 
-    recover(layout.root)  # under `dvc repro` alone: a killed run's overrides undone before this stage reads them
+    recovered = recover(layout.root)  # under `dvc repro` alone: a killed run's overrides undone before it reads them
+    if recovered:
+        logging.getLogger(__name__).warning("%s", recovered)
     from tasks.common.tracking import end_orphaned_runs
 
     for ended in end_orphaned_runs(layout.root):  # and its MLflow runs ended KILLED

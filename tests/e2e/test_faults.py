@@ -74,6 +74,7 @@ def test_a_run_killed_with_overrides_leaves_params_yaml_as_the_user_had_it(proje
     after = run_in(root, env, MLOPS, "run", "--no-push")
     assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
     assert "params.yaml restored byte for byte" in after.stdout and '"train.epochs": 30' in after.stdout
+    assert (after.stdout + after.stderr).count("params.yaml restored byte for byte") == 1  # said once
     assert f"MLflow run {killed} (process" in after.stdout + after.stderr  # said, as the journal's restore is
     assert (root / "params.yaml").read_bytes() == original and not (root / JOURNAL).exists()
     status = run_in(root, env, "dvc", "status")
