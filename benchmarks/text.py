@@ -110,6 +110,7 @@ def served(root: Path, data, seconds: float = 4.0) -> dict:
     from tasks.nn.latency import onnx_predictor
     from tasks.package import build_bento
     from tasks.shipped.rows import encode_rows
+    from tasks.shipped.text import text_layout
     from tests.support.processes import free_port, stop, wait_until_healthy
 
     choice = json.loads((root / "compress" / "choice.json").read_text())
@@ -118,7 +119,9 @@ def served(root: Path, data, seconds: float = 4.0) -> dict:
                       load_params(REPO / "params.yaml").package, REPO / "bento").bento_tag
     column = data.encoding["text"][0]["column"]
     texts = pd.read_parquet(root / "prepared" / "test" / "rows.parquet")[column].fillna("").astype(str).tolist()
-    predict = onnx_predictor(root / "compress" / "model.onnx", threads=1)  # as the service: one thread
+    # as the service: one thread, each call's rows cut after their last token
+    layout = text_layout(data.encoding, data.features)
+    predict = onnx_predictor(root / "compress" / "model.onnx", threads=1, text=layout)
     figures: dict = {}
     for batch in (1, 64):
         chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)]
@@ -163,9 +166,9 @@ def memory(root: Path, scale: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from tasks.common.config import load_params
     from tasks.common.dataset import load_split, prepared_meta
-    from tasks.common.tables import text_layout
     from tasks.ingest import ingest
     from tasks.prepare import prepare
+    from tasks.shipped.text import text_layout
     from tests.support.own_data import tickets_csv
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -63,6 +63,7 @@ from bento.service.guard import Guard, quiet_client_errors
 from bento.service.monitoring import SEEN
 from tasks.shipped.imaging import NotAnImage, decode_image
 from tasks.shipped.rows import BadRow, encode_rows, row_schema
+from tasks.shipped.text import takes_any_length, text_layout, trimmed
 
 NPY = "application/x-npy"
 ROWS_SCHEMA = {"items": row_schema(META["encoding"]), "maxItems": args.max_images_per_request} if KIND == "table" else {}
@@ -148,6 +149,9 @@ class DigitsClassifier:
         options.intra_op_num_threads = args.threads
         self.session = ort.InferenceSession(self.model_ref.path_of("model.onnx"), options, providers=providers)
         self.session.run(None, {"images": np.zeros((1, *IMAGE_SHAPE), np.float32)})  # warm: the first run is slow
+        # a text model exported with a dynamic sequence length reads each request's rows cut after their last token
+        self.text = text_layout(META["encoding"], IMAGE_SHAPE[0]) if KIND == "table" and takes_any_length(
+            self.session) else None
         self.about = Metadata(
             registered_model=META.get("registered_model", ""), model_version=str(META.get("model_version", "")),
             variant=META.get("variant", ""), bento_model=str(self.model_ref.tag), kind=KIND,
@@ -192,7 +196,7 @@ class DigitsClassifier:
         except BadRow as err:
             raise InvalidArgument(str(err)) from err
         SEEN.observe(features)
-        return _answers(self._probabilities(features))
+        return _answers(self._probabilities(trimmed(features, self.text)))
 
     @bentoml.api
     def predict_text(self, texts: Annotated[list[str], Field(min_length=1, json_schema_extra={

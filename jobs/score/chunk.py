@@ -14,6 +14,7 @@ import numpy as np
 from tasks.shipped.imaging import NotAnImage, decode_image
 from tasks.shipped.rows import BadRow, encode_rows
 from tasks.shipped.skew import statistics
+from tasks.shipped.text import takes_any_length, text_layout, trimmed
 
 _SESSIONS: dict[str, object] = {}  # one ONNX Runtime session per model, per process
 
@@ -43,13 +44,21 @@ def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: L
         positions, inputs, quarantined, imputed = _array_inputs(chunk, meta)
     else:
         positions, inputs, quarantined, imputed = _image_inputs(chunk, meta, limits)
-    classes = len(meta["classes"])
-    probabilities = (_session(model_tag, model_bytes).run(None, {"images": inputs})[0].astype(np.float32)
+    classes, session = len(meta["classes"]), _session(model_tag, model_bytes)
+    probabilities = (session.run(None, {"images": _as_read(inputs, session, meta)})[0].astype(np.float32)
                      if len(inputs) else np.zeros((0, classes), np.float32))
     found = statistics(inputs, meta.get("kind", "images"), (meta.get("expectations") or {}).get("text")) \
         if len(inputs) else {}
     return Scored(chunk.index, [chunk.ids[p] for p in positions], probabilities, quarantined,
                   {name: float(values.sum()) for name, values in found.items()}, imputed)
+
+
+def _as_read(inputs: np.ndarray, session, meta: dict) -> np.ndarray:
+    """What the model reads: a text model exported with a dynamic sequence length takes the chunk's rows cut after
+    their last token (as the service does); any other model the rows as encoded."""
+    if not takes_any_length(session):
+        return inputs
+    return trimmed(inputs, text_layout(meta["encoding"], inputs.shape[1]))
 
 
 def _session(tag: str, model_bytes: bytes):

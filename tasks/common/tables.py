@@ -262,15 +262,6 @@ def describe(encoder: TableEncoder) -> dict:
     return spec
 
 
-def text_layout(spec: dict, features: int) -> dict | None:
-    """Where the token ids sit in an encoded row of `features` values (`spec`: describe's), for the model: the
-    other columns' width first, then `columns` × `length` ids below `vocab`; None without text."""
-    if not spec.get("text"):
-        return None
-    columns, length = len(spec["text"]), spec["text"][0]["length"]
-    return {"dense": features - columns * length, "columns": columns, "length": length, "vocab": spec["vocab_size"]}
-
-
 def _texts(column: pd.Series) -> list[str]:
     """A text column's cells as strings: a missing one is the empty text."""
     return ["" if pd.isna(v) else str(v) for v in column.tolist()]

@@ -76,24 +76,25 @@ def _network_rows(model, payload, splits: tuple, params: Params, meta, variants_
     variants of each; the ONNX files written to `variants_dir`."""
     from tasks.compress.variants import export_onnx, servable
     from tasks.nn.latency import measure, onnx_predictor, predicted_classes, torch_predictor
+    from tasks.nn.models import token_layout
 
     cfg, pixel_max, (train, val, test) = params.compress, meta.pixel_max, splits
     wrap = lambda net: servable(net, pixel_max, image_input=meta.kind == "images")  # noqa: E731
     images = served_inputs(test.x, pixel_max)
-    baseline = wrap(model)
-    reference = predicted_classes(torch_predictor(baseline), images)
+    baseline, text = wrap(model), token_layout(model)  # text: rows cut after their last token, as served
+    reference = predicted_classes(torch_predictor(baseline, text), images)
     held_out = served_inputs(val.x, pixel_max)  # the choice is made on the validation split; the test split only reports
     measured = lambda predict: (measure(predict, images, test.y, reference, cfg.latency_repeats),  # noqa: E731
                                 float((predicted_classes(predict, held_out) == val.y).mean()))
-    rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), *measured(torch_predictor(baseline)))]
+    rows = [_row(BASELINE, _state_dict_bytes(baseline), _count(model), *measured(torch_predictor(baseline, text)))]
     calibration = served_inputs(train.x[: cfg.calibration_samples], pixel_max)
     fp32_val = rows[0]["val_accuracy"]
     threads = params.train.threads  # as training: in a sweep, this trial's share of the cores (0: all of them)
     for prefix, net in itertools.chain([("", model)], _pruned(model, payload, train, val, params)):  # lazily
         fp32_path = variants_dir / f"{prefix}fp32-onnx.onnx"
-        export_onnx(wrap(net), images[:2], fp32_path)
+        export_onnx(wrap(net), images[:2], fp32_path, any_length=text is not None)
         rows.append(_row(f"{prefix}fp32-onnx", fp32_path.stat().st_size, _count(net),
-                         *measured(onnx_predictor(fp32_path, threads))))
+                         *measured(onnx_predictor(fp32_path, threads, text))))
         if prefix and cfg.prune_ratio == "auto" and fp32_val - rows[-1]["val_accuracy"] > cfg.max_accuracy_drop:
             # its int8 variants only lose more, and so would a larger ratio: the search stops here
             log.info("compress: %s is %.4f below fp32 on validation, over the budget: no larger ratio is tried",
@@ -102,7 +103,7 @@ def _network_rows(model, payload, splits: tuple, params: Params, meta, variants_
         for kind in _quantized(fp32_path, net, variants_dir, prefix, calibration, cfg.calibrations):
             path = variants_dir / f"{prefix}{kind}.onnx"
             rows.append(_row(f"{prefix}{kind}", path.stat().st_size, _count(net),
-                             *measured(onnx_predictor(path, threads))))
+                             *measured(onnx_predictor(path, threads, text))))
     return rows
 
 

@@ -33,15 +33,18 @@ def servable(model, pixel_max: float, image_input: bool = True):
     return Servable().eval()
 
 
-def export_onnx(model, example: np.ndarray, path: Path) -> None:
-    """Export a servable model to ONNX with a dynamic batch axis, atomically."""
+def export_onnx(model, example: np.ndarray, path: Path, any_length: bool = False) -> None:
+    """Export a servable model to ONNX with a dynamic batch axis, atomically; `any_length`: a text model's rows of
+    any width too (a dynamic sequence length: tasks/shipped/text.py trimmed)."""
     import torch
+
+    axes = {0: "batch", 1: "features"} if any_length else {0: "batch"}
 
     def write(tmp: Path) -> None:
         torch.onnx.export(
             model.eval(), (torch.from_numpy(example),), str(tmp), dynamo=False, opset_version=17,
             input_names=["images"], output_names=["probabilities"],
-            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_axes={"images": axes, "probabilities": {0: "batch"}},
         )
 
     write_with(path, write)

@@ -86,8 +86,9 @@ def baseline_texts(prepared_dir: Path, data):
     """A text table's texts for the TF-IDF baseline (its text columns joined), or None."""
     import pandas as pd
 
-    from tasks.common.tables import text_layout, text_of
+    from tasks.common.tables import text_of
     from tasks.evaluate.baselines import Texts
+    from tasks.shipped.text import text_layout
 
     columns = text_of(data.columns) if data.kind == "table" else []
     if not columns:

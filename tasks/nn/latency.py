@@ -19,25 +19,31 @@ class Measurement:
     agreement: float  # share of test images whose class equals the fp32 model's
 
 
-def onnx_predictor(path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_predictor(path, threads: int = 0, text: dict | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime session as a function from raw images to probabilities; `threads` intra-op threads (0: ONNX
-    Runtime's default, a thread per physical core)."""
+    Runtime's default, a thread per physical core). `text`: where a text model's token ids sit; a model exported
+    with a dynamic sequence length then reads each batch cut after its last token, as the service serves it."""
     import onnxruntime as ort
+
+    from tasks.shipped.text import takes_any_length, trimmed
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(None, {"images": images})[0]
+    layout = text if takes_any_length(session) else None
+    return lambda images: session.run(None, {"images": trimmed(images, layout)})[0]
 
 
-def torch_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
-    """A torch module (eager, fp32) as a function from raw images to probabilities."""
+def torch_predictor(model, text: dict | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A torch module (eager, fp32) as a function from raw images to probabilities; `text`: as onnx_predictor's."""
     import torch
+
+    from tasks.shipped.text import trimmed
 
     def predict(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(images)).numpy()
+            return model(torch.from_numpy(trimmed(images, text))).numpy()
 
     return predict
 

@@ -3,7 +3,10 @@ text, a Transformer encoder over token embeddings and a bag of token and bigram 
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tasks.common.config import TrainParams
@@ -96,13 +99,19 @@ class TextNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ids arrive as float32 (one input matrix per row); rounded and clamped, any value is a valid index
-        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(-1, self.length)
+        # any length up to self.length (ONNX: a dynamic one): a row's ids may come with less padding than trained
+        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(x.shape[0] * self.columns, -1)
         real = ids != 0
         tokens = self.embed(ids)
         if self.family == "transformer":
             # a text with no tokens would mask every key (NaN attention): its first slot stays visible
             hidden = torch.cat([torch.zeros_like(real[:, :1]), ~real[:, 1:]], dim=1)
-            tokens = self.encoder(tokens + self.position, src_key_padding_mask=hidden)
+            tokens = tokens + self.position[:, : ids.shape[1]]
+            if torch.onnx.is_in_onnx_export():  # torch's own attention exports with the traced length fixed
+                for layer in self.encoder.layers:
+                    tokens = _encoder_layer(layer, tokens, hidden)
+            else:
+                tokens = self.encoder(tokens, src_key_padding_mask=hidden)
         elif self.buckets:
             pairs = real[:, :-1] & real[:, 1:]
             bigrams = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab
@@ -114,6 +123,22 @@ class TextNet(nn.Module):
         if self.dense_net is not None:
             parts.insert(0, self.dense_net(x[:, : self.dense]))
         return self.head(torch.cat(parts, dim=1))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """A pre-norm `layer` in eval (no dropout) written with shapes read from `x`, the same computation as its own
+    forward: exported to ONNX by tracing, nn.MultiheadAttention fixes the sequence length it was traced with
+    (pytorch/pytorch#117209), this reads rows of any length. `hidden`: True where a key is padding."""
+    attention = layer.self_attn
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    y = layer.norm1(x)
+    q, k, v = F.linear(y, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores.masked_fill(hidden[:, None, None, :], float("-inf")), dim=-1)
+    x = x + attention.out_proj((weights @ v).transpose(1, 2).reshape(batch, length, width))
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
 
 
 class TfidfNet(nn.Module):
@@ -133,7 +158,7 @@ class TfidfNet(nn.Module):
         self.head = nn.Linear(self.dense + self.columns * self.features, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(-1, self.length)
+        ids = x[:, self.dense:].round().clamp(0, self.vocab - 1).long().reshape(x.shape[0] * self.columns, -1)
         real = ids != 0
         if self.buckets:
             bigrams = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets + self.vocab
@@ -144,6 +169,14 @@ class TfidfNet(nn.Module):
         weighted = tf.reshape(x.shape[0], self.columns, self.features) * self.idf
         normalised = weighted / weighted.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return self.head(torch.cat([x[:, : self.dense], normalised.reshape(x.shape[0], -1)], dim=1))
+
+
+def token_layout(model: nn.Module) -> dict | None:
+    """Where the token ids sit in the rows `model` reads (tasks/common/tables.py text_layout), None for a model
+    without text: its rows may be cut after their last token (tasks/shipped/text.py trimmed)."""
+    if not isinstance(model, (TextNet, TfidfNet)):
+        return None
+    return {"dense": model.dense, "columns": model.columns, "length": model.length, "vocab": model.vocab}
 
 
 def build_model(params: TrainParams, input_shape: tuple[int, ...], n_classes: int, text: dict | None = None) -> nn.Module:

@@ -94,8 +94,8 @@ def _without_nulls(tree):
 def _training_expectations(prepared_dir: Path, choice: CompressChoice, lineage: dict) -> dict:
     """The training split's input statistics, in the units the service receives (tasks/shipped/skew.py)."""
     from tasks.common.dataset import load_split, prepared_meta, served_inputs
-    from tasks.common.tables import text_layout
     from tasks.shipped.skew import expectations
+    from tasks.shipped.text import text_layout
 
     train = load_split(prepared_dir / "train", mmap=True)
     version = lineage.get("dvc.data/prepared") or lineage.get("data.train.md5", "unknown")

@@ -59,6 +59,38 @@ def encode_texts(tokenizer, texts: list[str], length: int) -> tuple[np.ndarray, 
     return ids, counts
 
 
+def text_layout(spec: dict, features: int) -> dict | None:
+    """Where the token ids sit in an encoded row of `features` values (`spec`: tasks/common/tables.py describe's),
+    for the model: the other columns' width first, then `columns` × `length` ids below `vocab`; None without text."""
+    if not spec.get("text"):
+        return None
+    columns, length = len(spec["text"]), spec["text"][0]["length"]
+    return {"dense": features - columns * length, "columns": columns, "length": length, "vocab": spec["vocab_size"]}
+
+
+def trimmed(features: np.ndarray, layout: dict | None, step: int = 8) -> np.ndarray:
+    """Encoded rows (N×F, `layout`: where their token ids sit: text_layout) with the padding
+    after the last token any of them holds cut off, each text column alike, in steps of `step` tokens: the input of
+    a model exported with a dynamic sequence length (tasks/compress/variants.py). Padding changes no answer, and a
+    Transformer's cost grows with the length, so a request of short messages is not padded to the longest training
+    text's length."""
+    if not layout or not len(features):
+        return features
+    dense, columns, length = layout["dense"], layout["columns"], layout["length"]
+    ids = features[:, dense:].reshape(len(features), columns, length)
+    used = np.flatnonzero((ids != 0).any(axis=(0, 1)))
+    keep = min(length, max(step, -(-(int(used[-1]) + 1 if len(used) else 0) // step) * step))
+    if keep == length:
+        return features
+    return np.hstack([features[:, :dense], ids[:, :, :keep].reshape(len(features), columns * keep)])
+
+
+def takes_any_length(session) -> bool:
+    """Whether an ONNX Runtime session's model reads rows of any width (exported with a dynamic sequence length)."""
+    shape = session.get_inputs()[0].shape
+    return len(shape) == 2 and not isinstance(shape[1], int)
+
+
 def text_value(value, where: str) -> str:
     """A served or scored cell as text: a string (None or NaN: empty); anything else, or a string holding a lone
     surrogate (not Unicode text: JSON can carry one), is refused naming `where`."""

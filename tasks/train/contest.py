@@ -95,8 +95,8 @@ def contest(params: Params, root: Path, prepared_dir: Path, out_dir: Path, data,
 
 def _challenger(params: Params, data, train: tuple, val: tuple) -> Challenger:
     """The trees on a table without text, TF-IDF + logistic regression on one with text, fitted on `train`."""
-    from tasks.common.tables import text_layout
     from tasks.nn.checkpoint import TreeModel, save_checkpoint, save_tree_checkpoint
+    from tasks.shipped.text import text_layout
     from tasks.train.trees import fit_tree
 
     n_classes, shape = len(data.classes), tuple(np.asarray(train[0]).shape[1:])

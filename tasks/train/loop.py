@@ -170,7 +170,7 @@ def _class_weight(policy: str, y_train, n_classes: int):
 
 def _text_layout(prepared_dir: Path) -> dict | None:
     from tasks.common.dataset import prepared_meta
-    from tasks.common.tables import text_layout
+    from tasks.shipped.text import text_layout
 
     meta = prepared_meta(prepared_dir)
     return text_layout(meta.encoding, meta.features) if meta.kind == "table" else None

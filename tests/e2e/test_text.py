@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import httpx
+import onnxruntime
 import pytest
 
+from tasks.shipped.text import takes_any_length
 from tests.support import own_data
 from tests.support.mutants import mutants
 from tests.support.processes import MLOPS, project_copy, project_env, run_in, stop
@@ -54,6 +56,8 @@ def test_a_helpdesk_export_with_a_text_column_is_learnt_and_served_by_queue_name
     assert ("expect_column_mean_to_be_between", "message__unknown_share") in checked
     gate = json.loads((root / "artifacts/evaluate/gate.json").read_text())
     assert gate["passed"], gate
+    shipped = onnxruntime.InferenceSession(str(root / "artifacts/compress/model.onnx"))
+    assert takes_any_length(shipped), shipped.get_inputs()[0].shape  # served rows are cut after their last token
     server, url = serve_last_built(*project[:2])
     try:
         rows = [{"message": text, "channel": "email"} for text in NEW]

@@ -80,7 +80,7 @@ def test_empty_texts_unknown_words_and_longer_texts_are_named(accepted, tmp_path
 
 def _splits(prepared):
     from tasks.common.dataset import load_split, prepared_meta
-    from tasks.common.tables import text_layout
+    from tasks.shipped.text import text_layout
 
     data = prepared_meta(prepared)
     return text_layout(data.encoding, data.features), load_split(prepared / "train"), load_split(prepared / "val")

@@ -88,11 +88,12 @@ def build_text(out: Path) -> dict:
     import torch
 
     from tasks.common.config import TrainParams, load_params
-    from tasks.common.tables import LABEL, describe, encode, fit_encoder, text_layout
+    from tasks.common.tables import LABEL, describe, encode, fit_encoder
     from tasks.compress.variants import export_onnx, servable
     from tasks.nn.models import build_model
     from tasks.package import build_bento
     from tasks.shipped.skew import expectations
+    from tasks.shipped.text import text_layout
     from tests.support.own_data import tickets
 
     frame = tickets(200, seed=4).drop(columns=["channel"]).rename(columns={"queue": LABEL}).assign(**{LABEL: 0})
@@ -102,7 +103,7 @@ def build_text(out: Path) -> dict:
     torch.manual_seed(0)
     model = build_model(TrainParams(text_depth=1), (x.shape[1],), 3, layout).eval()
     onnx_path = out.with_name("text.onnx")
-    export_onnx(servable(model, pixel_max=1.0, image_input=False), x[:2], onnx_path)
+    export_onnx(servable(model, pixel_max=1.0, image_input=False), x[:2], onnx_path, any_length=True)
     metadata = {"input_shape": [x.shape[1]], "served_shape": [x.shape[1]], "pixel_max": 1.0, "kind": "table",
                 "classes": TEXT_CLASSES, "problem": "multiclass", "variant": "fp32-onnx", "model_version": "1",
                 "registered_model": "text-classifier", "encoding": spec,

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from tasks.common.errors import DataError
-from tasks.common.tables import LABEL, describe, encode, fit_encoder, infer_text_columns, text_layout
+from tasks.common.tables import LABEL, describe, encode, fit_encoder, infer_text_columns
 from tasks.shipped.rows import BadRow, encode_rows
-from tasks.shipped.text import cleaned, encode_texts, load_tokenizer
+from tasks.shipped.text import cleaned, encode_texts, load_tokenizer, takes_any_length, text_layout, trimmed
 from tests.support.own_data import tickets
 
 AWKWARD = [  # what real messages hold, and what a client may send
@@ -56,6 +56,27 @@ def test_training_and_the_service_give_identical_token_ids_for_awkward_text(fitt
     assert ids.max() < spec["vocab_size"] and (ids == np.round(ids)).all()
 
 
+def test_the_same_texts_give_the_same_tokenizer_in_every_process():
+    """A text model is rebuilt from its lineage: the tokenizer learnt in another process is the same file, byte for
+    byte (tokenizers' WordPiece trainer was not: huggingface/tokenizers#1794)."""
+    import subprocess
+    import sys
+
+    learn = """if True:
+        import sys
+        import numpy as np
+        from tasks.common.tokenizer import train_tokenizer
+        rng = np.random.default_rng(0)
+        words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz\u00e9\u00fc"), rng.integers(2, 10)))
+                 for _ in range(3000)]
+        texts = [" ".join(rng.choice(words, rng.integers(3, 30))) for _ in range(1500)]
+        sys.stdout.write(train_tokenizer(texts, 4000))"""
+    first, second = (subprocess.run([sys.executable, "-c", learn], capture_output=True, text=True, check=True).stdout
+                     for _ in range(2))
+    assert len(load_tokenizer(first).get_vocab()) == 4000
+    assert first == second
+
+
 def test_the_rule_for_control_characters_and_unreadable_values():
     assert cleaned("a\x00b\x07c\td\ne") == "a b c\td\ne"
     tokenizer = load_tokenizer(fit_encoder(pd.DataFrame({"t": ["a b c d"] * 4, LABEL: 0}), ["t"], 100, 8).tokenizer)
@@ -66,6 +87,22 @@ def test_the_rule_for_control_characters_and_unreadable_values():
     with pytest.raises(BadRow, match=r"row 0, column 't': expected text or null, got dict"):
         encode_rows([{"t": {"a": 1}}], spec)
     assert (encode_rows([{"t": None}], spec) == 0).all()
+
+
+def test_rows_are_cut_after_their_last_token_in_each_text_column_alike():
+    layout = {"dense": 2, "columns": 2, "length": 24, "vocab": 50}
+    rows = np.zeros((3, 2 + 2 * 24), np.float32)
+    rows[:, :2] = [[0.5, -1], [2, 3], [0, 1]]
+    rows[0, 2:5] = [7, 8, 9]  # first column: 3 tokens
+    rows[1, 2 + 24: 2 + 24 + 10] = 4  # second column: 10 tokens, so both columns keep 16
+    cut = trimmed(rows, layout)
+    assert cut.shape == (3, 2 + 2 * 16)
+    np.testing.assert_array_equal(cut[:, :2], rows[:, :2])
+    np.testing.assert_array_equal(cut[:, 2:18], rows[:, 2:18])
+    np.testing.assert_array_equal(cut[:, 18:], rows[:, 26:42])
+    assert trimmed(rows[[0, 2]], layout).shape == (2, 2 + 2 * 8)  # at least 8 tokens, in steps of 8
+    rows[2, -1] = 3  # a token at the last place: nothing to cut
+    assert trimmed(rows, layout) is rows and trimmed(rows, None) is rows
 
 
 @pytest.mark.parametrize("family", ["transformer", "ngram"])
@@ -90,13 +127,19 @@ def test_text_models_mask_padding_take_any_value_and_export_to_onnx_alike(fitted
         longer = x[4:5].copy()
         padded = model(torch.from_numpy(longer))
     assert torch.isfinite(out).all()
-    export_onnx(servable(model, 1.0, image_input=False), x[:2], tmp_path / "m.onnx")
+    export_onnx(servable(model, 1.0, image_input=False), x[:2], tmp_path / "m.onnx", any_length=True)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"images": x[:37]})[0]  # another batch size than exported with
     with torch.no_grad():
         torch_out = torch.softmax(model(torch.from_numpy(x[:37])), 1).numpy()
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-5)
     assert padded.shape == (1, 3)
+    # a dynamic sequence length: short texts read without the padding up to the longest training text's length
+    short = x[np.argsort((x[:, layout["dense"]:] != 0).sum(1))[:37]]
+    cut = trimmed(short, layout)
+    assert takes_any_length(session) and layout["dense"] + 8 <= cut.shape[1] < short.shape[1]
+    np.testing.assert_allclose(session.run(None, {"images": cut})[0], session.run(None, {"images": short})[0],
+                               atol=1e-5)
 
 
 def test_a_transformer_ignores_padding(fitted):
@@ -146,7 +189,9 @@ def test_served_text_is_checked_for_skew_by_length_and_unknown_share_not_by_ids(
     names = set(expected["statistics"])
     assert {"text_0_tokens", "text_0_unknown_share"} <= names
     assert not [n for n in names if n.startswith("feature_") and int(n.split("_")[1]) >= layout["dense"]]
-    gibberish = encode_rows([{"message": "qzxv wjqk " * 40, "channel": "chat"}] * 50, spec)
+    # Messages in a script the training texts never used: every character is unknown to the vocabulary
+    russian = "\u0441\u0440\u043e\u0447\u043d\u043e \u0432\u0435\u0440\u043d\u0438\u0442\u0435 "
+    gibberish = encode_rows([{"message": russian * 40, "channel": "chat"}] * 50, spec)
     found = statistics(gibberish, "table", layout)
     assert (found["text_0_unknown_share"] > 0.5).all()
     assert violations(gibberish, "table", expected)["text_0_unknown_share"] == 50
@@ -176,7 +221,5 @@ def test_int8_quantizes_the_embedding_table_of_a_text_model(tmp_path):
     assert (tmp_path / "int8.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
     fp32, int8 = (ort.InferenceSession(str(tmp_path / f"{n}.onnx")).run(None, {"images": x[:500]})[0]
                   for n in ("fp32", "int8"))
-    # The vocabulary itself varies from run to run (tokenizers' WordPiece trainer breaks ties in hash-map order,
-    # huggingface/tokenizers#1794), and with it the worst row: measured 0.03 to 0.052 here; the typical row is 1e-3.
     difference = np.abs(fp32 - int8)
-    assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
+    assert difference.mean() < 0.005 and difference.max() < 0.05, (difference.mean(), difference.max())
