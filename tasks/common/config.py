@@ -249,7 +249,7 @@ class PackageParams(Section):
     max_image_pixels: int = Field(16_000_000, ge=1)  # /predict_image: larger images are refused from their header (400)
     max_text_chars: int = Field(20_000, ge=1)  # /predict_text, /predict_rows: a longer text is refused (400), untokenized
     access_log: bool = False  # a log line per request (costs throughput; /metrics has counts and latencies)
-    inline_inference: bool = True  # /predict's model call on the event loop (a fast model); false: a worker thread
+    inline_inference: bool = True  # /predict's (and small /predict_rows) model call on the event loop; false: a thread
     tracing: bool = False  # OpenTelemetry spans per request (export them with BentoML's tracing config)
     recent_inputs: int = Field(2048, ge=1)  # inputs each worker keeps for GET /recent_inputs (drift checks)
 
