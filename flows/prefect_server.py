@@ -108,13 +108,17 @@ class CommandServer:
     def ready(self, timeout_s: float = 90) -> Iterator[None]:
         """Wait until it answers (at once for a server that was already running); the block runs the flow.
 
-        On a server of the command's own, flow run heartbeats are off for the block: that server runs no services,
-        so nothing reads them (they let a server with services mark a crashed run), and Prefect's heartbeat thread
-        sleeps in 1 s steps that the end of every flow run waits for (up to 1 s a run)."""
-        if self.proc is None:
+        Flow run heartbeats are off for the block, but on the user's own server (PREFECT_API_URL): Prefect's
+        heartbeat thread sleeps in 1 s steps that the end of every flow run waits for (0.65 s of a 64-image `mlops
+        score`, measured), and nothing here reads them: the command's own server runs no services, and on the
+        project's server a crashed run is only marked by an automation a team adds (Prefect's zombie-flow
+        detection); an interactive command's run is watched by whoever typed it. Scheduled runs (`mlops
+        schedule`'s deployments) do not pass here and keep Prefect's heartbeats."""
+        if self.proc is not None:
+            _wait_until_healthy(self.proc, self.api_url, timeout_s, self.log_path)
+        if self.origin == "user":
             yield
             return
-        _wait_until_healthy(self.proc, self.api_url, timeout_s, self.log_path)
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

@@ -66,12 +66,12 @@ def _normalised(meta: dict) -> dict:
 
 
 def import_libraries() -> None:
-    """Import what finding, running and tracking the shipped model takes (MLflow and its SQL stores, BentoML, ONNX
-    Runtime, PyArrow): seconds a command spends while its Prefect server boots instead of after."""
+    """Import what finding, running and tracking the shipped model takes (MLflow and its SQL stores, BentoML's model
+    store, ONNX Runtime, PyArrow, DVC): seconds a command spends while its Prefect server boots instead of after."""
     import importlib
 
     for name in ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-                 "bentoml", "onnxruntime", "pyarrow.parquet", "PIL.Image"):
+                 "bentoml", "bentoml.models", "onnxruntime", "pyarrow.parquet", "PIL.Image", "dvc.repo"):
         importlib.import_module(name)
 
 

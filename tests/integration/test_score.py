@@ -55,7 +55,8 @@ def _digit_folder(where: Path, count: int, extra: bool = True) -> Path:
         Image.fromarray((np.kron(image, np.ones((4, 4))) * 255 / 16).astype(np.uint8)).save(folder / f"d{i:05d}.png")
     if extra:
         (where / "a" / "broken.png").write_bytes(b"not a png at all")
-        Image.fromarray(np.zeros((32, 32), np.uint8)).save(where / "b" / "blank.png")
+        # a grey page: every pixel 104, whose float std comes out as 9e-16, not 0
+        Image.fromarray(np.full((32, 32), 104, np.uint8)).save(where / "b" / "blank.png")
     return where
 
 

@@ -167,3 +167,18 @@ def test_dvc_locks_of_processes_that_are_gone_or_zombies_are_released_and_live_o
     assert json.loads((lock_dir / "rwlock").read_text()) == {
         "write": {"artifacts/train/model.pt": me}, "read": {"data/prepared": [me]}}
     assert release_dead_locks(tmp_path / "elsewhere") == []
+
+
+def test_a_commands_flow_runs_send_no_heartbeats_but_to_the_users_own_server():
+    """Prefect's heartbeat thread makes the end of every flow run wait up to 1 s; nothing reads the heartbeats of
+    a command's runs on its own server or the project's, so they are off there, and kept on a server the user set."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    from flows.prefect_server import CommandServer
+
+    default = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+    assert default
+    for origin, expected in (("project", None), ("user", default)):
+        with CommandServer(origin, "http://127.0.0.1:9/api").ready():
+            assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == expected, origin
+    assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
