@@ -95,28 +95,26 @@ def quality(params, root: Path, data) -> dict:
 
 def served(root: Path, data, seconds: float = 4.0) -> dict:
     """The shipped model behind `bentoml serve`: /predict_text with one text a request (8 clients) and 64 a request
-    (4 clients), texts/s, against the Bento's own preprocessing and forward run back to back in this process.
+    (4 clients), texts/s, against the Bento's own preprocessing and forward run back to back in this process; and
+    the same endpoint of a Bento whose model does nothing (the floor: HTTP, JSON and tokenizing, no forward).
     BENTOML_HOME is this run's (main sets it before BentoML is imported)."""
-    import asyncio
     import json
-    import os
-    import subprocess
-    import sys
 
     import pandas as pd
 
-    from benchmarks.serving import _closed_loop
     from tasks.common.config import load_params
     from tasks.nn.latency import onnx_predictor
     from tasks.package import build_bento
     from tasks.shipped.rows import encode_rows
     from tasks.shipped.text import text_layout
-    from tests.support.processes import free_port, stop, wait_until_healthy
 
     choice = json.loads((root / "compress" / "choice.json").read_text())
     meta = {**{k: v for k, v in choice.items() if k != "reason"}, "encoding": data.encoding, "problem": data.problem}
-    tag = build_bento(root / "compress" / "model.onnx", meta, {"variant": choice["variant"]},
-                      load_params(REPO / "params.yaml").package, REPO / "bento").bento_tag
+    package = load_params(REPO / "params.yaml").package
+    tag = build_bento(root / "compress" / "model.onnx", meta, {"variant": choice["variant"]}, package,
+                      REPO / "bento").bento_tag
+    floor = build_bento(_no_op(root, len(data.classes), data.features), {**meta, "variant": "no-op"},
+                        {"variant": "no-op"}, package, REPO / "bento").bento_tag
     column = data.encoding["text"][0]["column"]
     texts = pd.read_parquet(root / "prepared" / "test" / "rows.parquet")[column].fillna("").astype(str).tolist()
     # as the service: one thread, each call's rows cut after their last token
@@ -131,23 +129,59 @@ def served(root: Path, data, seconds: float = 4.0) -> dict:
                 predict(encode_rows([{column: t} for t in chunk], data.encoding))
                 done += len(chunk)
         figures[batch] = {"in_process_texts_per_s": done / (time.perf_counter() - began)}
+    for name, bento in (("served", tag), ("floor", floor)):
+        for batch, found in _loaded(root, bento, name, texts, seconds).items():
+            figures[batch] |= {f"{name}_{k}": v for k, v in found.items()}
+    for batch in (1, 64):
+        figures[batch]["ratio"] = figures[batch]["served_texts_per_s"] / figures[batch]["in_process_texts_per_s"]
+        figures[batch]["of_floor"] = figures[batch]["served_texts_per_s"] / figures[batch]["floor_texts_per_s"]
+    return figures
+
+
+def _no_op(root: Path, classes: int, features: int) -> Path:
+    """An ONNX model that answers every row with equal probabilities, reading nothing."""
+    import torch
+
+    from tasks.compress.variants import export_onnx
+
+    class NoOp(torch.nn.Module):
+        def forward(self, rows):
+            return torch.zeros(rows.shape[0], classes) + 1.0 / classes
+
+    path = root / "no-op.onnx"
+    export_onnx(NoOp(), np.zeros((1, features), np.float32), path)
+    return path
+
+
+def _loaded(root: Path, tag: str, name: str, texts: list[str], seconds: float) -> dict:
+    """/predict_text of the Bento `tag` under `bentoml serve`, closed loop: 1 text a request from 8 clients, 64 from
+    4; texts/s, p50 and errors per request size."""
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.serving import _closed_loop
+    from tests.support.processes import free_port, stop, wait_until_healthy
+
     port = free_port()
-    (root / "prometheus").mkdir()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus")}
-    with (root / "bento.log").open("wb") as log:
+    (root / f"prometheus-{name}").mkdir()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROMETHEUS_MULTIPROC_DIR": str(root / f"prometheus-{name}")}
+    with (root / f"bento-{name}.log").open("wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port",
                                    str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    found = {}
     try:
         wait_until_healthy(server, f"http://127.0.0.1:{port}/readyz", f"bentoml serve {tag}")
         for batch, clients in ((1, 8), (64, 4)):
             body = json.dumps({"texts": texts[:batch]}).encode()
-            found = asyncio.run(_closed_loop(f"http://127.0.0.1:{port}/predict_text", body, clients, seconds))
-            figures[batch] |= {"clients": clients, "served_texts_per_s": found["requests_per_s"] * batch,
-                               "p50_ms": found["p50_ms"], "errors": found["errors"]}
-            figures[batch]["ratio"] = figures[batch]["served_texts_per_s"] / figures[batch]["in_process_texts_per_s"]
+            one = asyncio.run(_closed_loop(f"http://127.0.0.1:{port}/predict_text", body, clients, seconds))
+            found[batch] = {"clients": clients, "texts_per_s": one["requests_per_s"] * batch, "p50_ms": one["p50_ms"],
+                            "errors": one["errors"]}
     finally:
         stop(server)
-    return figures
+    return found
 
 
 def memory(root: Path, scale: int) -> dict:
@@ -225,10 +259,13 @@ def _record(f: dict) -> None:
          f"({faster:.2f}×)", "≥ 2× faster", verdict(faster >= 2)],
         ["shipped macro-F1 vs the network", f"{f['shipped']['f1_macro']:.4f} vs {f['network']['f1_macro']:.4f}",
          "within 0.01", verdict(f1_drop <= 0.01)],
-        *[[f"served `/predict_text`, {b} text(s) a request ({f['served'][b]['clients']} clients) vs in process",
+        *[[f"served `/predict_text`, {b} text(s) a request ({f['served'][b]['served_clients']} clients) vs in process",
            f"{f['served'][b]['served_texts_per_s']:.0f} vs {f['served'][b]['in_process_texts_per_s']:.0f} texts/s "
-           f"({f['served'][b]['ratio']:.2f}×; p50 {f['served'][b]['p50_ms']:.1f} ms)", "≥ 0.5×",
+           f"({f['served'][b]['ratio']:.2f}×; p50 {f['served'][b]['served_p50_ms']:.1f} ms)", "≥ 0.5×",
            verdict(f["served"][b]["ratio"] >= 0.5)] for b in (1, 64)],
+        *[[f"served `/predict_text`, {b} text(s) a request, vs the same endpoint with a model that does nothing",
+           f"{f['served'][b]['served_texts_per_s']:.0f} vs {f['served'][b]['floor_texts_per_s']:.0f} texts/s "
+           f"({f['served'][b]['of_floor']:.2f}×)", "", ""] for b in (1, 64)],
         ["training peak RSS, 10× the rows", f"{f['memory'][1]['peak_rss_mb']:.0f} MB vs "
          f"{f['memory'][0]['peak_rss_mb']:.0f} MB ({peak:.2f}×)", "≤ 1.2×", verdict(peak <= 1.2)],
     ])
@@ -240,7 +277,9 @@ def _record(f: dict) -> None:
             "the stage's figure the samples/s it logs (the training pass only, as the bare loop's) × real tokens "
             "per text. Served: the shipped variant's Bento (params.yaml's `package` defaults: one worker, one ONNX "
             "Runtime thread) on loopback, clients in this process; in process: the Bento's row encoding "
-            "(tokenizing) and the ONNX model on one thread, back to back.")
+            "(tokenizing) and the ONNX model on one thread, back to back; the floor: the same Bento and endpoint "
+            "around a model that answers without reading its input (HTTP, JSON, tokenizing and the skew checks "
+            "only), measured in the same run.")
     save("text", title="Text: the Transformer on support tickets against TF-IDF, compressed, and its training cost",
          command="python -m benchmarks.text", markdown=note + "\n\n" + body, figures=f)
     print(body)

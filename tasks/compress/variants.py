@@ -58,9 +58,12 @@ def prune_channels(model, example_x: np.ndarray, ratio: float, n_classes: int):
 
     pruned = copy.deepcopy(model).cpu().eval()
     head = [m for m in pruned.modules() if isinstance(m, nn.Linear) and m.out_features == n_classes]
+    # A text model's layer over the table's other columns is kept whole: Torch-Pruning cut its outputs without
+    # cutting the head's LayerNorm over [those outputs, the pooled text] to match (the model then failed to run)
+    beside_text = [m for m in (getattr(pruned, "dense_net", None) or []) if isinstance(m, nn.Linear)]
     pruner = tp.pruner.MetaPruner(
         pruned, torch.from_numpy(example_x[:2]), importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, ignored_layers=head,
+        pruning_ratio=ratio, ignored_layers=head + beside_text,
     )
     pruner.step()
     return pruned

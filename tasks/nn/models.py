@@ -135,7 +135,7 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, hidden: t
     y = layer.norm1(x)
     q, k, v = F.linear(y, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
     q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(attention.in_proj_weight.shape[0] // 3 // heads)  # a constant
+    scores = q @ k.transpose(-2, -1) / math.sqrt(attention.head_dim)  # an int (Torch-Pruning keeps it), not traced
     weights = torch.softmax(scores.masked_fill(hidden[:, None, None, :], float("-inf")), dim=-1)
     x = x + attention.out_proj((weights @ v).transpose(1, 2).reshape(batch, length, width))
     return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))

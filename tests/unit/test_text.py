@@ -142,6 +142,31 @@ def test_text_models_mask_padding_take_any_value_and_export_to_onnx_alike(fitted
                                atol=1e-5)
 
 
+def test_a_pruned_transformer_exports_with_a_dynamic_length_and_answers_as_in_torch(fitted, tmp_path):
+    """A Transformer beside another column (the layer over it kept whole), pruned for real, exports with a dynamic
+    length and answers as in torch at a cut length."""
+    import onnxruntime as ort
+    import torch
+
+    from tasks.common.config import TrainParams
+    from tasks.compress.variants import export_onnx, prune_channels, servable
+    from tasks.nn.models import build_model
+
+    frame, encoder, spec = fitted
+    x = encode(encoder, frame)
+    layout = text_layout(spec, x.shape[1])
+    torch.manual_seed(0)
+    model = build_model(TrainParams(text_depth=1, dropout=0.0), (x.shape[1],), 3, layout).eval()
+    pruned = prune_channels(model, x, 0.5, 3).eval()
+    assert layout["dense"] and sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    export_onnx(servable(pruned, 1.0, image_input=False), x[:2], tmp_path / "p.onnx", any_length=True)
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    short = trimmed(x[np.argsort((x[:, layout["dense"]:] != 0).sum(1))[:20]], layout)
+    with torch.no_grad():
+        expected = torch.softmax(pruned(torch.from_numpy(short)), 1).numpy()
+    np.testing.assert_allclose(session.run(None, {"images": short})[0], expected, atol=1e-5)
+
+
 def test_a_transformer_ignores_padding(fitted):
     """The same text with more padding after it (a longer maximum length) gets the same answer."""
     import torch
