@@ -62,7 +62,36 @@ def flow_server(root: Path) -> Iterator:
         yield server
 
 
+HANDED_OFF = "MLOPS_HANDED_OFF"  # set in a command a warm host runs: it does not hand itself off again
+
+
+def in_warm_host(root: Path) -> int | None:
+    """While `mlops schedule` runs this project's Prefect server: this command run by a fork of the warm host that
+    server keeps (flows/prefect_server.py `command_host`), its libraries imported once there, as a pipeline run's
+    stages are (tasks/common/stage_host.py); the command's exit status. None: run it here (no host, or one started
+    with other import-time settings, which it says)."""
+    import os
+
+    from flows.prefect_server import command_host
+    from tasks.common.stage_host import hand_off
+
+    if os.environ.get(HANDED_OFF):
+        print("run by the warm host of the project's Prefect server (its libraries imported once)", file=sys.stderr)
+        return None
+    address = command_host(root)
+    if address is None:
+        return None
+    os.environ[HANDED_OFF] = "1"
+    code = hand_off("cli", address)
+    if code is None:
+        del os.environ[HANDED_OFF]
+    return code
+
+
 def run_score(args: argparse.Namespace) -> int:
+    handed = in_warm_host(args.root)
+    if handed is not None:
+        return handed
     with flow_server(args.root) as server:
         from flows.score import render, score_batch
         from tasks.common.errors import DataError

@@ -28,10 +28,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.common import stage_host
 from tasks.common.errors import PipelineError
 from tasks.common.stage_host import stop_with_parent
 
 STATE_DIR = ".prefect"  # the server's PREFECT_HOME: prefect.db, server.log, server.json
+# What a command run by hand imports, imported once by the warm host the project's server keeps (`project_server`)
+COMMAND_PRELOAD = ("prefect", "prefect.flow_engine", "prefect.task_engine", "flows.score", "jobs.score",
+                   "jobs.score.model", "bentoml.models", "dvc.repo", "mlflow.tracing.processor.base_mlflow")
 DEFAULT_PORT = 4200  # Prefect's own default, so the UI is where Prefect's documentation says
 
 
@@ -74,9 +78,13 @@ def project_server(root: Path, port: int = DEFAULT_PORT, timeout_s: float = 120)
                                  "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=stop_with_parent)
     try:
-        _wait_until_healthy(proc, api_url, timeout_s, log_path)
-        record.write_text(json.dumps({"pid": proc.pid, "api_url": api_url}))
-        yield Server(api_url, started_here=True)
+        # and a warm host for the commands run by hand while it runs (`command_host`), started with this
+        # process's environment before it points at the server: a command typed in a shell like it matches it
+        with stage_host.started(root, COMMAND_PRELOAD, ("PREFECT_",)) as host:
+            _wait_until_healthy(proc, api_url, timeout_s, log_path)
+            record.write_text(json.dumps({"pid": proc.pid, "api_url": api_url, "host": host[stage_host.HOST_ENV],
+                                          "python": sys.executable}))
+            yield Server(api_url, started_here=True)
     finally:
         record.unlink(missing_ok=True)
         _stop(proc)
@@ -94,6 +102,18 @@ def use_running(root: Path) -> str | None:
         return None
     os.environ["PREFECT_API_URL"] = running.api_url
     return running.api_url
+
+
+def command_host(root: Path) -> str | None:
+    """The socket of the warm host the project's running server keeps for commands run by hand (`project_server`):
+    Prefect, MLflow, DVC, BentoML and the jobs imported once; None when no server of this project runs, or when
+    it was started by another Python."""
+    try:
+        found = json.loads((root.resolve() / STATE_DIR / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    address = found.get("host")
+    return address if address and found.get("python") == sys.executable and Path(address).exists() else None
 
 
 class CommandServer:
@@ -119,9 +139,11 @@ class CommandServer:
         if self.origin == "user":
             yield
             return
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        # the API URL too: in a command forked from the warm host (`command_host`), Prefect was imported before
+        # for_command set PREFECT_API_URL
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
 
 

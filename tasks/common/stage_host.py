@@ -11,7 +11,10 @@ alone, a host not ready yet or gone) or with settings the libraries read when im
 host's, the command runs the stage itself, as before.
 
 The host is in the flow's process group (a kill of the run kills its stages) and stops with the flow; a stage
-whose command is killed is killed too.
+whose command is killed is interrupted (SIGINT, as a Ctrl-C would) and killed if it is still there 5 s later.
+
+The project's own Prefect server keeps one for the commands typed while it runs (flows/prefect_server.py
+`project_server`, cli/jobs.py `in_warm_host`), with Prefect and the jobs imported too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +51,10 @@ STARTED, REFUSED = b"S", b"R"
 class _Stage:
     conn: socket.socket  # its command's connection: the exit status goes back on it
     exited: int | None  # a pidfd, readable once the stage's process has ended (Linux); None: polled
+    interrupted: float | None = None  # when its command went away (monotonic): interrupted then, killed if it stays
+
+
+GRACE_S = 5.0  # a stage whose command is gone gets SIGINT (it ends its runs as on a Ctrl-C), then SIGKILL after this
 
 
 @contextmanager
@@ -65,13 +73,17 @@ def for_run(root: Path) -> Iterator[None]:
 
 
 @contextmanager
-def started(root: Path) -> Iterator[dict[str, str]]:
+def started(root: Path, also: tuple[str, ...] = (), settings: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """A host for the stage commands run under `root` while the block runs; yields the environment that points
-    them at it. Its imports take a few seconds; a command that comes meanwhile imports what is still missing."""
+    them at it. Its imports take a few seconds; a command that comes meanwhile imports what is still missing.
+    `also`: modules it imports after PRELOAD; `settings`: prefixes of more import-time settings a command must
+    share with it (those `also` reads when imported); `env`: its environment (default: this process's)."""
     folder = Path(tempfile.mkdtemp(prefix="stage-host-"))  # a socket's path must be short (108 bytes)
     address = folder / "host.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address)], cwd=root,
-                            stdin=subprocess.DEVNULL, preexec_fn=stop_with_parent)
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address), ",".join(also),
+                             ",".join(settings)], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=stop_with_parent)
     try:
         yield {HOST_ENV: str(address)}
     finally:
@@ -86,10 +98,11 @@ def started(root: Path) -> Iterator[dict[str, str]]:
         folder.rmdir()
 
 
-def hand_off(module: str) -> int | None:
-    """In a stage command: have the run's host run `module` with this process's arguments, directory, environment
-    and streams; its exit status. None when there is no host to take it (the command then runs the stage)."""
-    address = os.environ.get(HOST_ENV)
+def hand_off(module: str, address: str | None = None) -> int | None:
+    """In a stage command: have the run's host (or the one at `address`) run `module` with this process's arguments,
+    directory, environment and streams; its exit status. None when there is no host to take it (the command then
+    runs the stage)."""
+    address = address or os.environ.get(HOST_ENV)
     if not address:
         return None
     env = {key: value for key, value in os.environ.items() if key != HOST_ENV}
@@ -118,46 +131,58 @@ def hand_off(module: str) -> int | None:
     return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
-def serve(address: str) -> None:
-    """The host: import PRELOAD, listen on `address`, fork a child per stage command (until SIGTERM)."""
+def serve(address: str, also: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> None:
+    """The host: import PRELOAD (then `also`), listen on `address`, fork a child per stage command (until SIGTERM);
+    `prefixes`: more import-time settings than IMPORT_TIME a command must share with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the run's stages; the run stops the host
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as tasks/common/stage_cli.py sets it for a stage
-    settings = _import_time(os.environ)  # before the imports, which set some of their own (KMP_*)
+    settings = _import_time(os.environ, prefixes)  # before the imports, which set some of their own (KMP_*)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".tmp")
     listener.listen()
     os.rename(address + ".tmp", address)  # commands find the socket once it listens
     stages: dict[int, _Stage] = {}  # by the stage's pid
-    for name in PRELOAD:  # a command that comes meanwhile is forked between two imports: it imports the rest
+    for name in (*PRELOAD, *also):  # a command that comes meanwhile is forked between two imports: it imports the rest
         _preload(name)
-        _serve_once(listener, stages, settings, timeout=0)
+        _serve_once(listener, stages, settings, prefixes, timeout=0)
+    Path(address + ".warm").touch()  # every import done (benchmarks wait for it)
     while True:
-        _serve_once(listener, stages, settings)
+        _serve_once(listener, stages, settings, prefixes)
 
 
-def _serve_once(listener: socket.socket, stages: dict[int, _Stage], settings: dict, timeout: float = 0.2) -> None:
+def _serve_once(listener: socket.socket, stages: dict[int, _Stage], settings: dict, prefixes: tuple[str, ...],
+                timeout: float = 0.2) -> None:
     """Wait for a new command, a stage's end (its pidfd) or a command gone; the timeout polls where no pidfd."""
     import selectors
 
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)
         for pid, stage in stages.items():
-            selector.register(stage.conn, selectors.EVENT_READ, pid)
+            if stage.interrupted is None:
+                selector.register(stage.conn, selectors.EVENT_READ, pid)
             if stage.exited is not None:
                 selector.register(stage.exited, selectors.EVENT_READ)
         ready = [(key.fileobj, key.data) for key, _ in selector.select(timeout=timeout)]
     for source, pid in ready:
         if source is listener:
-            _accept(listener, stages, settings)
+            _accept(listener, stages, settings, prefixes)
         elif isinstance(source, socket.socket) and not source.recv(1):  # the command is gone (killed): its stage too
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stages[pid].interrupted = time.monotonic()
+            _signal(pid, signal.SIGINT)
+    for pid, stage in stages.items():
+        if stage.interrupted is not None and time.monotonic() - stage.interrupted > GRACE_S:
+            _signal(pid, signal.SIGKILL)
     _reap(stages)
 
 
-def _accept(listener: socket.socket, stages: dict[int, _Stage], settings: dict) -> None:
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _accept(listener: socket.socket, stages: dict[int, _Stage], settings: dict, prefixes: tuple[str, ...]) -> None:
     conn, _ = listener.accept()
     try:
         head, fds, _, _ = socket.recv_fds(conn, 65536, 3)
@@ -167,7 +192,7 @@ def _accept(listener: socket.socket, stages: dict[int, _Stage], settings: dict) 
     except (OSError, ValueError, struct.error):
         conn.close()
         return
-    asked = _import_time(request["env"])
+    asked = _import_time(request["env"], prefixes)
     if asked != settings:
         differ = sorted(key for key in asked.keys() | settings.keys() if asked.get(key) != settings.get(key))
         conn.sendall(REFUSED + ", ".join(differ).encode())
@@ -263,8 +288,8 @@ def _preload(name: str) -> None:
             pass
 
 
-def _import_time(env: dict) -> dict:
-    return {key: value for key, value in env.items() if key.startswith(IMPORT_TIME)} | {
+def _import_time(env: dict, prefixes: tuple[str, ...] = ()) -> dict:
+    return {key: value for key, value in env.items() if key.startswith((*IMPORT_TIME, *prefixes))} | {
         "MLFLOW_LOGGING_LEVEL": env.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
 
 
@@ -301,4 +326,4 @@ def stop_with_parent() -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], *(tuple(filter(None, arg.split(","))) for arg in sys.argv[2:4]))
