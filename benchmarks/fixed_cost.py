@@ -159,7 +159,7 @@ def _markdown(f: dict) -> str:
     rows = [["`mlops score` on 64 PNGs (Prefect server started by the command)", f"{f['score_64_median_s']:.2f}",
              ", ".join(f"{s:.2f}" for s in f["score_64_s"]), f"goal ≤ {GOAL_64_S:g} s: "
              + ("met" if f["score_64_median_s"] <= GOAL_64_S else "**not met**")],
-            ["`mlops score` on 64 PNGs, the project's Prefect server running",
+            ["`mlops score` on 64 PNGs, the project's Prefect server running (run by its warm host)",
              f"{f['score_64_project_server_median_s']:.2f}",
              ", ".join(f"{s:.2f}" for s in f["score_64_project_server_s"]), f"goal ≤ {GOAL_64_S:g} s: "
              + ("met" if f["score_64_project_server_median_s"] <= GOAL_64_S else "**not met**")],
