@@ -83,7 +83,7 @@ def project_server(root: Path, port: int = DEFAULT_PORT, timeout_s: float = 120)
         with stage_host.started(root, COMMAND_PRELOAD, ("PREFECT_",)) as host:
             _wait_until_healthy(proc, api_url, timeout_s, log_path)
             record.write_text(json.dumps({"pid": proc.pid, "api_url": api_url, "host": host[stage_host.HOST_ENV],
-                                          "python": sys.executable}))
+                                          "python": sys.executable, "code_at": time.time()}))
             yield Server(api_url, started_here=True)
     finally:
         record.unlink(missing_ok=True)
@@ -104,16 +104,24 @@ def use_running(root: Path) -> str | None:
     return running.api_url
 
 
+CODE = ("cli", "flows", "jobs", "tasks")  # the project's code a warm host imported
+
+
 def command_host(root: Path) -> str | None:
     """The socket of the warm host the project's running server keeps for commands run by hand (`project_server`):
-    Prefect, MLflow, DVC, BentoML and the jobs imported once; None when no server of this project runs, or when
-    it was started by another Python."""
+    Prefect, MLflow, DVC, BentoML and the jobs imported once; None when no server of this project runs, when it
+    was started by another Python, or when the project's code changed since (the host holds the code as it was)."""
+    root = root.resolve()
     try:
-        found = json.loads((root.resolve() / STATE_DIR / "server.json").read_text())
+        found = json.loads((root / STATE_DIR / "server.json").read_text())
     except (OSError, ValueError):
         return None
     address = found.get("host")
-    return address if address and found.get("python") == sys.executable and Path(address).exists() else None
+    if not address or found.get("python") != sys.executable or not Path(address).exists():
+        return None
+    changed = any(path.stat().st_mtime > found.get("code_at", 0) for folder in CODE
+                  for path in (root / folder).rglob("*.py"))
+    return None if changed else address
 
 
 class CommandServer:

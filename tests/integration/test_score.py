@@ -289,16 +289,14 @@ def test_the_command_scores_tracks_the_output_in_dvc_and_mlflow_and_a_rerun_does
 def _scored_by_the_warm_host(root: Path, env: dict, prefect_api: str, folder: Path, model: str) -> None:
     """With the warm host the project's server keeps (as `mlops schedule` starts it), a command typed in a shell like
     the one that started it is run by a fork of that host: same output, exit codes and flow tracking."""
-    import sys
-
     from flows import DEFAULTS
     from flows.prefect_server import COMMAND_PRELOAD
     from tasks.common import stage_host
 
     # started as project_server starts it: in a process that imported flows/ (its Prefect defaults set)
     with stage_host.started(root, COMMAND_PRELOAD, ("PREFECT_",), env={**DEFAULTS, **env}) as host:
-        (root / ".prefect" / "server.json").write_text(json.dumps(
-            {"pid": 0, "api_url": prefect_api, "host": host[stage_host.HOST_ENV], "python": sys.executable}))
+        (root / ".prefect" / "server.json").write_text(json.dumps({"pid": 0, "api_url": prefect_api, "host": host[
+            stage_host.HOST_ENV], "python": sys.executable, "code_at": time.time()}))
         before = _flow_runs(prefect_api, "score")
         warm = run_in(root, env, MLOPS, "score", "--input", str(folder), "--model", model, timeout=600)
         assert warm.returncode == 0, warm.stderr[-3000:]
@@ -310,6 +308,9 @@ def _scored_by_the_warm_host(root: Path, env: dict, prefect_api: str, folder: Pa
         other = run_in(root, {**env, "PREFECT_HOME": str(root / "elsewhere")}, MLOPS, "score", "--input",
                        str(folder), "--model", model, timeout=600)  # another Prefect home: runs itself, saying why
         assert other.returncode == 0 and "PREFECT_HOME" in other.stderr and "warm host" not in other.stderr
+        os.utime(root / "jobs" / "score" / "chunk.py")  # the code changed since the host imported it: not used
+        edited = run_in(root, env, MLOPS, "score", "--input", str(folder), "--model", model, timeout=600)
+        assert edited.returncode == 0 and "warm host" not in edited.stderr + edited.stdout
 
 
 def _flow_runs(api: str, flow: str) -> int:
