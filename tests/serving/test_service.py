@@ -579,6 +579,20 @@ def test_a_text_model_answers_texts_and_schemathesis_finds_nothing_wrong(bento_s
         answer = httpx.post(f"{url}/predict_text", json={"texts": texts}, timeout=30)
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(_in_class_order(answer.json(), TEXT_CLASSES), expected, atol=1e-6)
+        # one text a request from many clients at once: each gets its own text's answer, and a request with a text
+        # over the limit is refused alone
+        from concurrent.futures import ThreadPoolExecutor
+
+        bodies = [json.dumps({"texts": [texts[i % len(texts)]]}) for i in range(24)] + [
+            json.dumps({"texts": ["x" * 20_001]})]
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda body: httpx.post(f"{url}/predict_text", content=body, headers={
+                "content-type": "application/json"}, timeout=30), bodies))
+        assert answers[-1].status_code == 400 and "the limit is 20,000" in answers[-1].text, answers[-1].text
+        for i, one in enumerate(answers[:-1]):
+            assert one.status_code == 200, one.text
+            np.testing.assert_allclose(_in_class_order(one.json(), TEXT_CLASSES), expected[i % len(texts)][None],
+                                       atol=1e-6)
         schema = httpx.get(f"{url}/docs.json").json()
         assert "/predict_text" in schema["paths"] and "/predict_image" not in schema["paths"]
         assert _schemathesis(url, tmp_path, seed=2, examples=20, operations=10) >= 100
