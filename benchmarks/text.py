@@ -22,6 +22,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,7 @@ def served(root: Path, data, seconds: float = 4.0) -> dict:
     for name, bento in (("served", tag), ("floor", floor)):
         for batch, found in _loaded(root, bento, name, texts, seconds).items():
             figures[batch] |= {f"{name}_{k}": v for k, v in found.items()}
+    figures[1]["bentoml_floor"] = bentoml_floor(root, texts, seconds)  # one text a request
     for batch in (1, 64):
         figures[batch]["ratio"] = figures[batch]["served_texts_per_s"] / figures[batch]["in_process_texts_per_s"]
         figures[batch]["of_floor"] = figures[batch]["served_texts_per_s"] / figures[batch]["floor_texts_per_s"]
@@ -156,32 +159,83 @@ def _no_op(root: Path, classes: int, features: int) -> Path:
 def _loaded(root: Path, tag: str, name: str, texts: list[str], seconds: float) -> dict:
     """/predict_text of the Bento `tag` under `bentoml serve`, closed loop: 1 text a request from 8 clients, 64 from
     4; texts/s, p50 and errors per request size."""
-    import asyncio
     import json
-    import os
+
+    found = {}
+    with _serving(root, name, [tag]) as base:
+        for batch, clients in ((1, 8), (64, 4)):
+            found[batch] = _posted(f"{base}/predict_text", json.dumps({"texts": texts[:batch]}).encode(), clients,
+                                   seconds, batch)
+    return found
+
+
+FLOOR_SERVICE = '''"""BentoML's own per-request floor: an endpoint that reads its texts and answers without a model."""
+import json
+
+import bentoml
+
+
+async def bare(scope, receive, send):  # an ASGI app: BentoML's middlewares only, none of its API layer
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    answer = json.dumps([{"label": "", "probabilities": {}} for _ in json.loads(body)["texts"]]).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@bentoml.asgi_app(bare, path="/bare")
+@bentoml.service(workers=1, logging={"access": {"enabled": False}})
+class Floor:
+    @bentoml.api
+    async def predict_text(self, texts: list[str]) -> list[dict]:
+        return [{"label": "", "probabilities": {}} for _ in texts]
+'''
+
+
+def bentoml_floor(root: Path, texts: list[str], seconds: float) -> dict:
+    """The fastest any endpoint under `bentoml serve` answers one text a request here (8 clients, as `_loaded`): a
+    minimal service's async API that does nothing (BentoML's defaults, access log off), and a bare ASGI app
+    mounted in it (`bentoml.asgi_app`: BentoML's middlewares, none of its request parsing)."""
+    import json
+
+    (root / "floor_service.py").write_text(FLOOR_SERVICE)
+    body = json.dumps({"texts": texts[:1]}).encode()
+    with _serving(root, "bentoml-floor", ["floor_service:Floor", "--working-dir", str(root)]) as base:
+        return {"api": _posted(f"{base}/predict_text", body, 8, seconds, 1),
+                "mounted_asgi": _posted(f"{base}/bare/", body, 8, seconds, 1)}
+
+
+def _posted(url: str, body: bytes, clients: int, seconds: float, batch: int) -> dict:
+    import asyncio
+
+    from benchmarks.serving import _closed_loop
+
+    one = asyncio.run(_closed_loop(url, body, clients, seconds))
+    return {"clients": clients, "texts_per_s": one["requests_per_s"] * batch, "p50_ms": one["p50_ms"],
+            "errors": one["errors"]}
+
+
+@contextmanager
+def _serving(root: Path, name: str, what: list[str]) -> Iterator[str]:
+    """`bentoml serve <what>` on a free loopback port until the block ends; yields its base URL."""
     import subprocess
     import sys
 
-    from benchmarks.serving import _closed_loop
     from tests.support.processes import free_port, stop, wait_until_healthy
 
     port = free_port()
     (root / f"prometheus-{name}").mkdir()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROMETHEUS_MULTIPROC_DIR": str(root / f"prometheus-{name}")}
     with (root / f"bento-{name}.log").open("wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port",
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", *what, "--host", "127.0.0.1", "--port",
                                    str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    found = {}
     try:
-        wait_until_healthy(server, f"http://127.0.0.1:{port}/readyz", f"bentoml serve {tag}")
-        for batch, clients in ((1, 8), (64, 4)):
-            body = json.dumps({"texts": texts[:batch]}).encode()
-            one = asyncio.run(_closed_loop(f"http://127.0.0.1:{port}/predict_text", body, clients, seconds))
-            found[batch] = {"clients": clients, "texts_per_s": one["requests_per_s"] * batch, "p50_ms": one["p50_ms"],
-                            "errors": one["errors"]}
+        wait_until_healthy(server, f"http://127.0.0.1:{port}/readyz", f"bentoml serve {what[0]}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(server)
-    return found
 
 
 def memory(root: Path, scale: int) -> dict:
@@ -238,6 +292,20 @@ def main(argv: list[str] | None = None) -> None:
     _record(figures)
 
 
+def _bentoml_rows(served: dict) -> list[list[str]]:
+    """BentoML's own floor at one text a request, and the ratio it leaves room for: a request's cost is at least
+    the floor's plus the in-process work, so served / in process ≤ floor / (floor + in process)."""
+    floor, alone = served[1]["bentoml_floor"], served[1]["in_process_texts_per_s"]
+    rows = []
+    for key, what in (("api", "a minimal BentoML service's async API that does nothing"),
+                      ("mounted_asgi", "a bare ASGI app mounted in it (BentoML's middlewares only)")):
+        rate = floor[key]["texts_per_s"]
+        rows.append([f"{what}, 1 text a request (8 clients)",
+                     f"{rate:.0f} texts/s; with the in-process work on top ≤ {rate / (rate + alone):.2f}× of in process",
+                     "", ""])
+    return rows
+
+
 def _record(f: dict) -> None:
     fp32, chosen = f["fp32"], f["chosen"]
     smaller, faster = fp32["size_bytes"] / chosen["size_bytes"], fp32["latency_b1_ms"] / chosen["latency_b1_ms"]
@@ -266,6 +334,7 @@ def _record(f: dict) -> None:
         *[[f"served `/predict_text`, {b} text(s) a request, vs the same endpoint with a model that does nothing",
            f"{f['served'][b]['served_texts_per_s']:.0f} vs {f['served'][b]['floor_texts_per_s']:.0f} texts/s "
            f"({f['served'][b]['of_floor']:.2f}×)", "", ""] for b in (1, 64)],
+        *_bentoml_rows(f["served"]),
         ["training peak RSS, 10× the rows", f"{f['memory'][1]['peak_rss_mb']:.0f} MB vs "
          f"{f['memory'][0]['peak_rss_mb']:.0f} MB ({peak:.2f}×)", "≤ 1.2×", verdict(peak <= 1.2)],
     ])
@@ -279,7 +348,9 @@ def _record(f: dict) -> None:
             "Runtime thread) on loopback, clients in this process; in process: the Bento's row encoding "
             "(tokenizing) and the ONNX model on one thread, back to back; the floor: the same Bento and endpoint "
             "around a model that answers without reading its input (HTTP, JSON, tokenizing and the skew checks "
-            "only), measured in the same run.")
+            "only), measured in the same run; BentoML's own floor: a minimal service whose async API returns "
+            "without a model, and a bare ASGI app mounted in it (`FLOOR_SERVICE` in benchmarks/text.py), "
+            "same clients, same run.")
     save("text", title="Text: the Transformer on support tickets against TF-IDF, compressed, and its training cost",
          command="python -m benchmarks.text", markdown=note + "\n\n" + body, figures=f)
     print(body)
