@@ -2,12 +2,14 @@
 
 In a fresh copy of the project trained by `mlops run --no-push` (bundled digits), `mlops score --no-push` as a
 user types it (a new process, its Prefect server, MLflow run and DVC tracking included) on a folder of 64 PNG
-digits, then on 20,000 (each run's folder holds one image of its own, so none is "already scored"); the same
+digits, then on 20,000, in turn, `--repeats` times each (each run's folder holds one image of its own, so none is
+"already scored"; medians compared); the same
 64-image command again with the project's own Prefect server running (`mlops schedule` keeps one, and a warm host
 that runs the commands typed meanwhile, its imports done). The work's
 limit is a bare loop over the same 20,000 files: decoding with Pillow (the Bento's decoder) on all cores and the
 same ONNX model at batch 64 in one process. Goals (issue 35): 64 inputs end to end ≤ 3 s; the command's work
-(20,000 − 64 inputs) ≥ 80 % of the bare loop's speed.
+(20,000 − 64 inputs) ≥ 80 % of the bare loop's speed. The command scores a folder of several chunks on a process
+per core, started while its Prefect server boots (jobs/engine.py).
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         env = _env(Path(tmp) / "homes")
         _timed([MLOPS, "run", "--no-push"], root, env)
         salt = iter(range(1, 1000))
-        small = [_score(root, env, _pngs(Path(tmp) / f"in64-{i}", 64, next(salt))) for i in range(args.repeats)]
-        large_in = _pngs(Path(tmp) / "in20000", 20_000, next(salt))
-        large = _score(root, env, large_in)
+        small, large = [], []
+        for i in range(args.repeats):  # in turn, so that the machine's drift falls on both
+            small.append(_score(root, env, _pngs(Path(tmp) / f"in64-{i}", 64, next(salt))))
+            large_in = _pngs(Path(tmp) / f"in20000-{i}", 20_000, next(salt))
+            large.append(_score(root, env, large_in))
         served = _served_small(root, env, tmp, salt, args.repeats)
         figures = _figures(small, large, served, _limit(root, env, large_in))
     print(figures)
@@ -146,10 +150,11 @@ def _limit(root: Path, env: dict, folder: Path) -> dict:
         shutil.rmtree(small)
 
 
-def _figures(small: list[float], large: float, served: list[float], limit: dict) -> dict:
+def _figures(small: list[float], large: list[float], served: list[float], limit: dict) -> dict:
     fixed = statistics.median(small)
-    work = large - fixed
+    work = statistics.median(large) - fixed
     return {"score_64_s": small, "score_64_median_s": fixed, "score_20000_s": large,
+            "score_20000_median_s": statistics.median(large),
             "score_64_project_server_s": served, "score_64_project_server_median_s": statistics.median(served),
             "work_20000_s": work, **limit, "work_share_of_limit": (limit["bare_20000_s"] - limit["bare_64_s"]) / work,
             "goal_64_s": GOAL_64_S, "goal_share": GOAL_SHARE}
@@ -163,11 +168,12 @@ def _markdown(f: dict) -> str:
              f"{f['score_64_project_server_median_s']:.2f}",
              ", ".join(f"{s:.2f}" for s in f["score_64_project_server_s"]), f"goal ≤ {GOAL_64_S:g} s: "
              + ("met" if f["score_64_project_server_median_s"] <= GOAL_64_S else "**not met**")],
-            ["`mlops score` on 20,000 PNGs", f"{f['score_20000_s']:.2f}", "", ""],
-            ["its work (20,000 − 64 inputs)", f"{f['work_20000_s']:.2f}", "", ""],
+            ["`mlops score` on 20,000 PNGs", f"{f['score_20000_median_s']:.2f}",
+             ", ".join(f"{s:.2f}" for s in f["score_20000_s"]), ""],
+            ["its work (20,000 − 64 inputs, medians)", f"{f['work_20000_s']:.2f}", "", ""],
             ["bare loop, 64 / 20,000 files (Pillow on all cores + ONNX b64)",
              f"{f['bare_64_s']:.2f} / {f['bare_20000_s']:.2f}", "", ""],
-            ["bare loop on one core, 20,000 files (as the in-process engine decodes)",
+            ["bare loop on one core, 20,000 files",
              f"{f['bare_20000_one_core_s']:.2f}", "", ""],
             ["the command's work against the bare loop (speed)", f"{f['work_share_of_limit']:.0%}", "",
              f"goal ≥ {GOAL_SHARE:.0%}: " + ("met" if f["work_share_of_limit"] >= GOAL_SHARE else "**not met**")]]

@@ -1,5 +1,6 @@
 """Batch scoring (jobs/score/): throughput against the bare ONNX Runtime forward, peak memory as the input grows,
-and this process against a local Dask cluster.
+and scoring with no address (this process for one chunk, a process per core for more) against a local Dask
+cluster.
 
     python -m benchmarks.scoring        (after `make run`: it scores with the champion's shipped model)
 
@@ -54,7 +55,22 @@ def _one(input_path: str, out: str, address: str | None) -> None:
                    params.package.max_image_pixels, address)
     seconds = time.perf_counter() - began
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": result.rows, "scored": result.scored, "seconds": seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"rows": result.rows, "scored": result.scored, "seconds": seconds, "peak_mb": peak_mb,
+                      "engine": result.engine, "worker_peak_mb": _workers_peak_mb()}))
+
+
+def _workers_peak_mb() -> float:
+    """The largest peak resident memory among this process's worker processes (this machine's engine), 0 if none."""
+    import psutil
+
+    peaks = [0.0]
+    for child in psutil.Process().children(recursive=True):
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return max(peaks)
 
 
 def _run(input_path: Path, address: str | None = None) -> dict:
@@ -110,6 +126,7 @@ def main() -> None:
     from benchmarks import mnist_size
     from benchmarks.record import save, table
     from tasks.common.config import load_params
+    from jobs.engine import CORES
     from jobs.score.model import champion_model
 
     model = champion_model(ROOT, load_params(ROOT / "params.yaml"))
@@ -123,23 +140,25 @@ def main() -> None:
             forward = _forward(images, model.served_shape, float(model.meta["pixel_max"]), model.onnx_path)
             here = _run(folder)
             there = _run(folder, "local")
-            figures[name] = {"forward_rows_per_s": forward, "in_process": here, "local_cluster": there}
-            for where, found in (("in process", here), ("local Dask cluster", there)):
+            figures[name] = {"forward_rows_per_s": forward, "no_address": here, "local_cluster": there}
+            for where, found in ((f"no address ({here['engine']})", here), ("local Dask cluster", there)):
                 rows.append([name, where, found["rows"], found["rows_per_s"], forward,
-                             found["rows_per_s"] / forward, found["peak_mb"]])
+                             found["rows_per_s"] / forward, found["peak_mb"],
+                             found["worker_peak_mb"] if "local processes" in found["engine"] else ""])
             print(name, figures[name], flush=True)
         tenfold = _write_pngs(sets["MNIST-size"], work / "MNIST-size x10", copies=10)
-        figures["memory"] = {"1x": figures["MNIST-size"]["in_process"], "10x": _run(tenfold)}
+        figures["memory"] = {"1x": figures["MNIST-size"]["no_address"], "10x": _run(tenfold)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     one, ten = figures["memory"]["1x"], figures["memory"]["10x"]
-    best = {name: max(f["in_process"]["rows_per_s"], f["local_cluster"]["rows_per_s"]) / f["forward_rows_per_s"]
+    best = {name: max(f["no_address"]["rows_per_s"], f["local_cluster"]["rows_per_s"]) / f["forward_rows_per_s"]
             for name, f in figures.items() if name != "memory"}
     goals = [[f"{name}: scoring ≥ 80 % of the bare forward at batch 64", f"{share:.0%}", share >= 0.8]
              for name, share in best.items()]
-    goals.append(["peak memory at 10× the input within 1.2× of 1×",
-                  f"{ten['peak_mb']:.0f} vs {one['peak_mb']:.0f} MB ({ten['peak_mb'] / one['peak_mb']:.2f}×)",
-                  ten["peak_mb"] <= 1.2 * one["peak_mb"]])
+    total = {k: f["peak_mb"] + CORES * f["worker_peak_mb"] for k, f in (("1x", one), ("10x", ten))}
+    goals.append(["peak memory (driver + its workers) at 10× the input within 1.2× of 1×",
+                  f"{total['10x']:.0f} vs {total['1x']:.0f} MB ({total['10x'] / total['1x']:.2f}×)",
+                  total["10x"] <= 1.2 * total["1x"]])
     figures["goals"] = {g: ok for g, _, ok in goals}
     markdown = "\n\n".join([
         f"Model: the champion's shipped model `{model.tag}` ({model.variant}, served shape {model.served_shape}). "
@@ -147,9 +166,11 @@ def main() -> None:
         "`score.chunk_rows` and writes Parquet. The forward alone is ONNX Runtime at batch 64 on the already decoded "
         "inputs, one thread. The local Dask cluster is started by the run (a scheduler and two single-threaded "
         "worker processes), its start-up included.",
-        table(["input", "where", "rows", "rows/s", "forward rows/s", "share of the forward", "peak MB (driver)"], rows),
-        f"Peak memory of an in-process run: {one['rows']:,} images {one['peak_mb']:.0f} MB; {ten['rows']:,} images "
-        f"(10×) {ten['peak_mb']:.0f} MB.",
+        table(["input", "where", "rows", "rows/s", "forward rows/s", "share of the forward", "peak MB (driver)",
+               "peak MB (a worker of this machine)"], rows),
+        f"Peak memory of a run with no address: {one['rows']:,} images {one['peak_mb']:.0f} MB (its workers "
+        f"{one['worker_peak_mb']:.0f} MB); {ten['rows']:,} images (10×) {ten['peak_mb']:.0f} MB (workers "
+        f"{ten['worker_peak_mb']:.0f} MB).",
         table(["goal (issue 20)", "measured", "met"], [[g, m, "yes" if ok else "**no**"] for g, m, ok in goals]),
     ])
     save("scoring", title="Batch scoring", command="python -m benchmarks.scoring", markdown=markdown, figures=figures)

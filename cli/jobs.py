@@ -95,9 +95,11 @@ def run_score(args: argparse.Namespace) -> int:
     with flow_server(args.root) as server:
         from flows.score import render, score_batch
         from tasks.common.errors import DataError
+        from jobs.score import prepare
         from jobs.score.model import NoModel, import_libraries
 
-        import_libraries()  # while the server boots
+        prepare(Path(args.input), args.root, args.address)  # a large input's worker processes start, and
+        import_libraries()  # the libraries are imported, while the server boots
         try:
             with server.ready():
                 results = score_batch(args.input, str(args.root.resolve()), args.model, args.address,

@@ -13,6 +13,7 @@ nothing to read), 3 no model to score with.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +97,8 @@ def inputs_in(path: Path) -> list[Path]:
 
     if not path.is_dir():
         return [path]
-    files = [p for p in path.iterdir() if not p.name.startswith(".") and readable(p, path)]
-    tables = sorted(p for p in files if p.suffix.lower() in TABLE_SUFFIXES)
+    tables = sorted(path / name for name in os.listdir(path) if not name.startswith(".")
+                    and os.path.splitext(name)[1].lower() in TABLE_SUFFIXES and readable(path / name, path))
     if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
         return tables
     return [path]

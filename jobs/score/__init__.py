@@ -7,8 +7,9 @@ from jobs.score.scoring import (
     TooManyBadRows,
     ScoreResult,
     version_dir,
+    prepare,
     score,
     predictions_of,
 )
 
-__all__ = ["TooManyBadRows", "ScoreResult", "version_dir", "score", "predictions_of"]
+__all__ = ["TooManyBadRows", "ScoreResult", "version_dir", "prepare", "score", "predictions_of"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jobs.score.reader import ImageFiles
 from tasks.shipped.imaging import NotAnImage, decode_image
 from tasks.shipped.rows import BadRow, encode_rows
 from tasks.shipped.skew import statistics
@@ -164,7 +165,8 @@ def _image_inputs(chunk, meta: dict, limits: Limits):
     channels = shape[2] if len(shape) == 3 else 1
     scale = float(meta["pixel_max"]) / 255.0
     positions, images, quarantined = [], [], []
-    for position, content in enumerate(chunk.data):
+    contents = chunk.data.read() if isinstance(chunk.data, ImageFiles) else chunk.data
+    for position, content in enumerate(contents):
         try:
             pixels = decode_image(content, shape[:2], channels, limits.max_image_pixels) * scale
         except NotAnImage as err:

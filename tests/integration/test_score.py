@@ -66,8 +66,9 @@ def _cfg(**changes):
     return load_params(REPO / "params.yaml").score.model_copy(update={"chunk_rows": 64, **changes})
 
 
-def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(models, tmp_path, dask_cluster):
+def test_a_folder_of_images_scores_the_same_on_this_machine_and_on_a_dask_cluster(models, tmp_path, dask_cluster):
     from tasks.nn.latency import onnx_predictor
+    from jobs.engine import CORES
     from jobs.score import predictions_of, score
     from tasks.shipped.imaging import decode_image
 
@@ -75,6 +76,8 @@ def test_a_folder_of_images_scores_the_same_in_process_and_on_a_dask_cluster(mod
     folder = _digit_folder(tmp_path / "scans", 300)
     here = score(folder, digits, tmp_path / "here", _cfg(), 16_000_000)
     there = score(folder, digits, tmp_path / "there", _cfg(), 16_000_000, address=dask_cluster)
+    # five chunks: a process per core of this machine (one core: this process)
+    assert here.engine == (f"{CORES} local processes" if CORES > 1 else "in-process")
     assert there.engine == dask_cluster and here.chunks == there.chunks == 5
     ours, theirs = predictions_of(here), predictions_of(there)
     pd.testing.assert_frame_equal(ours, theirs)

@@ -1,0 +1,52 @@
+"""jobs/engine.py on this machine: one chunk in this process, more on a process per core; a worker that dies fails
+the run at once instead of hanging it; `jobs.score.prepare` never fails whatever it is given."""
+
+import os
+import time
+
+import pytest
+
+from jobs import engine
+
+
+def _pid_of(chunk: int, dying: int = -1) -> tuple[int, int]:
+    if chunk == dying:
+        os._exit(9)  # as the kernel's OOM killer would leave it: no exception, no answer
+    return chunk, os.getpid()
+
+
+def test_one_chunk_runs_here_and_more_run_on_a_process_per_core():
+    placed: dict = {}
+    assert list(engine.run(_pid_of, [7], None, placed=placed)) == [(7, os.getpid())]
+    assert placed["engine"] == "in-process"
+    placed = {}
+    found = list(engine.run(_pid_of, range(6), None, placed=placed))
+    assert sorted(chunk for chunk, _ in found) == list(range(6))  # each once, in any order
+    if engine.CORES > 1:
+        assert placed["engine"] == f"{engine.CORES} local processes"
+        assert os.getpid() not in {pid for _, pid in found}
+    else:
+        assert placed["engine"] == "in-process"
+
+
+@pytest.mark.skipif(engine.CORES == 1, reason="one core: every chunk runs in this process")
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging_it():
+    from loky.process_executor import TerminatedWorkerError
+
+    began = time.monotonic()
+    with pytest.raises(TerminatedWorkerError, match="terminated"):
+        list(engine.run(_pid_of, range(6), None, dying=3))
+    assert time.monotonic() - began < 30
+    # and the next run gets fresh workers
+    assert sorted(chunk for chunk, _ in engine.run(_pid_of, range(4), None)) == list(range(4))
+
+
+def test_prepare_never_fails(tmp_path):
+    from jobs.score import prepare
+
+    (tmp_path / "params.yaml").write_text("score: {chunk_rows: -1}\n")  # invalid: score reports it, not prepare
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.png").write_bytes(b"not a png")
+    for path in (tmp_path / "missing", tmp_path / "scans", tmp_path / "params.yaml"):
+        assert prepare(path, tmp_path) is None
+    assert prepare(tmp_path / "scans", tmp_path / "no-project") is None
