@@ -13,7 +13,7 @@ import numpy as np
 
 from jobs.score.reader import ImageFiles
 from tasks.shipped.imaging import NotAnImage, decode_image
-from tasks.shipped.rows import BadRow, encode_rows
+from tasks.shipped.rows import MAX_ENCODED, BadRow, encode_frame, encode_rows
 from tasks.shipped.skew import statistics
 from tasks.shipped.text import takes_any_length, text_layout, trimmed
 
@@ -80,37 +80,95 @@ def _bounds(meta: dict, name: str, margin: float) -> tuple[float, float] | None:
 
 
 def _table_inputs(chunk, meta: dict, limits: Limits):
-    """Raw rows → encoded features of the rows that pass; a reason for each that does not."""
+    """Raw rows → encoded features of the rows that pass; a reason for each that does not. The rows that pass every
+    check on their columns as arrays (`_plain_rows`) are encoded at once (`encode_frame`, equal to `encode_rows`);
+    the others one at a time (`_one_row`), which names their problem or, for a value the arrays could not judge
+    (a number held as text, say), lets them pass."""
     spec = meta["encoding"]
-    numeric, text = [c["column"] for c in spec["numeric"]], [c["column"] for c in spec.get("text", [])]
-    expected = numeric + [c["column"] for c in spec["categorical"]] + text
-    positions, features, quarantined, imputed = [], [], [], 0
-    for position, row in enumerate(chunk.data[expected].to_dict("records")):
-        row = {k: None if _missing(v) else _number(v) if k in numeric else str(v) if k in text else v
-               for k, v in row.items()}  # a text of digits, read by pandas as a number, is still text
-        missing = sum(v is None for v in row.values())
-        if missing > limits.max_missing_fraction * len(expected):
-            quarantined.append((chunk.ids[position], f"{missing} of {len(expected)} columns missing "
-                                                     f"(at most {limits.max_missing_fraction:.0%} may be)"))
-            continue
-        reason = _text_reason(row, text, limits.max_text_chars)
+    expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
+    frame = chunk.data[expected]
+    plain = _plain_rows(frame, meta, limits)
+    imputed = int(frame[plain].isna().to_numpy().sum())
+    quarantined, others, encoded = [], [], []
+    for position in np.flatnonzero(~plain):
+        row = frame.iloc[[position]].to_dict("records")[0]  # Python values (an int64 cell: an int), as before
+        one, reason, missing = _one_row(row, spec, meta, limits)
         if reason:
             quarantined.append((chunk.ids[position], reason))
-            continue
-        try:
-            encoded = encode_rows([row], spec)[0]
-        except BadRow as err:
-            quarantined.append((chunk.ids[position], str(err).removeprefix("row 0, ").removeprefix("row 0: ")))
-            continue
-        reason = _out_of_range(row, encoded, spec, meta, limits.range_margin)
-        if reason:
-            quarantined.append((chunk.ids[position], reason))
-            continue
-        positions.append(position)
-        features.append(encoded)
-        imputed += missing
+        else:
+            others.append(position)
+            encoded.append(one)
+            imputed += missing
+    positions = np.concatenate([np.flatnonzero(plain), np.asarray(others, np.int64)])
+    order = np.argsort(positions, kind="stable")
     width = int(meta["served_shape"][0])
-    return positions, np.asarray(features, np.float32).reshape(-1, width), quarantined, imputed
+    features = np.concatenate([encode_frame(frame[plain], spec), np.asarray(encoded, np.float32).reshape(-1, width)])
+    return positions[order].tolist(), features[order], quarantined, imputed
+
+
+def _plain_rows(frame, meta: dict, limits: Limits) -> np.ndarray:
+    """Which rows pass every check, judged a column at a time: few enough missing cells; numbers finite and within
+    the training range widened by `range_margin` std devs; categories text, numbers or booleans; texts non-empty
+    strings within `max_text_chars`. A row this cannot vouch for is not plain (`_one_row` judges it)."""
+    import pandas as pd
+
+    spec = meta["encoding"]
+    plain = frame.isna().sum(axis=1).to_numpy() <= limits.max_missing_fraction * frame.shape[1]
+    for j, column in enumerate(spec["numeric"]):
+        series = frame[column["column"]]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series) \
+                or pd.api.types.is_complex_dtype(series):
+            plain &= series.isna().to_numpy()
+            continue
+        values = series.to_numpy(np.float64, na_value=np.nan)
+        encoded = (values - column["mean"]) / column["scale"]
+        fine = np.isfinite(values) & (np.abs(encoded) <= MAX_ENCODED)
+        bounds = _bounds(meta, f"feature_{j}", limits.range_margin)
+        if bounds is not None:  # compared as encode_rows stores it (float32), as _out_of_range does
+            fine &= (bounds[0] <= encoded.astype(np.float32)) & (encoded.astype(np.float32) <= bounds[1])
+        plain &= np.isnan(values) | fine
+    for column in spec["categorical"]:
+        series = frame[column["column"]]
+        if not pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.StringDtype):
+            plain &= np.array([m or isinstance(v, (str, int, float)) for v, m in _cells(series)], bool)
+    for column in spec.get("text", []):
+        cells = [v if not m and isinstance(v, str) else "" for v, m in _cells(frame[column["column"]])]
+        plain &= np.array([0 < len(v) <= limits.max_text_chars and not v.isspace() for v in cells], bool)
+        plain &= _encodable(cells)
+    return plain
+
+
+def _cells(series) -> list[tuple[object, bool]]:
+    return list(zip(series.tolist(), series.isna().tolist()))
+
+
+def _encodable(texts: list[str]) -> bool:
+    """Whether every text is Unicode a tokenizer can take (a lone surrogate is not)."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _one_row(row: dict, spec: dict, meta: dict, limits: Limits) -> tuple[np.ndarray | None, str, int]:
+    """One row checked and encoded as the service would: its encoding, or the reason it is set aside; and how many
+    of its cells were missing (imputed when it passes)."""
+    numeric, text = [c["column"] for c in spec["numeric"]], [c["column"] for c in spec.get("text", [])]
+    row = {k: None if _missing(v) else _number(v) if k in numeric else str(v) if k in text else v
+           for k, v in row.items()}  # a text of digits, read by pandas as a number, is still text
+    missing = sum(v is None for v in row.values())
+    if missing > limits.max_missing_fraction * len(row):
+        return None, f"{missing} of {len(row)} columns missing (at most {limits.max_missing_fraction:.0%} may be)", 0
+    reason = _text_reason(row, text, limits.max_text_chars)
+    if reason:
+        return None, reason, 0
+    try:
+        encoded = encode_rows([row], spec)[0]
+    except BadRow as err:
+        return None, str(err).removeprefix("row 0, ").removeprefix("row 0: "), 0
+    reason = _out_of_range(row, encoded, spec, meta, limits.range_margin)
+    return (None, reason, 0) if reason else (encoded, "", missing)
 
 
 def _text_reason(row: dict, text: list[str], max_chars: int) -> str:

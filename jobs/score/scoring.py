@@ -105,16 +105,23 @@ def _resumable(partial: Path, shaped_by: dict) -> None:
 
 def prepare(input_path: Path, root: Path, address: str | None = None) -> None:
     """Start what scoring `input_path` will take before the caller does other work (a command's imports while its
-    Prefect server boots): for a folder of image files longer than a chunk, this machine's worker processes (about
-    0.3 s to start and import). Never fails: `score` reports any problem with the input or the params."""
+    Prefect server boots): for an input longer than a chunk (a folder of image files, a table file), this
+    machine's worker processes (about 0.3 s to start and import). Never fails: `score` reports any problem with
+    the input or the params."""
     from tasks.common.config import load_params
     from tasks.common.errors import PipelineError
 
+    input_path = Path(input_path)
     try:
-        if not address and Path(input_path).is_dir() and reader.input_kind(Path(input_path)) == "images":
-            chunk_rows = load_params(Path(root) / "params.yaml").score.chunk_rows
-            engine.expect(score_chunk, address, -(-len(reader.image_files(Path(input_path))) // chunk_rows))
-    except (OSError, PipelineError):
+        if address or not reader.readable(input_path, input_path.parent) and not input_path.is_dir():
+            return
+        chunk_rows = load_params(Path(root) / "params.yaml").score.chunk_rows
+        kind = reader.input_kind(input_path)
+        if kind == "images":
+            engine.expect(score_chunk, address, -(-len(reader.image_files(input_path)) // chunk_rows))
+        elif kind == "table":
+            engine.expect(score_chunk, address, 2 if reader.more_rows_than(input_path, chunk_rows) else 1)
+    except (OSError, ValueError, PipelineError):  # pyarrow's errors are ValueErrors and OSErrors
         return
 
 
@@ -182,7 +189,8 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
 def _check_columns(input_path: Path, model: ShippedModel) -> None:
     spec = model.meta["encoding"]
     expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
-    missing = [c for c in expected if c not in reader.columns(input_path)]
+    found = set(reader.columns(input_path))
+    missing = [c for c in expected if c not in found]
     if missing:
         raise DataError(f"{input_path} lacks the columns {missing} model {model.tag} was trained on "
                         f"(it takes {expected}; other columns are ignored)")

@@ -2,11 +2,15 @@
 the run at once instead of hanging it; `jobs.score.prepare` never fails whatever it is given."""
 
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
 from jobs import engine
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pid_of(chunk: int, dying: int = -1) -> tuple[int, int]:
@@ -47,6 +51,18 @@ def test_prepare_never_fails(tmp_path):
     (tmp_path / "params.yaml").write_text("score: {chunk_rows: -1}\n")  # invalid: score reports it, not prepare
     (tmp_path / "scans").mkdir()
     (tmp_path / "scans" / "a.png").write_bytes(b"not a png")
-    for path in (tmp_path / "missing", tmp_path / "scans", tmp_path / "params.yaml"):
-        assert prepare(path, tmp_path) is None
-    assert prepare(tmp_path / "scans", tmp_path / "no-project") is None
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    os.mkfifo(tmp_path / "drop.csv")  # opening it would block for ever: never opened
+    (tmp_path / "project").mkdir()
+    shutil.copy(REPO / "params.yaml", tmp_path / "project" / "params.yaml")
+    for root in (tmp_path, tmp_path / "project", tmp_path / "no-project"):
+        for path in (tmp_path / "missing", tmp_path / "scans", tmp_path / "params.yaml", tmp_path / "bad.parquet",
+                     tmp_path / "drop.csv"):
+            assert prepare(path, root) is None
+
+
+def test_a_table_longer_than_a_chunk_is_told_from_its_first_lines(tmp_path):
+    from jobs.score.reader import more_rows_than
+
+    (tmp_path / "t.csv").write_text("a,b\n" + "1,2\n" * 10)
+    assert more_rows_than(tmp_path / "t.csv", 9) and not more_rows_than(tmp_path / "t.csv", 10)
