@@ -114,8 +114,11 @@ def connect(address: str, workers: int = 0):
         with Client(address, timeout="30s") as client:
             yield client
         return
+    # Its worker processes print only CRITICAL: a worker whose heartbeat meets the scheduler already closing logs
+    # an ERROR with a traceback (distributed's Worker.heartbeat, seen at the end of a sweep that went well), and a
+    # task's own failure comes back to this process with its future anyway.
     cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+                           dashboard_address=None, silence_logs=50)
     try:
         with Client(cluster) as client:
             yield client
