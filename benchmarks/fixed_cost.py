@@ -131,17 +131,24 @@ def _served_small(root: Path, env: dict, tmp: str, salt, repeats: int) -> list[f
         server.wait(timeout=60)
 
 
-def _limit(root: Path, env: dict, folder: Path) -> dict:
-    """The bare loop on the champion's shipped model, as stored by the run (64 inputs and 20,000)."""
-    code = ("import json; from pathlib import Path; from tasks.common.config import load_params\n"
-            "from jobs.score.model import champion_model\n"
-            "m = champion_model(Path('.'), load_params(Path('params.yaml')))\n"
-            "print(json.dumps([str(m.onnx_path), m.served_shape[:2], float(m.meta['pixel_max']) / 255]))")
+def _champion(root: Path, env: dict) -> tuple[str, dict]:
+    """The champion's shipped ONNX file and its metadata, as the project's own commands find them."""
     import json
     import sys
 
+    code = ("import json; from pathlib import Path; from tasks.common.config import load_params\n"
+            "from jobs.score.model import champion_model\n"
+            "m = champion_model(Path('.'), load_params(Path('params.yaml')))\n"
+            "print(json.dumps([str(m.onnx_path), m.meta]))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
-    onnx_path, shape, scale = json.loads(done.stdout.strip().splitlines()[-1])
+    onnx_path, meta = json.loads(done.stdout.strip().splitlines()[-1])
+    return onnx_path, meta
+
+
+def _limit(root: Path, env: dict, folder: Path) -> dict:
+    """The bare loop on the champion's shipped model, as stored by the run (64 inputs and 20,000)."""
+    onnx_path, meta = _champion(root, env)
+    shape, scale = tuple(int(d) for d in meta["served_shape"][:2]), float(meta["pixel_max"]) / 255
     small = Path(tempfile.mkdtemp(prefix="bare64-"))
     try:
         for p in sorted(folder.iterdir())[:64]:
@@ -187,18 +194,11 @@ def _tables(tmp: Path, repeats: int) -> dict:
 
 def _bare_table(root: Path, env: dict, path: Path) -> float:
     """Seconds for the bare loop on a table file with the project's champion (numeric columns only, as wine's)."""
-    import json
-    import sys
-
     import onnxruntime as ort
     import pandas as pd
 
-    code = ("import json; from pathlib import Path; from tasks.common.config import load_params\n"
-            "from jobs.score.model import champion_model\n"
-            "m = champion_model(Path('.'), load_params(Path('params.yaml')))\n"
-            "print(json.dumps([str(m.onnx_path), m.meta['encoding']]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
-    onnx_path, spec = json.loads(done.stdout.strip().splitlines()[-1])
+    onnx_path, meta = _champion(root, env)
+    spec = meta["encoding"]
     assert not spec["categorical"] and not spec.get("text"), "the bare table loop encodes numbers only"
     numeric = spec["numeric"]
     began = time.perf_counter()
