@@ -88,7 +88,8 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
     frame = chunk.data[expected]
     plain = _plain_rows(frame, meta, limits)
-    imputed = int(frame[plain].isna().to_numpy().sum())
+    passed = frame[plain]
+    imputed = int(passed.isna().to_numpy().sum())
     quarantined, others, encoded = [], [], []
     for position in np.flatnonzero(~plain):
         row = frame.iloc[[position]].to_dict("records")[0]  # Python values (an int64 cell: an int), as before
@@ -102,7 +103,7 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     positions = np.concatenate([np.flatnonzero(plain), np.asarray(others, np.int64)])
     order = np.argsort(positions, kind="stable")
     width = int(meta["served_shape"][0])
-    features = np.concatenate([encode_frame(frame[plain], spec), np.asarray(encoded, np.float32).reshape(-1, width)])
+    features = np.concatenate([encode_frame(passed, spec), np.asarray(encoded, np.float32).reshape(-1, width)])
     return positions[order].tolist(), features[order], quarantined, imputed
 
 
