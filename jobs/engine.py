@@ -71,6 +71,17 @@ def _this_machine(score: Callable, chunks: Iterator, in_flight: int, shared: dic
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def even_chunks(count: int, at_most: int, cores: int = CORES) -> int:
+    """The chunk size, at most `at_most`, that splits `count` items into whole rounds over `cores` worker processes:
+    20,000 images at most 4,096 a chunk are 6 chunks of 3,334 on 2 cores (3 each), not 5 of 4,096 (3 against 2,
+    the run as long as its busiest worker). An input of one chunk stays one (scored in this process)."""
+    needed = -(-count // at_most)
+    if needed <= 1 or cores <= 1:
+        return at_most
+    rounds = -(-needed // cores)
+    return -(-count // (rounds * cores))
+
+
 def expect(score: Callable, address: str | None, chunks: int) -> None:
     """Say early how many chunks `score` will get: with no address and more than one, this machine's worker
     processes start now, and import `score`'s module, in the background, while the caller digests its input."""

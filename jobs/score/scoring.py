@@ -138,11 +138,12 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
         raise DataError(f"{input_path} holds {kind}, but model {model.tag} takes {model.kind}")
     if kind == "table":
         _check_columns(input_path, model)
-    files = reader.input_files(input_path)  # listed once
+    files = reader.input_files(input_path)  # listed once; image files scored here: as many chunks for every core
+    rows = engine.even_chunks(len(files), cfg.chunk_rows) if kind == "images" and not address else cfg.chunk_rows
     if kind in reader.ARRAY_KINDS:
         _check_shape(input_path, files, model)
     elif files:
-        engine.expect(score_chunk, address, -(-len(files) // cfg.chunk_rows))
+        engine.expect(score_chunk, address, -(-len(files) // rows))
     digest = reader.digest(input_path, files)
     about = {"name": model.name, "version": model.version, "variant": model.variant, "tag": model.tag}
     target = version_dir(root, cfg.output, input_path, digest, model)
@@ -153,11 +154,11 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     partial = target.with_name(target.name + ".partial")
     parts = partial / "parts"
     limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels, max_text_chars)
-    _resumable(partial, {"input_digest": digest, "model": model.tag, "chunk_rows": cfg.chunk_rows,
+    _resumable(partial, {"input_digest": digest, "model": model.tag, "chunk_rows": rows,
                          "limits": dataclasses.asdict(limits)})
     parts.mkdir(parents=True, exist_ok=True)
     finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
-    todo = (c for c in reader.chunks(input_path, cfg.chunk_rows, files, int(cfg.max_line_kb * 1024),
+    todo = (c for c in reader.chunks(input_path, rows, files, int(cfg.max_line_kb * 1024),
                                      by_name=not address) if c.index not in finished)
     constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
                  "input_digest": digest}

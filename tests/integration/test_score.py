@@ -68,7 +68,7 @@ def _cfg(**changes):
 
 def test_a_folder_of_images_scores_the_same_on_this_machine_and_on_a_dask_cluster(models, tmp_path, dask_cluster):
     from tasks.nn.latency import onnx_predictor
-    from jobs.engine import CORES
+    from jobs.engine import CORES, even_chunks
     from jobs.score import predictions_of, score
     from tasks.shipped.imaging import decode_image
 
@@ -76,9 +76,11 @@ def test_a_folder_of_images_scores_the_same_on_this_machine_and_on_a_dask_cluste
     folder = _digit_folder(tmp_path / "scans", 300)
     here = score(folder, digits, tmp_path / "here", _cfg(), 16_000_000)
     there = score(folder, digits, tmp_path / "there", _cfg(), 16_000_000, address=dask_cluster)
-    # five chunks: a process per core of this machine (one core: this process)
+    # five chunks of at most 64 files on the cluster; here a process per core (one core: this process), with as
+    # many chunks for every core (six of 51 on two cores)
     assert here.engine == (f"{CORES} local processes" if CORES > 1 else "in-process")
-    assert there.engine == dask_cluster and here.chunks == there.chunks == 5
+    assert there.engine == dask_cluster and there.chunks == 5
+    assert here.chunks == -(-302 // even_chunks(302, 64)) and here.chunks % CORES == 0
     ours, theirs = predictions_of(here), predictions_of(there)
     pd.testing.assert_frame_equal(ours, theirs)
     assert (here.rows, here.scored, here.quarantined) == (302, 300, 2)

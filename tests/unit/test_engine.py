@@ -33,6 +33,25 @@ def test_one_chunk_runs_here_and_more_run_on_a_process_per_core():
         assert placed["engine"] == "in-process"
 
 
+def _busiest(count: int, size: int, cores: int) -> int:
+    """Items of the core that gets the most, chunks dealt to the cores in turn."""
+    sizes = [min(size, count - start) for start in range(0, count, size)]
+    return max(sum(sizes[core::cores]) for core in range(cores))
+
+
+def test_image_chunks_are_as_many_for_every_core_and_never_larger_than_asked():
+    assert engine.even_chunks(20_000, 4096, cores=2) == 3334  # 6 chunks, 3 a core (not 5: 3 against 2)
+    assert engine.even_chunks(6000, 4096, cores=2) == 3000
+    assert engine.even_chunks(64, 4096, cores=2) == 4096  # one chunk: scored in this process, nothing to start
+    assert engine.even_chunks(20_000, 4096, cores=1) == 4096
+    for count, at_most, cores in [(20_000, 4096, 2), (399, 2, 2), (399, 3, 2), (100_001, 4096, 16), (4097, 4096, 3),
+                                  (9, 2, 4), (50_000, 1000, 7)]:
+        size = engine.even_chunks(count, at_most, cores)
+        assert 1 <= size <= at_most
+        assert _busiest(count, size, cores) <= _busiest(count, at_most, cores)
+        assert _busiest(count, size, cores) <= -(-count // cores) + size - 1  # within a chunk of an even share
+
+
 @pytest.mark.skipif(engine.CORES == 1, reason="one core: every chunk runs in this process")
 def test_a_worker_that_dies_fails_the_run_instead_of_hanging_it():
     from loky.process_executor import TerminatedWorkerError
