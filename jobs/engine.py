@@ -6,8 +6,9 @@ Engine): a sixth of Ray's install weight (43 against 256 MB), a fifth of its sta
 same throughput on this job.
 
 With no address, an input of one chunk is scored in this process (nothing to start), a longer one in a process
-per core (`local_processes`): decoding images and checking rows is Python work that holds the GIL, so threads
-did not help (20,000 PNGs: 2.32 s on a thread per core against 2.18 s in one, measured).
+per core (`local_processes`): decoding images and tokenizing texts is Python work that holds the GIL, so threads
+did not help (20,000 PNGs: 2.32 s on a thread per core against 2.18 s in one, measured). A caller whose chunks
+cost less to score than to send (a table of numbers, encoded a column at a time) keeps them here (`spread`).
 
 Chunks are sent with their data, and the answers come back to this process, which writes them: a worker needs the
 project's code (the same release), not this machine's files. At most `in_flight` chunks are out at a time, so
@@ -22,12 +23,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 
 def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int = 0, placed: dict | None = None,
-        **shared) -> Iterator:
+        spread: bool = True, **shared) -> Iterator:
     """`score(chunk, **shared)` for every chunk, its results as they finish (in any order). `shared` values (the
-    model's bytes) are sent to each worker once. `placed["engine"]` says where they ran."""
+    model's bytes) are sent to each worker once. `placed["engine"]` says where they ran. `spread=False`: with no
+    address, every chunk in this process (chunks that cost less to score than to send to another process)."""
     placed = {} if placed is None else placed
     if not address:
-        yield from _this_machine(score, iter(chunks), in_flight, shared, placed)
+        yield from _this_machine(score, iter(chunks), in_flight, shared, placed, spread)
         return
     from distributed import as_completed
 
@@ -46,13 +48,14 @@ def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int =
             yield finished.result()
 
 
-def _this_machine(score: Callable, chunks: Iterator, in_flight: int, shared: dict, placed: dict) -> Iterator:
-    """One chunk in this process; more, on a process per core (`local_processes`), the next chunks read while the
-    others are scored."""
+def _this_machine(score: Callable, chunks: Iterator, in_flight: int, shared: dict, placed: dict,
+                  spread: bool = True) -> Iterator:
+    """One chunk in this process; more, on a process per core (`local_processes`) when `spread`, the next chunks
+    read while the others are scored."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     first, second = next(chunks, None), next(chunks, None)
-    if second is None or CORES == 1:
+    if second is None or CORES == 1 or not spread:
         placed["engine"] = "in-process"
         yield from (score(chunk, **shared) for chunk in itertools.chain([first, second], chunks) if chunk is not None)
         return

@@ -46,20 +46,27 @@ def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: L
     else:
         positions, inputs, quarantined, imputed = _image_inputs(chunk, meta, limits)
     classes, session = len(meta["classes"]), _session(model_tag, model_bytes)
-    probabilities = (session.run(None, {"images": _as_read(inputs, session, meta)})[0].astype(np.float32)
-                     if len(inputs) else np.zeros((0, classes), np.float32))
+    probabilities = _forward(session, inputs, meta) if len(inputs) else np.zeros((0, classes), np.float32)
     found = statistics(inputs, meta.get("kind", "images"), (meta.get("expectations") or {}).get("text")) \
         if len(inputs) else {}
     return Scored(chunk.index, [chunk.ids[p] for p in positions], probabilities, quarantined,
                   {name: float(values.sum()) for name, values in found.items()}, imputed)
 
 
-def _as_read(inputs: np.ndarray, session, meta: dict) -> np.ndarray:
-    """What the model reads: a text model exported with a dynamic sequence length takes the chunk's rows cut after
-    their last token (as the service does); any other model the rows as encoded."""
-    if not takes_any_length(session):
-        return inputs
-    return trimmed(inputs, text_layout(meta["encoding"], inputs.shape[1]))
+TEXT_ROWS = 256  # rows a text model reads at a time: a Transformer's activations grow with rows × length², and
+# ONNX Runtime keeps its peak allocated (a whole 4,096-row chunk of tickets grew a worker by over 300 MB, and loky
+# restarted it as leaking); each slice is also cut after its own last token
+
+
+def _forward(session, inputs: np.ndarray, meta: dict) -> np.ndarray:
+    """The model's probabilities for the encoded rows: at once, or a text model's TEXT_ROWS at a time, each slice cut
+    after its last token when the model was exported with a dynamic sequence length (as the service does)."""
+    layout = text_layout(meta["encoding"], inputs.shape[1]) if meta.get("kind") == "table" else None
+    if layout is None:
+        return session.run(None, {"images": inputs})[0].astype(np.float32)
+    cut = trimmed if takes_any_length(session) else (lambda rows, _: rows)
+    return np.concatenate([session.run(None, {"images": cut(inputs[start:start + TEXT_ROWS], layout)})[0]
+                           for start in range(0, len(inputs), TEXT_ROWS)]).astype(np.float32)
 
 
 def _session(tag: str, model_bytes: bytes):

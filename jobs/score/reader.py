@@ -180,22 +180,6 @@ def chunks(path: Path, rows: int, files: list[str] | None = None, max_line_bytes
             start += len(frame)
 
 
-def more_rows_than(path: Path, rows: int) -> bool:
-    """Whether a table file holds more than `rows` rows (a hint: a CSV's quoted line breaks count as rows), reading
-    no further than it takes to tell."""
-    if TABLE_SUFFIXES[path.suffix.lower()] is None:
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows > rows
-    lines = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            lines += block.count(b"\n")
-            if lines > rows + 1:  # the header and `rows` rows, and more
-                return True
-    return False
-
-
 def longest_line(path: Path, block: int = 2**24) -> int:
     """The longest line of a text file in bytes, read a block at a time (memory stays flat)."""
     longest, run = 0, 0

@@ -101,6 +101,35 @@ def test_a_folder_of_images_scores_the_same_on_this_machine_and_on_a_dask_cluste
     assert summary["scored"] == 300 and summary["model"]["tag"] == digits.tag
 
 
+def test_a_text_model_reads_a_chunk_a_slice_at_a_time_with_the_answers_of_the_whole(bento_store):
+    """A chunk of tickets goes through the text model TEXT_ROWS rows at a time (ONNX Runtime keeps a run's peak
+    memory allocated), each slice cut after its own last token: the probabilities of the whole chunk read at once,
+    untrimmed."""
+    from jobs.score import chunk as scoring
+    from tasks.shipped.rows import encode_frame
+    from tests.support.own_data import tickets
+
+    text = _shipped(bento_store.models("text")[0], bento_store.env)
+    messages = tickets(600, seed=9)[["message"]]  # a few words each: fewer tokens than the model reads
+    rows = encode_frame(messages.assign(message=messages["message"].str.split().str[:4].str.join(" ")),
+                        text.meta["encoding"])
+    session = scoring._session(text.tag, text.onnx_path.read_bytes())
+    read = []
+
+    class Watched:  # the real session; the shape of each input it is given, noted
+        def run(self, names, feeds):
+            read.append(feeds["images"].shape)
+            return session.run(names, feeds)
+
+        def get_inputs(self):
+            return session.get_inputs()
+
+    np.testing.assert_allclose(scoring._forward(Watched(), rows, text.meta), session.run(None, {"images": rows})[0],
+                               atol=1e-5)
+    assert [n for n, _ in read] == [scoring.TEXT_ROWS, scoring.TEXT_ROWS, 600 - 2 * scoring.TEXT_ROWS]
+    assert all(width < rows.shape[1] for _, width in read)  # cut after the slice's last token
+
+
 def _write_idx(path: Path, images: np.ndarray) -> None:
     """MNIST's IDX format: magic (0, 0, 0x08 = uint8, ndim), big-endian dimensions, the bytes."""
     header = bytes([0, 0, 0x08, images.ndim]) + b"".join(d.to_bytes(4, "big") for d in images.shape)
@@ -164,7 +193,9 @@ def test_bad_table_rows_are_quarantined_with_reasons_and_too_many_fail_the_run(m
     frame.to_csv(tmp_path / "new.csv", index=False)
     done = score(tmp_path / "new.csv", table, tmp_path, _cfg(), 16_000_000)
     assert (done.rows, done.scored, done.quarantined, done.imputed_cells) == (200, 197, 3, 1)
+    assert done.chunks == 4 and done.engine == "in-process"  # numbers: cheaper to score here than to send
     reasons = pd.read_parquet(Path(done.output) / "quarantine.parquet").set_index("row")["reason"]
+    assert len(reasons) == 3  # all in the first chunk: the others wrote no quarantine part
     assert reasons[3] == "column 'width': expected a number or null, got 'wide'"
     assert reasons[7] == "3 of 3 columns missing (at most 50% may be)"
     assert reasons[11].startswith("column 'height': outside the training range widened by 3 std devs [")
@@ -197,6 +228,8 @@ def test_the_same_input_and_model_again_is_a_no_op_and_a_new_model_writes_a_new_
     folder = _digit_folder(tmp_path / "scans", 100, extra=False)
     first = score(folder, digits, tmp_path, _cfg(), 16_000_000)
     written = (Path(first.output) / "predictions.parquet").stat().st_mtime_ns
+    nothing_set_aside = pd.read_parquet(Path(first.output) / "quarantine.parquet")  # there, empty, typed
+    assert list(nothing_set_aside.columns) == ["file", "reason"] and nothing_set_aside.empty
     again = score(folder, digits, tmp_path, _cfg(), 16_000_000)
     assert again.already_scored and not first.already_scored and again.output == first.output
     assert (Path(first.output) / "predictions.parquet").stat().st_mtime_ns == written

@@ -31,6 +31,9 @@ def test_one_chunk_runs_here_and_more_run_on_a_process_per_core():
         assert os.getpid() not in {pid for _, pid in found}
     else:
         assert placed["engine"] == "in-process"
+    placed = {}  # chunks that cost less to score than to send: all here
+    assert {pid for _, pid in engine.run(_pid_of, range(6), None, placed=placed, spread=False)} == {os.getpid()}
+    assert placed["engine"] == "in-process"
 
 
 def _busiest(count: int, size: int, cores: int) -> int:
@@ -78,10 +81,3 @@ def test_prepare_never_fails(tmp_path):
         for path in (tmp_path / "missing", tmp_path / "scans", tmp_path / "params.yaml", tmp_path / "bad.parquet",
                      tmp_path / "drop.csv"):
             assert prepare(path, root) is None
-
-
-def test_a_table_longer_than_a_chunk_is_told_from_its_first_lines(tmp_path):
-    from jobs.score.reader import more_rows_than
-
-    (tmp_path / "t.csv").write_text("a,b\n" + "1,2\n" * 10)
-    assert more_rows_than(tmp_path / "t.csv", 9) and not more_rows_than(tmp_path / "t.csv", 10)
