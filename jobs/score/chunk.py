@@ -94,12 +94,12 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     spec = meta["encoding"]
     expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
     frame = chunk.data[expected]
-    plain = _plain_rows(frame, meta, limits)
-    passed = frame[plain]
+    plain, numbers = _plain_rows(frame, meta, limits)
+    passed = numbers[plain]
     imputed = int(passed.isna().to_numpy().sum())
     quarantined, others, encoded = [], [], []
-    for position in np.flatnonzero(~plain):
-        row = frame.iloc[[position]].to_dict("records")[0]  # Python values (an int64 cell: an int), as before
+    rest = np.flatnonzero(~plain)
+    for position, row in zip(rest, frame.iloc[rest].to_dict("records")):  # Python values (an int64 cell: an int)
         one, reason, missing = _one_row(row, spec, meta, limits)
         if reason:
             quarantined.append((chunk.ids[position], reason))
@@ -114,21 +114,26 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     return positions[order].tolist(), features[order], quarantined, imputed
 
 
-def _plain_rows(frame, meta: dict, limits: Limits) -> np.ndarray:
+def _plain_rows(frame, meta: dict, limits: Limits):
     """Which rows pass every check, judged a column at a time: few enough missing cells; numbers finite and within
     the training range widened by `range_margin` std devs; categories text, numbers or booleans; texts non-empty
-    strings within `max_text_chars`. A row this cannot vouch for is not plain (`_one_row` judges it)."""
+    strings within `max_text_chars`. A row this cannot vouch for is not plain (`_one_row` judges it). And the frame
+    with its numeric columns as numbers (a CSV column with one bad cell is read as text throughout: its other cells
+    read as `_one_row` reads them)."""
     import pandas as pd
 
     spec = meta["encoding"]
     plain = frame.isna().sum(axis=1).to_numpy() <= limits.max_missing_fraction * frame.shape[1]
+    numbers = frame.copy(deep=False)
     for j, column in enumerate(spec["numeric"]):
         series = frame[column["column"]]
         if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series) \
                 or pd.api.types.is_complex_dtype(series):
-            plain &= series.isna().to_numpy()
-            continue
-        values = series.to_numpy(np.float64, na_value=np.nan)
+            values, readable = _as_numbers(series)
+            plain &= readable
+            numbers[column["column"]] = values
+        else:
+            values = series.to_numpy(np.float64, na_value=np.nan)
         encoded = (values - column["mean"]) / column["scale"]
         fine = np.isfinite(values) & (np.abs(encoded) <= MAX_ENCODED)
         bounds = _bounds(meta, f"feature_{j}", limits.range_margin)
@@ -143,11 +148,25 @@ def _plain_rows(frame, meta: dict, limits: Limits) -> np.ndarray:
         cells = [v if not m and isinstance(v, str) else "" for v, m in _cells(frame[column["column"]])]
         plain &= np.array([0 < len(v) <= limits.max_text_chars and not v.isspace() for v in cells], bool)
         plain &= _encodable(cells)
-    return plain
+    return plain, numbers
 
 
 def _cells(series) -> list[tuple[object, bool]]:
     return list(zip(series.tolist(), series.isna().tolist()))
+
+
+def _as_numbers(series) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column held as text or objects, cell by cell as `_one_row` reads it (`_number`): the values (NaN
+    where missing or unreadable), and which cells are missing or a number `encode_rows` takes as it is (a float, or
+    an int a float holds exactly; not "nan", which `_one_row` imputes without counting it); the others are left
+    to `_one_row`, which names them or lets them pass."""
+    values, readable = np.full(len(series), np.nan), np.zeros(len(series), bool)
+    for i, (cell, missing) in enumerate(_cells(series)):
+        value = None if missing else _number(cell)
+        if value is None or isinstance(value, float) and value == value or type(value) is int and abs(value) <= 2**53:
+            readable[i] = True
+            values[i] = np.nan if value is None else value
+    return values, readable
 
 
 def _encodable(texts: list[str]) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.score.chunk import Limits, _one_row, _table_inputs
+from jobs.score.chunk import Limits, _one_row, _plain_rows, _table_inputs
 from jobs.score.reader import Chunk
 from tasks.common.tables import LABEL, describe, fit_encoder
 from tasks.shipped.rows import encode_frame, encode_rows
@@ -57,8 +57,14 @@ def test_a_chunk_scores_as_it_did_row_by_row(spec):
     frame = _awkward(spec)
     x = encode_frame(frame.dropna().query("abs(width) < 1e3"), spec)  # training-like inputs for the range checks
     meta = {"encoding": spec, "served_shape": [x.shape[1]], "expectations": expectations(x, "table", "v1")}
+    import io
+
+    as_text = frame["width"].map(lambda v: None if pd.isna(v) else repr(float(v)))  # a CSV column with bad cells
+    for every, cell in ((40, "n/a?"), (41, "nan"), (43, "inf"), (47, " 7 "), (53, "1e400")):
+        as_text = as_text.where(frame.index % every != 5, cell)
     for data in (frame, frame.astype({"width": object, "count": "Int64"}),  # a column read as text, nullable ints
-                 frame.assign(count=frame["count"].astype(object).where(frame.index % 50 != 0, "many"))):
+                 frame.assign(count=frame["count"].astype(object).where(frame.index % 50 != 0, "many")),
+                 frame.assign(width=as_text), pd.read_csv(io.StringIO(frame.assign(width=as_text).to_csv(index=False)))):
         positions, features, quarantined, imputed = _table_inputs(Chunk(0, list(range(len(data))), data), meta,
                                                                   LIMITS)
         one_by_one = [_one_row(row, spec, meta, LIMITS) for row in data.to_dict("records")]
@@ -67,3 +73,4 @@ def test_a_chunk_scores_as_it_did_row_by_row(spec):
         assert quarantined == [(i, reason) for i, (_, reason, _) in enumerate(one_by_one) if reason]
         assert imputed == sum(missing for _, reason, missing in one_by_one if not reason)
         assert 0 < len(quarantined) < len(data) // 4 and imputed > 0
+        assert _plain_rows(data, meta, LIMITS)[0].mean() > 0.7  # a column's few bad cells: its other rows at once
