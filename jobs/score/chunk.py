@@ -163,7 +163,8 @@ def _as_numbers(series) -> tuple[np.ndarray, np.ndarray]:
     values, readable = np.full(len(series), np.nan), np.zeros(len(series), bool)
     for i, (cell, missing) in enumerate(_cells(series)):
         value = None if missing else _number(cell)
-        if value is None or isinstance(value, float) and value == value or type(value) is int and abs(value) <= 2**53:
+        number = isinstance(value, float) and value == value or type(value) is int and abs(value) <= 2**53
+        if value is None or number:
             readable[i] = True
             values[i] = np.nan if value is None else value
     return values, readable
