@@ -160,14 +160,15 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
                                      by_name=not address) if c.index not in finished)
     constants = {"model": model.name, "model_version": model.version, "variant": model.variant,
                  "input_digest": digest}
+    id_name = "file" if kind == "images" else "row"
     placed: dict = {}
     with tqdm(desc="score", unit="chunk", initial=len(finished), disable=None) as progress:
         for scored in engine.run(score_chunk, todo, address, placed=placed, spread=_worth_spreading(kind, model),
                                  model_tag=model.tag, model_bytes=model.onnx_path.read_bytes(), meta=model.meta,
                                  limits=limits):
-            _write_part(parts, scored, model.classes, "file" if kind == "images" else "row", constants)
+            _write_part(parts, scored, model.classes, id_name, constants)
             progress.update(1)
-    result = _combine(parts, partial, model.classes, kind, constants)
+    result = _combine(parts, partial, model.classes, id_name, constants)
     result.update(input=str(input_path), input_digest=digest, model=about, output=str(target),
                   resumed_chunks=len(finished), engine=placed.get("engine", "in-process"))
     result["drift"] = _drift(result.pop("statistic_sums"), result["scored"], model, cfg.max_drift_shift)
@@ -245,7 +246,7 @@ def _write_part(parts: Path, scored: Scored, classes: list[str], id_name: str, c
                                         "labels": {c: int(n) for c, n in zip(classes, counts) if n}})
 
 
-def _combine(parts: Path, out: Path, classes: list[str], kind: str, constants: dict) -> dict:
+def _combine(parts: Path, out: Path, classes: list[str], id_name: str, constants: dict) -> dict:
     """The parts, in chunk order, into predictions.parquet and quarantine.parquet (streamed: one part in memory;
     quarantine.parquet is written, empty, when no chunk set a row aside)."""
     import pyarrow.parquet as pq
@@ -255,7 +256,7 @@ def _combine(parts: Path, out: Path, classes: list[str], kind: str, constants: d
     sums: dict[str, float] = {}
     labels: Counter = Counter()
     reasons: Counter = Counter()
-    schemas = _schemas("file" if kind == "images" else "row", classes, constants)
+    schemas = _schemas(id_name, classes, constants)
     for suffix, target, schema in ((".parquet", "predictions.parquet", schemas[0]),
                                    (".quarantine.parquet", "quarantine.parquet", schemas[1])):
         with pq.ParquetWriter(out / f".{target}.tmp", schema) as writer:
