@@ -62,29 +62,30 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print("Everything up to date (dvc status clean, data versions pushed): no stage runs, no flow run is started.")
         print(render(summarize(root, [StageRun(stage, False, 0.0) for stage in stage_order(root)])))
         return 0
+    from cli.jobs import flow_server
+    from flows.dag import stages_to_run
     from tasks.common.stage_host import for_run
 
-    with for_run(root):  # the stages' warm host imports their libraries while Prefect starts
-        summary = _flow(root, args, overrides)
+    with flow_server(root) as server:  # booting while the stages are told, and their warm host imports what they need
+        with for_run(root, stages_to_run(root, overrides)):
+            summary = _flow(root, args, overrides, server)
     if summary is None:
         return 1
     print(render(summary))
     return 0
 
 
-def _flow(root: Path, args: argparse.Namespace, overrides: dict) -> dict | None:
-    """The pipeline flow run; None when it failed (said on stderr)."""
-    from cli.jobs import flow_server
+def _flow(root: Path, args: argparse.Namespace, overrides: dict, server) -> dict | None:
+    """The pipeline flow run, tracked on `server` (cli/jobs.py `flow_server`); None when it failed (said on
+    stderr)."""
+    from bento.front.supervisor import BackendFailed
+    from flows.dag import StageFailed
+    from flows.pipeline import pipeline
+    from tasks.common.errors import PipelineError
 
-    with flow_server(root) as server:
-        from bento.front.supervisor import BackendFailed
-        from flows.dag import StageFailed
-        from flows.pipeline import pipeline
-        from tasks.common.errors import PipelineError
-
-        try:
-            with server.ready():
-                return pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
-        except (PipelineError, StageFailed, BackendFailed) as err:
-            print(f"pipeline failed: {err}", file=sys.stderr)
-            return None
+    try:
+        with server.ready():
+            return pipeline(root=str(root), push_to_remote=not args.no_push, overrides=overrides or None)
+    except (PipelineError, StageFailed, BackendFailed) as err:
+        print(f"pipeline failed: {err}", file=sys.stderr)
+        return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def stage_order(root: Path) -> list[str]:
         graph = build_graph(stages)  # edges point from a stage to the stages it depends on
         position = {stage: i for i, stage in enumerate(stages)}
         ordered = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: position[s])
-        return [stage.addressing for stage in ordered if isinstance(stage, PipelineStage)]
+        return [stage.name for stage in ordered if isinstance(stage, PipelineStage)]
 
 
 def release_dead_locks(root: Path) -> list[str]:
@@ -94,6 +96,69 @@ def changed_stages(root: Path) -> set[str]:
         return {name.split(":")[-1] for name in repo.status(targets=[str(Path(root) / PIPELINE)])}
 
 
+def stages_to_run(root: Path, overrides: dict | None = None) -> list[str] | None:
+    """The dvc.yaml stages a run with `overrides` is to execute, told before they are applied (params.yaml is not
+    touched): every stage from the first one that is not in dvc.lock, that DVC's status reports changed other than
+    in its params, or whose params recorded in dvc.lock differ from params.yaml's values with the overrides. On the
+    safe side: a stage after that one may still be up to date, which the flow finds out by asking DVC again with
+    the overrides applied. The stages' warm host imports what these stages need (tasks/common/stage_host.py).
+    None when that is every stage without asking (no dvc.lock yet: a first run) or when DVC cannot tell (a broken
+    dvc.yaml or dvc.lock: the flow reports it)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    import yaml
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    from flows.overrides import overridden_text
+
+    try:
+        params = yaml.safe_load(overridden_text((root / "params.yaml").read_text(), overrides or {})) or {}
+        recorded = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        with Repo(str(root)) as repo:
+            status = repo.status(targets=[str(Path(root) / PIPELINE)])
+        order = stage_order(root)
+    except (DvcException, OSError, ValueError, yaml.YAMLError):
+        return None
+    changed = {stage for stage in order if stage not in recorded or _params_differ(recorded[stage], params)}
+    changed |= {name.split(":")[-1] for name, found in status.items() if _beyond_params(found)}
+    first = min((order.index(stage) for stage in changed if stage in order), default=len(order))
+    return order[first:]
+
+
+def _params_differ(entry: dict, params: dict) -> bool:
+    """Whether any param a stage recorded in dvc.lock (a key, or a whole section) has another value in `params`."""
+    for file, values in entry.get("params", {}).items():
+        for key, value in values.items():
+            if file != "params.yaml" or _at(params, key) != value:  # (another params file: counted as changed)
+                return True
+    return False
+
+
+def _at(tree: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+_MISSING = object()
+
+
+def _beyond_params(found: list) -> bool:
+    """Whether DVC's status of a stage names a change other than the values in a params file (a dep's or an out's
+    content, the command, a stage that always runs)."""
+    for change in found:
+        if not isinstance(change, dict):
+            return True
+        for kind, what in change.items():
+            if kind != "changed deps" or any(not isinstance(detail, dict) for detail in what.values()):
+                return True
+    return False
+
+
 def unpushed(root: Path) -> bool:
     """Whether the default DVC remote lacks any cached output (what `dvc push` would send)."""
     from dvc.repo import Repo
@@ -103,7 +168,10 @@ def unpushed(root: Path) -> bool:
 
 
 def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None) -> StageRun:
-    """`dvc repro --single-item <stage>`: DVC decides whether it is up to date, exactly as `dvc repro` would.
+    """`dvc repro --single-item <stage>` through DVC's Python API, in this process: DVC decides whether the stage is
+    up to date, runs its command, hashes its outputs and writes dvc.lock, exactly as `dvc repro` would, without a
+    new interpreter importing DVC for every stage (0.4 to 0.5 s each). DVC prints its messages as its command line
+    does (it sets up its loggers when imported), and the stage command writes to this process's own output.
 
     What happened is read from files, not from printed text: the stage's command writes its outcome
     (tasks/common/stage_cli.py) to a file named here, and the stage ran (or DVC restored its outputs from the
@@ -112,23 +180,37 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
     import tempfile
     import time
 
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
     from tasks.common.outputs import OUTCOME_ENV, StageOutcome
 
     before = _locked(root, stage)
+    failed: DvcException | None = None
     with tempfile.TemporaryDirectory(prefix=f"{stage}-outcome-") as tmp:
         outcome_file = Path(tmp) / "outcome.json"
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               **(extra_env or {}), OUTCOME_ENV: str(outcome_file)}
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               **(extra_env or {}), OUTCOME_ENV: str(outcome_file)}  # on top of this process's environment
         started = time.perf_counter()
-        returncode, tail = _stream([sys.executable, "-m", "dvc", "repro", "--single-item", stage], root, env)
+        # in the project's folder, as `dvc repro` runs (DVC reads some paths relative to the working directory)
+        with chdir(root), _dvc_printing_only(), Repo(str(root)) as repo:
+            repo.scm_context.quiet = True  # its "to track the changes with git" hint: dvc.lock is the user's to commit
+            try:
+                repo.reproduce(f"{PIPELINE}:{stage}", single_item=True, run_env=env)
+            except DvcException as err:
+                failed = err
         seconds = time.perf_counter() - started
         outcome = StageOutcome.read(outcome_file) if outcome_file.is_file() else None
-    if returncode != 0:
+    if failed is not None:
         if outcome and not outcome.ok:
             raise StageFailed(f"stage '{stage}' failed: {outcome.error}: {outcome.message}", outcome.error,
                               outcome.retryable)
-        reasons = [line for line in tail if line.startswith("ERROR")] or tail[-5:]
-        raise StageFailed(f"stage '{stage}' failed (exit {returncode}): " + " | ".join(reasons))
+        reasons = []  # DVC's own words, from "failed to reproduce" down to the cause (e.g. the command's exit code)
+        cause: BaseException | None = failed
+        while cause is not None:
+            reasons.append(str(cause))
+            cause = cause.__cause__
+        raise StageFailed(f"stage '{stage}' failed: " + ": ".join(reasons))
     return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds,
                     work_seconds=outcome.seconds if outcome else 0.0)
 
@@ -141,46 +223,18 @@ def _locked(root: Path, stage: str) -> dict | None:
     return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage) if lock.is_file() else None
 
 
-def _stream(cmd: list[str], cwd: Path, env: dict) -> tuple[int, list[str]]:
-    """Run `cmd`, echoing its output as it comes; its exit code and its last lines."""
-    from collections import deque
+@contextmanager
+def _dvc_printing_only() -> Iterator[None]:
+    """DVC's messages printed by its own handlers only (it sets them up when imported, as `dvc repro` prints them),
+    not a second time by the handlers Prefect puts on the root logger."""
+    import logging
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
-    tail: deque[str] = deque(maxlen=50)
-    hint, blank = False, ""  # a blank line is held back until the next line shows whether a hint follows
+    logger = logging.getLogger("dvc")
+    propagate, logger.propagate = logger.propagate, False
     try:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            hint = _dvc_hint(line, hint)
-            if hint:
-                blank = ""
-            elif not line.strip():
-                sys.stdout.write(blank)
-                blank = line
-            else:
-                sys.stdout.write(blank + line)
-                blank = ""
-        proc.wait()
+        yield
     finally:
-        if proc.poll() is None:  # interrupted (a Prefect timeout, Ctrl-C): the stage must not run on unseen
-            proc.kill()
-            proc.wait()
-    return proc.returncode, list(tail)
-
-
-# What `dvc repro` tells a person at a terminal after each stage, which the flow already does for them: it pushes
-# the data versions itself, and dvc.lock is the user's to commit with the change that moved it (README). DVC prints
-# them at INFO, the level of its stage headers and errors, so `-q` would hide those too: they are left out here.
-_DVC_HINTS = ("To track the changes with git, run:", "To enable auto staging, run:",
-              "Use `dvc push` to send your updates to remote storage.")
-
-
-def _dvc_hint(line: str, in_hint: bool) -> bool:
-    """Whether `line` belongs to one of DVC's hints: a hint's first line, then its blank and indented lines."""
-    if line.strip() in _DVC_HINTS:
-        return True
-    return in_hint and (not line.strip() or line.startswith(("\t", " ")))
+        logger.propagate = propagate
 
 
 def push_data(root: Path) -> None:

@@ -36,7 +36,7 @@ def run_stage(root: str, stage: str, env: dict[str, str], unchanged: bool = Fals
     """One dvc.yaml stage, skipped by DVC when its deps, params and outs are unchanged.
 
     `unchanged`: DVC's status already said so and nothing upstream ran, so `dvc repro` would skip it too;
-    the subprocess (a second or two each) is spared.
+    DVC need not check it again.
     """
     if unchanged:
         get_run_logger().info("%s: up to date", stage)

@@ -43,9 +43,14 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
         from tasks.common.config import load_params
 
         result = run(load_params(layout.params), layout)
+    except KeyboardInterrupt:  # a Ctrl-C, or the run stopping it: the flow must not retry it
+        _record(StageOutcome(stage=stage, ok=False, error="KeyboardInterrupt", message="interrupted", retryable=False))
+        raise
     except Exception as crash:  # noqa: BLE001 - a named error, a full disk, or a crash (raised: retryable)
         err = crash if isinstance(crash, PipelineError) else full_disk(layout, crash) or lost_server(crash)
-        if err is None:
+        if err is None:  # a crash: its traceback below, and its last line for the flow's message
+            _record(StageOutcome(stage=stage, ok=False, error=type(crash).__name__,
+                                 message=(str(crash).splitlines() or [""])[0][:500], retryable=True))
             raise
         _record(StageOutcome(stage=stage, ok=False, error=type(err).__name__, message=str(err),
                              retryable=err.retryable))

@@ -34,12 +34,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST_ENV = "PIPELINE_STAGE_HOST"  # the host's socket, for the stage commands of this run
-# What the stages import, imported once by the host (a library not installed is skipped).
-PRELOAD = ("numpy", "pandas", "yaml", "PIL.Image", "pyarrow.parquet", "great_expectations", "torch",
-           "sklearn.linear_model", "sklearn.ensemble", "sklearn.metrics", "sklearn.model_selection", "scipy.stats",
-           "matplotlib.pyplot", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-           "mlflow.store.model_registry.sqlalchemy_store", "onnx", "onnxruntime", "torch_pruning", "skl2onnx",
-           "tokenizers", "bentoml")  # in the order the stages need them
+# What each stage imports, over images, tables and text (a library not installed is skipped), in the order it needs
+# them: the host imports those of the stages a run is to execute, in the stages' order (`preload_for`). Great
+# Expectations alone is 2.5 s of CPU, which a run that does not validate need not spend.
+STAGE_IMPORTS = {
+    "ingest": ("numpy", "pandas", "yaml", "PIL.Image", "pyarrow.parquet"),
+    "prepare": ("numpy", "pandas", "yaml", "pyarrow.parquet", "sklearn.model_selection", "tokenizers"),
+    "validate": ("numpy", "pandas", "yaml", "great_expectations", "scipy.stats", "mlflow",
+                 "mlflow.store.tracking.sqlalchemy_store"),
+    "train": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "sklearn.linear_model", "sklearn.ensemble",
+              "matplotlib.pyplot", "tokenizers", "mlflow", "mlflow.store.tracking.sqlalchemy_store"),
+    "evaluate": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "sklearn.linear_model", "sklearn.ensemble",
+                 "sklearn.metrics", "scipy.stats", "matplotlib.pyplot", "mlflow",
+                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"),
+    "compress": ("numpy", "pandas", "yaml", "torch", "matplotlib.pyplot", "mlflow", "onnx", "onnxruntime",
+                 "torch_pruning", "skl2onnx"),
+    "package": ("numpy", "pandas", "yaml", "mlflow", "mlflow.store.model_registry.sqlalchemy_store", "onnx",
+                "onnxruntime", "bentoml"),
+    "promote": ("numpy", "pandas", "yaml", "mlflow", "mlflow.store.model_registry.sqlalchemy_store", "bentoml"),
+}
+
+
+def preload_for(stages: list[str] | None = None) -> tuple[str, ...]:
+    """The modules the given stages import, each once, in the stages' order; every stage's when not told which (or
+    told of one this table does not know)."""
+    if stages is None or any(stage not in STAGE_IMPORTS for stage in stages):
+        stages = list(STAGE_IMPORTS)
+    return tuple(dict.fromkeys(name for stage in stages for name in STAGE_IMPORTS[stage]))
+
+
+PRELOAD = preload_for()  # every stage's
 # Settings libraries read when they are imported (OpenMP's threads, BentoML's home, MLflow's log level, ...): a
 # stage whose values differ from the host's would not get its own, so it runs itself.
 IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH_", "CUDA_", "BENTOML_", "MLFLOW_LOGGING_LEVEL",
@@ -58,13 +82,14 @@ GRACE_S = 5.0  # a stage whose command is gone gets SIGINT (it ends its runs as 
 
 
 @contextmanager
-def for_run(root: Path) -> Iterator[None]:
+def for_run(root: Path, stages: list[str] | None = None) -> Iterator[None]:
     """The stage commands of this process's run go to a host while the block runs: the one PIPELINE_STAGE_HOST
-    already names (set empty: none, every stage in its own process), else one started here (`started`)."""
-    if HOST_ENV in os.environ:
+    already names (set empty: none, every stage in its own process), else one started here (`started`) that imports
+    what `stages` need (all of them when None; none started when the run is to execute no stage)."""
+    if HOST_ENV in os.environ or stages == []:
         yield
         return
-    with started(root) as env:
+    with started(root, stages=stages) as env:
         os.environ.update(env)  # the commands DVC starts inherit it
         try:
             yield
@@ -74,14 +99,16 @@ def for_run(root: Path) -> Iterator[None]:
 
 @contextmanager
 def started(root: Path, also: tuple[str, ...] = (), settings: tuple[str, ...] = (),
-            env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+            env: dict[str, str] | None = None, stages: list[str] | None = None) -> Iterator[dict[str, str]]:
     """A host for the stage commands run under `root` while the block runs; yields the environment that points
     them at it. Its imports take a few seconds; a command that comes meanwhile imports what is still missing.
-    `also`: modules it imports after PRELOAD; `settings`: prefixes of more import-time settings a command must
-    share with it (those `also` reads when imported); `env`: its environment (default: this process's)."""
+    `stages`: those whose imports it makes first (`preload_for`: all when None); `also`: modules it imports after
+    them; `settings`: prefixes of more import-time settings a command must share with it (those `also` reads when
+    imported); `env`: its environment (default: this process's)."""
     folder = Path(tempfile.mkdtemp(prefix="stage-host-"))  # a socket's path must be short (108 bytes)
     address = folder / "host.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address), ",".join(also),
+    modules = (*preload_for(stages), *also)
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.common.stage_host", str(address), ",".join(modules),
                              ",".join(settings)], cwd=root, env=env, stdin=subprocess.DEVNULL,
                             preexec_fn=stop_with_parent)
     try:
@@ -131,8 +158,8 @@ def hand_off(module: str, address: str | None = None) -> int | None:
     return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
-def serve(address: str, also: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()) -> None:
-    """The host: import PRELOAD (then `also`), listen on `address`, fork a child per stage command (until SIGTERM);
+def serve(address: str, modules: tuple[str, ...] = PRELOAD, prefixes: tuple[str, ...] = ()) -> None:
+    """The host: import `modules`, listen on `address`, fork a child per stage command (until SIGTERM);
     `prefixes`: more import-time settings than IMPORT_TIME a command must share with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the run's stages; the run stops the host
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as tasks/common/stage_cli.py sets it for a stage
@@ -142,7 +169,7 @@ def serve(address: str, also: tuple[str, ...] = (), prefixes: tuple[str, ...] = 
     listener.listen()
     os.rename(address + ".tmp", address)  # commands find the socket once it listens
     stages: dict[int, _Stage] = {}  # by the stage's pid
-    for name in (*PRELOAD, *also):  # a command that comes meanwhile is forked between two imports: it imports the rest
+    for name in modules:  # a command that comes meanwhile is forked between two imports: it imports the rest
         _preload(name)
         _serve_once(listener, stages, settings, prefixes, timeout=0)
     Path(address + ".warm").touch()  # every import done (benchmarks wait for it)

@@ -1,13 +1,15 @@
 """Stage `validate`: a Great Expectations suite over each split; a failure names every broken expectation.
 
-The code is in stage.py (the core and its shell) and the modules beside it; this file only re-exports it.
+The code is in stage.py (the core and its shell) and the modules beside it; this file only re-exports it, on
+first use (tasks/common/exports.py), so that `python -m tasks.validate` can hand its run to the warm host first.
 """
 
-from tasks.validate.stage import (
-    Check,
-    ValidateResult,
-    validate,
-    run,
-)
+from typing import TYPE_CHECKING
+
+from tasks.common.exports import on_first_use
+
+if TYPE_CHECKING:  # (what type checkers and the import graph in tests/ read)
+    from tasks.validate.stage import Check, ValidateResult, validate, run
 
 __all__ = ["Check", "ValidateResult", "validate", "run"]
+__getattr__ = on_first_use(__name__, "stage", __all__)

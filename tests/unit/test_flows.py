@@ -86,6 +86,30 @@ def test_retryability_is_a_property_of_the_error_class(tmp_path, monkeypatch):
     assert outcome.error == "Flaky" and outcome.retryable is True
 
 
+def test_a_crash_is_reported_by_its_class_and_first_line_as_worth_retrying_and_still_raised(tmp_path, monkeypatch):
+    """A crash (no pipeline error) keeps its traceback, and the flow's message names it (the flow no longer reads the
+    stage's printed lines: flows/dag.py repro_stage); an interrupted stage is not worth retrying."""
+    monkeypatch.setenv(OUTCOME_ENV, str(tmp_path / "outcome.json"))
+    (tmp_path / "params.yaml").write_text("{}")
+
+    def crashing(params, layout):
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2.00 GiB")
+
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        stage_cli.main("train", crashing, ["--root", str(tmp_path)])
+    outcome = StageOutcome.read(tmp_path / "outcome.json")
+    assert (outcome.ok, outcome.error, outcome.message, outcome.retryable) == (False, "RuntimeError",
+                                                                               "CUDA out of memory", True)
+
+    def interrupted(params, layout):  # a Ctrl-C: DVC runs the stage command in the foreground, the flow waits on it
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stage_cli.main("train", interrupted, ["--root", str(tmp_path)])
+    outcome = StageOutcome.read(tmp_path / "outcome.json")
+    assert (outcome.ok, outcome.error, outcome.retryable) == (False, "KeyboardInterrupt", False)  # not retried
+
+
 def test_a_finished_stage_reports_its_figures(tmp_path, monkeypatch):
     from dataclasses import dataclass
 
@@ -137,6 +161,40 @@ def test_data_a_dvc_file_tracks_is_not_a_stage_the_pipeline_runs(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # as the flow runs: DVC names stages relative to the working directory
     assert stage_order(tmp_path) == ["make"]
     assert changed_stages(tmp_path) == {"make"}
+
+
+def test_the_stages_a_run_is_to_execute_are_told_before_its_overrides_are_applied(tmp_path):
+    """What the warm host is told to import for (flows/dag.py stages_to_run): DVC's rule with the run's overrides,
+    told without writing params.yaml. The stages are run in-process by DVC's API (repro_stage), from another working
+    directory than the project's (stage names as dvc.yaml gives them, not relative to this process's directory)."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from flows.dag import repro_stage, stage_order, stages_to_run
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "params.yaml").write_text("first: {x: 1}\nsecond: {y: 1, z: 1}\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  first:\n    cmd: cat src.txt > one.txt\n    deps: [src.txt]\n    params: [first.x]\n"
+        "    outs: [one.txt]\n"
+        "  second:\n    cmd: cat one.txt > two.txt\n    deps: [one.txt]\n    params: [second]\n    outs: [two.txt]\n")
+    (tmp_path / "src.txt").write_text("source\n")
+    Repo.init(str(tmp_path)).close()
+    assert stages_to_run(tmp_path) is None  # never run: all of them, without asking DVC
+    for stage in stage_order(tmp_path):
+        assert repro_stage(tmp_path, stage).executed
+    assert stages_to_run(tmp_path) == [] and not repro_stage(tmp_path, "first").executed
+    assert stages_to_run(tmp_path, {"second.z": 1}) == []  # the value it has
+    assert stages_to_run(tmp_path, {"second.z": 2}) == ["second"]  # a key of a section the stage reads whole
+    assert stages_to_run(tmp_path, {"first.x": 2}) == ["first", "second"]  # and all after it
+    (tmp_path / "params.yaml").write_text("first: {x: 5}\nsecond: {y: 1, z: 1}\n")
+    assert stages_to_run(tmp_path) == ["first", "second"]
+    assert stages_to_run(tmp_path, {"first.x": 1}) == []  # an override back to the value the run recorded
+    (tmp_path / "src.txt").write_text("edited\n")  # a dep changed: more than params
+    assert stages_to_run(tmp_path, {"first.x": 1}) == ["first", "second"]
+    (tmp_path / "dvc.lock").write_text("stages: [\n")  # a broken lock: not told (the host imports for all)
+    assert stages_to_run(tmp_path) is None
 
 
 def test_dvc_locks_of_processes_that_are_gone_or_zombies_are_released_and_live_ones_kept(tmp_path):

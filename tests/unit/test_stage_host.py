@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common.stage_host import HOST_ENV, started
+from tasks.common.stage_host import HOST_ENV, PRELOAD, preload_for, started
 from tests.support.processes import REPO
 
 PROBE = textwrap.dedent("""
@@ -116,3 +116,22 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"
+
+
+def test_a_host_told_its_runs_stages_imports_what_they_need_and_not_the_rest(tmp_path):
+    """A run that is to execute `promote` alone: its host imports what promote needs (BentoML, MLflow), not Great
+    Expectations or torch (2.5 and 1.3 s of CPU that run would not use); a stage it does not know: everything."""
+    assert {"great_expectations", "torch", "bentoml"} <= set(PRELOAD) and preload_for(["promote", "mine"]) == PRELOAD
+    both = preload_for(["train", "evaluate"])
+    assert both.index("torch") < both.index("sklearn.metrics") and len(both) == len(set(both))
+    (tmp_path / "probe.py").write_text(
+        "import sys\nprint(','.join(m for m in ('bentoml', 'great_expectations', 'torch') if m in sys.modules))\n")
+    with started(REPO, stages=["promote"]) as host_env:
+        warm = Path(host_env[HOST_ENV] + ".warm")
+        deadline = time.monotonic() + 120
+        while not warm.exists():
+            assert time.monotonic() < deadline, "the stage host did not finish its imports within 120 s"
+            time.sleep(0.2)
+        done = subprocess.run([sys.executable, "-c", COMMAND], cwd=tmp_path, env={**os.environ, **host_env},
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "bentoml", (done.stdout, done.stderr[-2000:])

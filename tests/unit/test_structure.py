@@ -5,7 +5,10 @@ in params.yaml, and the service's build arguments are the `package` section."""
 from __future__ import annotations
 
 import ast
+import importlib
 import shlex
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -145,7 +148,8 @@ def test_stage_code_lives_in_named_modules_and_no_function_is_long():
     assert len(stages) == len(DVC)
     for stage in stages:
         tree = ast.parse((REPO / "tasks" / stage / "__init__.py").read_text())
-        code = [node for node in tree.body if not isinstance(node, (ast.Expr, ast.ImportFrom, ast.Assign))]
+        code = [node for node in tree.body if not isinstance(node, (ast.Expr, ast.ImportFrom, ast.Assign))
+                and not _type_checking_imports(node)]
         assert not code, f"tasks/{stage}/__init__.py holds code ({[type(n).__name__ for n in code]}), not re-exports"
     long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
             for package in ("tasks", "jobs") for path in sorted((REPO / package).rglob("*.py"))
@@ -153,6 +157,33 @@ def test_stage_code_lives_in_named_modules_and_no_function_is_long():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def _type_checking_imports(node: ast.stmt) -> bool:
+    """`if TYPE_CHECKING:` holding imports only: the names a package re-exports on first use, for type checkers."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            and not node.orelse and all(isinstance(n, ast.ImportFrom) for n in node.body))
+
+
+def test_a_stage_command_imports_none_of_its_stage_before_it_can_hand_off_and_every_name_is_re_exported():
+    """`python -m tasks.<stage>` imports the package first: it must not pull in the stage's code (NumPy, pandas, the
+    stage's helpers: 0.2-0.6 s a stage) before the command hands its run to the warm host; and every name the
+    package lists is the stage module's own, the same as the type checkers' import says."""
+    stages = sorted(path.parent.name for path in (REPO / "tasks").glob("*/__main__.py"))
+    probe = ("import sys, tasks.{0}; print(','.join(sorted(m for m in sys.modules "
+             "if m.startswith(('tasks.{0}.', 'numpy', 'pandas')))))")
+    for stage in stages:
+        done = subprocess.run([sys.executable, "-c", probe.format(stage)], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == "", (stage, done.stdout, done.stderr[-2000:])
+        package, module = importlib.import_module(f"tasks.{stage}"), importlib.import_module(f"tasks.{stage}.stage")
+        tree = ast.parse((REPO / "tasks" / stage / "__init__.py").read_text())
+        typed = {alias.name for node in tree.body if _type_checking_imports(node) for n in node.body
+                 for alias in n.names}
+        assert typed == set(package.__all__), (stage, typed ^ set(package.__all__))
+        for name in package.__all__:
+            assert getattr(package, name) is getattr(module, name), (stage, name)
+        with pytest.raises(AttributeError, match="no attribute"):
+            package.not_a_name  # noqa: B018
 
 
 def _layout_map() -> dict[str, str]:
