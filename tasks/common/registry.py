@@ -57,9 +57,7 @@ def _log_model(model, signature, example: np.ndarray):
     onnx one (not registered yet)."""
     import mlflow
 
-    # Stated, not inferred: inference re-imports the model in a subprocess (seconds), dropping torch's +cpu label.
-    libraries = ("onnx", "onnxruntime", "numpy") if hasattr(model, "onnx") else ("torch", "numpy")
-    requirements = [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in libraries]
+    requirements = _requirements(ONNX_LIBRARIES if hasattr(model, "onnx") else ("torch", "numpy"))
     if hasattr(model, "onnx"):
         import onnx
 
@@ -67,6 +65,15 @@ def _log_model(model, signature, example: np.ndarray):
                                      input_example=example, pip_requirements=requirements)
     return mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                     pip_requirements=requirements)
+
+
+ONNX_LIBRARIES = ("onnx", "onnxruntime", "numpy")  # what an ONNX model needs to be loaded and run
+
+
+def _requirements(libraries: tuple[str, ...]) -> list[str]:
+    """A logged model's pip requirements, stated, not inferred: MLflow's inference loads the model again in a
+    subprocess (1.5 to 2 s of CPU each time) and drops torch's +cpu label."""
+    return [f"{lib}=={metadata.version(lib).split('+')[0]}" for lib in libraries]
 
 
 def champion_version(name: str) -> str | None:
@@ -209,7 +216,8 @@ def register_compressed(name: str, version: str, onnx_path, table: list[dict], c
     if found:  # a package stage killed after registering it, run again: the same version, not a second one
         compressed = str(min(int(v.version) for v in found))
     else:  # registered with its identity in one call (one transaction), so a kill right after cannot duplicate it
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="compressed_model")
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="compressed_model",
+                                     pip_requirements=_requirements(ONNX_LIBRARIES))
         compressed = str(mlflow.register_model(info.model_uri, compressed_name(name), tags=identity).version)
     tags = {**{f"measured.{k}": f"{v:.6g}" if isinstance(v, float) else str(v)
                for k, v in row.items() if k != "variant"},
