@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -202,6 +203,8 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
         seconds = time.perf_counter() - started
         outcome = StageOutcome.read(outcome_file) if outcome_file.is_file() else None
     if failed is not None:
+        if _interrupted(failed):  # Ctrl-C reached the stage command (DVC runs it in the foreground), not this process
+            raise KeyboardInterrupt(f"stage '{stage}' was interrupted")
         if outcome and not outcome.ok:
             raise StageFailed(f"stage '{stage}' failed: {outcome.error}: {outcome.message}", outcome.error,
                               outcome.retryable)
@@ -213,6 +216,17 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
         raise StageFailed(f"stage '{stage}' failed: " + ": ".join(reasons))
     return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds,
                     work_seconds=outcome.seconds if outcome else 0.0)
+
+
+def _interrupted(failed: BaseException) -> bool:
+    """Whether DVC failed because the stage's command ended on SIGINT (killed by it, or exited 130 as a shell does):
+    the run stops there, as it would have had the Ctrl-C reached this process; the stage is not retried."""
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    cause: BaseException | None = failed
+    while cause is not None and not isinstance(cause, StageCmdFailedError):
+        cause = cause.__cause__
+    return cause is not None and str(cause).endswith((f"exited with {-signal.SIGINT}", "exited with 130"))
 
 
 def _locked(root: Path, stage: str) -> dict | None:

@@ -197,6 +197,26 @@ def test_the_stages_a_run_is_to_execute_are_told_before_its_overrides_are_applie
     assert stages_to_run(tmp_path) is None
 
 
+def test_a_stage_command_ended_by_ctrl_c_stops_the_run_and_a_failing_one_fails_its_stage(tmp_path):
+    """DVC runs a stage's command in the foreground, ignoring SIGINT meanwhile, so a Ctrl-C ends the command and
+    not the flow: the flow stops then, as the Ctrl-C meant (a failed stage would be retried)."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from flows.dag import repro_stage
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  stopped:\n    cmd: kill -INT $$\n    outs: [a.txt]\n"
+                                       "  failing:\n    cmd: exit 3\n    outs: [b.txt]\n")
+    Repo.init(str(tmp_path)).close()
+    with pytest.raises(KeyboardInterrupt, match="stage 'stopped' was interrupted"):
+        repro_stage(tmp_path, "stopped")
+    with pytest.raises(StageFailed, match="stage 'failing' failed: .*exited with 3") as failed:
+        repro_stage(tmp_path, "failing")
+    assert failed.value.transient  # a crash without a pipeline error: worth retrying
+
+
 def test_dvc_locks_of_processes_that_are_gone_or_zombies_are_released_and_live_ones_kept(tmp_path):
     """A `dvc repro` killed with its run stays a zombie until reaped, and DVC counts a zombie as alive: the next run
     failed "is busy, it is being blocked by". The pipeline drops such entries (holding its own lock) first."""
