@@ -208,12 +208,8 @@ def repro_stage(root: Path, stage: str, extra_env: dict[str, str] | None = None)
         if outcome and not outcome.ok:
             raise StageFailed(f"stage '{stage}' failed: {outcome.error}: {outcome.message}", outcome.error,
                               outcome.retryable)
-        reasons = []  # DVC's own words, from "failed to reproduce" down to the cause (e.g. the command's exit code)
-        cause: BaseException | None = failed
-        while cause is not None:
-            reasons.append(str(cause))
-            cause = cause.__cause__
-        raise StageFailed(f"stage '{stage}' failed: " + ": ".join(reasons))
+        # DVC's own words, from "failed to reproduce" down to the cause (e.g. the command's exit code)
+        raise StageFailed(f"stage '{stage}' failed: " + ": ".join(str(cause) for cause in _causes(failed)))
     return StageRun(stage, executed=_locked(root, stage) != before, seconds=seconds,
                     work_seconds=outcome.seconds if outcome else 0.0)
 
@@ -223,10 +219,15 @@ def _interrupted(failed: BaseException) -> bool:
     the run stops there, as it would have had the Ctrl-C reached this process; the stage is not retried."""
     from dvc.stage.exceptions import StageCmdFailedError
 
-    cause: BaseException | None = failed
-    while cause is not None and not isinstance(cause, StageCmdFailedError):
-        cause = cause.__cause__
-    return cause is not None and str(cause).endswith((f"exited with {-signal.SIGINT}", "exited with 130"))
+    sigint = (f"exited with {-signal.SIGINT}", "exited with 130")
+    return any(isinstance(cause, StageCmdFailedError) and str(cause).endswith(sigint) for cause in _causes(failed))
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what it was raised from, and so on down."""
+    while error is not None:
+        yield error
+        error = error.__cause__
 
 
 def _locked(root: Path, stage: str) -> dict | None:

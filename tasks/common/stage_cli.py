@@ -48,7 +48,7 @@ def main(stage: str, run: Callable, argv: list[str] | None = None) -> int:
         raise
     except Exception as crash:  # noqa: BLE001 - a named error, a full disk, or a crash (raised: retryable)
         err = crash if isinstance(crash, PipelineError) else full_disk(layout, crash) or lost_server(crash)
-        if err is None:  # a crash: its traceback below, and its last line for the flow's message
+        if err is None:  # a crash: its traceback below, and its first line for the flow's message
             _record(StageOutcome(stage=stage, ok=False, error=type(crash).__name__,
                                  message=(str(crash).splitlines() or [""])[0][:500], retryable=True))
             raise
