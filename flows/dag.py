@@ -91,10 +91,44 @@ def release_dead_locks(root: Path) -> list[str]:
 def changed_stages(root: Path) -> set[str]:
     """The dvc.yaml stages `dvc status dvc.yaml` reports as changed (deps, params or outs differ from dvc.lock), in
     one DVC call (data a `.dvc` file tracks, such as predictions, is not a stage the pipeline runs)."""
+    return {name.split(":")[-1] for name in _status(root)}
+
+
+def _status(root: Path) -> dict:
+    """`dvc status dvc.yaml`, once no stage's dep folder holds a file that blocks whoever opens it (DVC hashes each)."""
     from dvc.repo import Repo
 
+    refuse_blocking_files(root)
     with Repo(str(root)) as repo:
-        return {name.split(":")[-1] for name in repo.status(targets=[str(Path(root) / PIPELINE)])}
+        return repo.status(targets=[str(Path(root) / PIPELINE)])
+
+
+def refuse_blocking_files(root: Path) -> None:
+    """A DataError naming each FIFO, socket or device in a folder a dvc.yaml stage depends on (the data source
+    above all): DVC reads every file of a dep to hash it, and opening a FIFO blocks for ever, so `mlops run` hung
+    before any stage (ingest itself skips such a file: tasks/common/files.py)."""
+    import stat
+
+    import yaml
+
+    from tasks.common.errors import DataError
+
+    stages = (yaml.safe_load((root / PIPELINE).read_text()) or {}).get("stages", {})
+    folders = {root / dep for stage in stages.values() for dep in stage.get("deps", []) if (root / dep).is_dir()}
+    blocking = []
+    for folder in sorted(folders):
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                try:
+                    mode = os.stat(Path(parent) / name).st_mode  # (follows a link: what DVC would open)
+                except OSError:
+                    continue
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    blocking.append(str((Path(parent) / name).relative_to(root)))
+    if blocking:
+        raise DataError(f"{len(blocking)} file(s) that are not regular files (a FIFO, a socket or a device) in a "
+                        f"folder the pipeline reads: {', '.join(blocking[:10])}; DVC would block reading them: "
+                        "remove them from the folder")
 
 
 def stages_to_run(root: Path, overrides: dict | None = None) -> list[str] | None:
@@ -110,15 +144,13 @@ def stages_to_run(root: Path, overrides: dict | None = None) -> list[str] | None
         return None
     import yaml
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     from flows.overrides import overridden_text
 
     try:
         params = yaml.safe_load(overridden_text((root / "params.yaml").read_text(), overrides or {})) or {}
         recorded = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        with Repo(str(root)) as repo:
-            status = repo.status(targets=[str(Path(root) / PIPELINE)])
+        status = _status(root)
         order = stage_order(root)
     except (DvcException, OSError, ValueError, yaml.YAMLError):
         return None

@@ -217,6 +217,32 @@ def test_a_stage_command_ended_by_ctrl_c_stops_the_run_and_a_failing_one_fails_i
     assert failed.value.transient  # a crash without a pipeline error: worth retrying
 
 
+@pytest.mark.timeout(120)
+def test_a_fifo_in_the_data_source_is_named_before_dvc_would_block_opening_it(tmp_path):
+    """DVC hashes every file of a stage's dep folders; opening a FIFO blocks for ever (`mlops run` hung before any
+    stage). The pipeline's DVC checks refuse it first, naming it."""
+    import os
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from flows.dag import changed_stages, repro_stage, stages_to_run
+    from tasks.common.errors import DataError
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / "a.csv").write_text("x,label\n1,a\n")
+    (tmp_path / "params.yaml").write_text("take: {x: 1}\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  take:\n    cmd: cp sources/a.csv out.csv\n    deps: [sources]\n"
+                                       "    outs: [out.csv]\n")
+    Repo.init(str(tmp_path)).close()
+    assert repro_stage(tmp_path, "take").executed and changed_stages(tmp_path) == set()
+    os.mkfifo(tmp_path / "sources" / "b.csv")
+    for check in (changed_stages, stages_to_run):
+        with pytest.raises(DataError, match=r"sources/b\.csv.*DVC would block"):
+            check(tmp_path)
+
+
 def test_dvc_locks_of_processes_that_are_gone_or_zombies_are_released_and_live_ones_kept(tmp_path):
     """A `dvc repro` killed with its run stays a zombie until reaped, and DVC counts a zombie as alive: the next run
     failed "is busy, it is being blocked by". The pipeline drops such entries (holding its own lock) first."""
