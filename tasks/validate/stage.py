@@ -57,12 +57,16 @@ def validate(params: ValidateParams, prepared_dir: Path, out_dir: Path, *, root:
     checks, broken = _contract_checks(reference, found)
     if broken:  # another dataset: its drift against this one means nothing
         reference = None
+    rendered = []
     for split_name in SPLITS:
         for asset_name, frame, suite in _tables(split_name, prepared_dir / split_name, kind, params, reference, data.classes):
-            checks += checkpoints.run(gx, context, source, asset_name, frame, suite, split_name)
+            split_checks, pages = checkpoints.run(gx, context, source, asset_name, frame, suite, split_name)
+            checks, rendered = checks + split_checks, rendered + pages
     everything = np.concatenate([load_split(prepared_dir / s, mmap=True).y for s in SPLITS])
     frame, suite = suites.version_class_checks(everything, params, data.classes)  # rows per class: over the version
-    checks += checkpoints.run(gx, context, source, "all_class_counts", frame, suite, "all splits")
+    version_checks, pages = checkpoints.run(gx, context, source, "all_class_counts", frame, suite, "all splits")
+    checks += version_checks
+    checkpoints.build_docs(context, rendered + pages)
     text = text_of(data.columns) if kind == "table" else []
     checks += _leakage(prepared_dir, kind, params.max_leaked_fraction, text)
     failures = [c for c in checks if not c.passed]

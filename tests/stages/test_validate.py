@@ -33,7 +33,10 @@ def test_label_outside_the_set_is_named_with_its_value(corrupted, params, tmp_pa
     assert "train: expect_column_values_to_be_in_set(label)" in message and "[10, 10, 10]" in message
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["success"] is False
-    assert (tmp_path / "out" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").is_file()
+    site = tmp_path / "out" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    assert (site / "index.html").is_file()
+    pages = {c["page"] for c in report["checks"] if c["page"]}  # every checkpoint's page, built once at the end
+    assert len(pages) == 7 and all((site / page).is_file() for page in pages), sorted(pages)
 
 
 def test_out_of_range_pixels_and_nans_are_named(corrupted, params, tmp_path):
