@@ -36,19 +36,23 @@ from pathlib import Path
 HOST_ENV = "PIPELINE_STAGE_HOST"  # the host's socket, for the stage commands of this run
 # What each stage imports, over images, tables and text (a library not installed is skipped), in the order it needs
 # them: the host imports those of the stages a run is to execute, in the stages' order (`preload_for`). Great
-# Expectations alone is 2.5 s of CPU, which a run that does not validate need not spend.
+# Expectations alone is 2.5 s of CPU, which a run that does not validate need not spend. torch imports its compiler
+# stack on first use, 1.6-1.9 s a stage when a stage imports it itself (py-spy over a cold run): train through
+# `torch.use_deterministic_algorithms` (torch._inductor), evaluate through MLflow's model export
+# (torch.export._trace), compress through the optimizer's constructor (torch._dynamo).
 STAGE_IMPORTS = {
     "ingest": ("numpy", "pandas", "yaml", "PIL.Image", "pyarrow.parquet"),
     "prepare": ("numpy", "pandas", "yaml", "pyarrow.parquet", "sklearn.model_selection", "tokenizers"),
     "validate": ("numpy", "pandas", "yaml", "great_expectations", "scipy.stats", "mlflow",
                  "mlflow.store.tracking.sqlalchemy_store"),
-    "train": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "sklearn.linear_model", "sklearn.ensemble",
-              "matplotlib.pyplot", "tokenizers", "mlflow", "mlflow.store.tracking.sqlalchemy_store"),
-    "evaluate": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "sklearn.linear_model", "sklearn.ensemble",
-                 "sklearn.metrics", "scipy.stats", "matplotlib.pyplot", "mlflow",
+    "train": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "torch._inductor", "sklearn.linear_model",
+              "sklearn.ensemble", "matplotlib.pyplot", "tokenizers", "mlflow",
+              "mlflow.store.tracking.sqlalchemy_store"),
+    "evaluate": ("numpy", "pandas", "yaml", "PIL.Image", "torch", "torch.export._trace", "sklearn.linear_model",
+                 "sklearn.ensemble", "sklearn.metrics", "scipy.stats", "matplotlib.pyplot", "mlflow",
                  "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"),
-    "compress": ("numpy", "pandas", "yaml", "torch", "matplotlib.pyplot", "mlflow", "onnx", "onnxruntime",
-                 "torch_pruning", "skl2onnx"),
+    "compress": ("numpy", "pandas", "yaml", "torch", "torch._dynamo", "matplotlib.pyplot", "mlflow", "onnx",
+                 "onnxruntime", "torch_pruning", "skl2onnx"),
     "package": ("numpy", "pandas", "yaml", "mlflow", "mlflow.store.model_registry.sqlalchemy_store", "onnx",
                 "onnxruntime", "bentoml"),
     "promote": ("numpy", "pandas", "yaml", "mlflow", "mlflow.store.model_registry.sqlalchemy_store", "bentoml"),

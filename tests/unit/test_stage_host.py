@@ -135,3 +135,27 @@ def test_a_host_told_its_runs_stages_imports_what_they_need_and_not_the_rest(tmp
         done = subprocess.run([sys.executable, "-c", COMMAND], cwd=tmp_path, env={**os.environ, **host_env},
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "bentoml", (done.stdout, done.stderr[-2000:])
+
+
+def test_a_stage_forked_from_a_warm_host_finds_torchs_compiler_stack_imported(host):
+    """train, evaluate and compress call what imports torch's compiler stack on first use (deterministic
+    algorithms, MLflow's model export, the optimizer's constructor: 1.6-1.9 s a stage when the stage imported it
+    itself, py-spy over a cold run); in a child of a warm host those calls import none of it."""
+    folder, env = host
+    (folder / "compiler_probe.py").write_text(textwrap.dedent("""
+        import sys, torch
+        before = set(sys.modules)
+        torch.use_deterministic_algorithms(True)
+        torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+        torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+        print(",".join(sorted({"torch._dynamo", "torch._inductor", "torch.export._trace"} - before)))
+    """))
+    warm = Path(env[HOST_ENV] + ".warm")
+    deadline = time.monotonic() + 120
+    while not warm.exists():
+        assert time.monotonic() < deadline, "the stage host did not finish its imports within 120 s"
+        time.sleep(0.2)
+    command = COMMAND.replace("hand_off('probe')", "hand_off('compiler_probe')")
+    done = subprocess.run([sys.executable, "-c", command], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", (done.stdout, done.stderr[-2000:])
