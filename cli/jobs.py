@@ -48,14 +48,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 @contextmanager
 def flow_server(root: Path) -> Iterator:
     """The Prefect server this command's flow runs are tracked on, set before Prefect is imported: the user's, the
-    project's own while it runs, or one booting in the background now (flows/prefect_server.py `for_command`).
+    project's own while it runs, else the project's started now and kept for the next commands, or one of the
+    command's own (flows/prefect_server.py `for_command`).
     Run the flow inside its `.ready()`."""
-    from flows.prefect_server import for_command
+    from flows.prefect_server import IDLE_ENV, for_command, idle_minutes
 
     with for_command(root.resolve()) as server:
         if server.origin == "project":
             print(f"flow runs tracked on the project's Prefect server: {server.api_url.removesuffix('/api')}",
                   file=sys.stderr)
+        elif server.origin == "kept":
+            print(f"flow runs tracked on the project's Prefect server, starting now: "
+                  f"{server.api_url.removesuffix('/api')} (kept for the next commands until unused for "
+                  f"{idle_minutes():g} min: {IDLE_ENV}; database: .prefect/)", file=sys.stderr)
         elif server.origin == "command":
             print(f"flow runs tracked on a Prefect server started for this command ({server.api_url}; its database: "
                   "PREFECT_HOME; `mlops schedule` keeps one running)", file=sys.stderr)

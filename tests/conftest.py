@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import MLOPS, REPO, project_copy, project_env, run_in, stop
+from tests.support.processes import MLOPS, REPO, project_copy, project_env, run_in, stop, stop_kept_server
 from tests.support.servers import Postgres, bento_env, dask_cluster as start_dask, prefect_server
 from tests.support.shared import made_once
 
@@ -99,13 +99,15 @@ def bento_store(tmp_path_factory) -> BentoStore:
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory) -> Path:
-    """The project after `mlops run` at the default params, as a new user's first `make run` (Prefect's
-    temporary server, the whole DAG), made once per session: `base/project`, its store `base/bentoml`, and the run's
-    output in `base/run.json`. Tests never change it: they work on a copy (tests.support.processes.copy_trained)."""
+    """The project after `mlops run` at the default params, as a new user's first `make run` (the project's Prefect
+    server started and kept by the command, stopped after it as its idle time would: flows/kept_server.py; the
+    whole DAG), made once per session: `base/project`, its store `base/bentoml`, and the run's output in
+    `base/run.json`. Tests never change it: they work on a copy (tests.support.processes.copy_trained)."""
     def run(base: Path) -> None:
         root = project_copy(base / "project")
         (base / "bentoml").mkdir()
         done = run_in(root, project_env(base), MLOPS, "run")
+        assert stop_kept_server(root), "the command kept no Prefect server"
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         (base / "run.json").write_text(json.dumps({"stdout": done.stdout, "stderr": done.stderr}))
 

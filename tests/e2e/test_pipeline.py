@@ -60,14 +60,16 @@ def test_the_flow_runs_every_stage_and_reaches_the_accuracy_bar(project):
 
 
 def test_a_first_run_prints_no_traceback_and_no_error_line(trained_project):
-    """The first `mlops run` of a new user, offline, on Prefect's temporary server (telemetry off)."""
+    """The first `mlops run` of a new user, offline, on the project's Prefect server it starts (telemetry off)."""
     run = json.loads((trained_project / "run.json").read_text())
     assert_clean_log(run["stdout"] + run["stderr"], "mlops run")
     assert "Pipeline finished" in run["stdout"]
-    # The command started its Prefect server itself, in the background (cli/jobs.py flow_server), and the flow
-    # run is in that server's database, PREFECT_HOME's, where Prefect's temporary server would have kept it.
-    assert "flow runs tracked on a Prefect server started for this command" in run["stderr"]
-    with sqlite3.connect(trained_project / "prefect" / "prefect.db") as db:
+    # The command started the project's Prefect server in the background, kept for the next commands
+    # (flows/kept_server.py; stopped by the fixture as its idle time would), and the flow run is in its database.
+    assert "flow runs tracked on the project's Prefect server, starting now: http://127.0.0.1:" in run["stderr"]
+    state = trained_project / "project" / ".prefect"
+    assert not (state / "server.json").exists() and "stopping the server" in (state / "keeper.log").read_text()
+    with sqlite3.connect(state / "prefect.db") as db:
         flows = db.execute("SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = "
                            "flow_run.flow_id").fetchall()
         logs = [row[0] for row in db.execute("SELECT message FROM log ORDER BY timestamp")]

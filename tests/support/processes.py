@@ -38,7 +38,7 @@ def copy_trained(base: Path, dest: Path) -> Path:
     DVC cache and remote, MLflow store and Bentos, with the store's paths rewritten to the copy, so that what a
     test changes in it (params, data, the registry) changes nothing in `base` or in any other copy."""
     shutil.copytree(base, dest, symlinks=True, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("prefect", ".made"))
+                    ignore=shutil.ignore_patterns("prefect", ".prefect", ".made"))
     old, new = str((base / "project").resolve()), str((dest / "project").resolve())
     with sqlite3.connect(dest / "project" / "mlflow.db") as db:  # artifact locations are absolute URIs
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -111,3 +111,29 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def stop_kept_server(root: Path, timeout_s: float = 60) -> bool:
+    """Stop the project's Prefect server a command started and kept (flows/kept_server.py), as its idle time would:
+    SIGTERM to its keeper (`.prefect/keeper.lock` holds its pid), then wait for the keeper to exit. False when no
+    keeper was running."""
+    import signal
+
+    try:
+        pid = int((root / ".prefect" / "keeper.lock").read_text().strip() or 0)
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        assert time.monotonic() < deadline, f"the keeper ({pid}) did not stop within {timeout_s:.0f} s"
+        time.sleep(0.1)
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, which no one reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
