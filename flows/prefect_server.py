@@ -15,6 +15,7 @@ flows/kept_server.py), or, with that set to 0, each starts a server of its own i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
