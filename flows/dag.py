@@ -109,11 +109,10 @@ def refuse_blocking_files(root: Path) -> None:
     before any stage (ingest itself skips such a file: tasks/common/files.py)."""
     import stat
 
-    import yaml
-
+    from tasks.common.config import yaml_data
     from tasks.common.errors import DataError
 
-    stages = (yaml.safe_load((root / PIPELINE).read_text()) or {}).get("stages", {})
+    stages = (yaml_data((root / PIPELINE).read_text()) or {}).get("stages", {})
     folders = {root / dep for stage in stages.values() for dep in stage.get("deps", []) if (root / dep).is_dir()}
     blocking = []
     for folder in sorted(folders):
@@ -146,10 +145,11 @@ def stages_to_run(root: Path, overrides: dict | None = None) -> list[str] | None
     from dvc.exceptions import DvcException
 
     from flows.overrides import overridden_text
+    from tasks.common.config import yaml_data
 
     try:
-        params = yaml.safe_load(overridden_text((root / "params.yaml").read_text(), overrides or {})) or {}
-        recorded = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        params = yaml_data(overridden_text((root / "params.yaml").read_text(), overrides or {})) or {}
+        recorded = (yaml_data(lock.read_text()) or {}).get("stages", {})
         status = _status(root)
         order = stage_order(root)
     except (DvcException, OSError, ValueError, yaml.YAMLError):
@@ -264,10 +264,10 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 def _locked(root: Path, stage: str) -> dict | None:
     """The stage's entry in dvc.lock (its deps', params' and outs' hashes as of its last run)."""
-    import yaml
+    from tasks.common.config import yaml_data
 
     lock = root / "dvc.lock"
-    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage) if lock.is_file() else None
+    return (yaml_data(lock.read_text()) or {}).get("stages", {}).get(stage) if lock.is_file() else None
 
 
 @contextmanager

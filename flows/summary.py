@@ -184,9 +184,9 @@ def failure_markdown(stage: str, error: BaseException, runs: list[StageRun]) -> 
 
 
 def _locked_md5(root: Path, path: str) -> str:
-    import yaml
+    from tasks.common.config import yaml_data
 
     lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    stages = (yaml_data(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
     found = [o["md5"] for s in stages.values() for o in s.get("outs", []) if o.get("path") == path and "md5" in o]
     return found[0] if found else "unknown"
