@@ -9,8 +9,8 @@ started the server is done, so that its imports do not compete with that command
 holds a shared lock on `.prefect/users.lock` while it lives (flows/prefect_server.py `_use`: the kernel releases it
 however the process ends); once nobody has held it for MINUTES the keeper takes it exclusively and stops the server,
 so that no command starts using a server that is stopping (one that comes meanwhile waits, then starts another).
-One keeper a project (`.prefect/keeper.lock`, which holds its pid: `kill $(cat .prefect/keeper.lock)` stops it
-now). A SIGKILL of the keeper takes its server and host with it (they die with their parent).
+One keeper a project (`.prefect/keeper.lock`, which holds its pid while it serves: `kill $(cat
+.prefect/keeper.lock)` stops it now). A SIGKILL of the keeper takes its server and host with it (they die with their parent).
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ def keep(root: Path, port: int, minutes: float) -> int:
     if keeper is None:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill`: stop the server and its host on the way out
-    users = os.open(home / USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return _serve(root, port, minutes)
+    finally:
+        os.ftruncate(keeper, 0)  # no pid left in it to kill by mistake
+
+
+def _serve(root: Path, port: int, minutes: float) -> int:
+    """The keeper's work: the server on `port` (another when that one was taken since), its warm host once the
+    command that started it is done, both stopped once no process has used the server for `minutes`."""
+    users = os.open(root / STATE_DIR / USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     if port_taken(port):  # since the command chose it (the command reads the address from the server's record)
         from bento.front.supervisor import free_port
 

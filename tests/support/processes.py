@@ -121,6 +121,8 @@ def stop_kept_server(root: Path, timeout_s: float = 60) -> bool:
 
     try:
         pid = int((root / ".prefect" / "keeper.lock").read_text().strip() or 0)
+        if b"flows.kept_server" not in Path(f"/proc/{pid}/cmdline").read_bytes():  # (not another process's pid)
+            return False
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         return False
