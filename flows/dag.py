@@ -149,7 +149,7 @@ def stages_to_run(root: Path, overrides: dict | None = None) -> list[str] | None
 
     try:
         params = yaml_data(overridden_text((root / "params.yaml").read_text(), overrides or {})) or {}
-        recorded = (yaml_data(lock.read_text()) or {}).get("stages", {})
+        recorded = locked_stages(root)
         status = _status(root)
         order = stage_order(root)
     except (DvcException, OSError, ValueError, yaml.YAMLError):
@@ -264,10 +264,15 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 def _locked(root: Path, stage: str) -> dict | None:
     """The stage's entry in dvc.lock (its deps', params' and outs' hashes as of its last run)."""
+    return locked_stages(root).get(stage)
+
+
+def locked_stages(root: Path) -> dict:
+    """dvc.lock's stages by name ({} before the first run)."""
     from tasks.common.config import yaml_data
 
     lock = root / "dvc.lock"
-    return (yaml_data(lock.read_text()) or {}).get("stages", {}).get(stage) if lock.is_file() else None
+    return (yaml_data(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows.dag import StageRun
+from flows.dag import StageRun, locked_stages
 from tasks.common.outputs import BentoBuild, CompressChoice, GateResult, Promotion
 
 
@@ -184,9 +184,5 @@ def failure_markdown(stage: str, error: BaseException, runs: list[StageRun]) -> 
 
 
 def _locked_md5(root: Path, path: str) -> str:
-    from tasks.common.config import yaml_data
-
-    lock = root / "dvc.lock"
-    stages = (yaml_data(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    found = [o["md5"] for s in stages.values() for o in s.get("outs", []) if o.get("path") == path and "md5" in o]
+    found = [o["md5"] for s in locked_stages(root).values() for o in s.get("outs", []) if o.get("path") == path and "md5" in o]
     return found[0] if found else "unknown"
