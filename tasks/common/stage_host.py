@@ -19,6 +19,7 @@ The project's own Prefect server keeps one for the commands typed while it runs 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -232,6 +233,10 @@ def _accept(listener: socket.socket, stages: dict[int, _Stage], settings: dict, 
             os.close(fd)
         return
     conn.sendall(STARTED)
+    # The host's objects out of the child's garbage collections (Python's advice for a fork without exec): a full
+    # collection in the child walks the host's whole heap, writing to every object and so copying its pages: 0.6 s
+    # of a command's 1.8 s, measured in `mlops score` on the warm host
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         listener.close()
