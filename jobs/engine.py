@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterable, Iterator
 
 
 def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int = 0, placed: dict | None = None,
-        spread: bool = True, **shared) -> Iterator:
+        spread: bool = True, alone: dict | None = None, **shared) -> Iterator:
     """`score(chunk, **shared)` for every chunk, its results as they finish (in any order). `shared` values (the
     model's bytes) are sent to each worker once. `placed["engine"]` says where they ran. `spread=False`: with no
-    address, every chunk in this process (chunks that cost less to score than to send to another process)."""
+    address, every chunk in this process (chunks that cost less to score than to send to another process).
+    `alone`: more keywords for the chunks scored in this process, one after another, every core theirs (e.g. the
+    threads a model may use: a worker process gets one core's share)."""
     placed = {} if placed is None else placed
     if not address:
-        yield from _this_machine(score, iter(chunks), in_flight, shared, placed, spread)
+        yield from _this_machine(score, iter(chunks), in_flight, shared, placed, spread, alone or {})
         return
     from distributed import as_completed
 
@@ -49,7 +51,7 @@ def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int =
 
 
 def _this_machine(score: Callable, chunks: Iterator, in_flight: int, shared: dict, placed: dict,
-                  spread: bool = True) -> Iterator:
+                  spread: bool = True, alone: dict | None = None) -> Iterator:
     """One chunk in this process; more, on a process per core (`local_processes`) when `spread`, the next chunks
     read while the others are scored."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -57,7 +59,8 @@ def _this_machine(score: Callable, chunks: Iterator, in_flight: int, shared: dic
     first, second = next(chunks, None), next(chunks, None)
     if second is None or CORES == 1 or not spread:
         placed["engine"] = "in-process"
-        yield from (score(chunk, **shared) for chunk in itertools.chain([first, second], chunks) if chunk is not None)
+        yield from (score(chunk, **shared, **(alone or {})) for chunk in itertools.chain([first, second], chunks)
+                    if chunk is not None)
         return
     placed["engine"] = f"{CORES} local processes"
     pool, pending = local_processes(score), set()

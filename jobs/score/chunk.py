@@ -17,7 +17,7 @@ from tasks.shipped.rows import MAX_ENCODED, BadRow, encode_frame, encode_rows
 from tasks.shipped.skew import statistics
 from tasks.shipped.text import takes_any_length, text_layout, trimmed
 
-_SESSIONS: dict[str, object] = {}  # one ONNX Runtime session per model, per process
+_SESSIONS: dict[tuple[str, int], object] = {}  # one ONNX Runtime session per model and thread count, per process
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,15 @@ class Scored:
     imputed: int = 0  # table cells missing and filled as in training
 
 
-def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: Limits) -> Scored:
+def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: Limits, threads: int = 1) -> Scored:
+    """`threads`: ONNX Runtime's, for the forward (1 where the engine runs a chunk per core side by side)."""
     if meta.get("kind", "images") == "table":
         positions, inputs, quarantined, imputed = _table_inputs(chunk, meta, limits)
     elif isinstance(chunk.data, np.ndarray):  # images.npy or IDX rows
         positions, inputs, quarantined, imputed = _array_inputs(chunk, meta)
     else:
         positions, inputs, quarantined, imputed = _image_inputs(chunk, meta, limits)
-    classes, session = len(meta["classes"]), _session(model_tag, model_bytes)
+    classes, session = len(meta["classes"]), _session(model_tag, model_bytes, threads)
     probabilities = _forward(session, inputs, meta) if len(inputs) else np.zeros((0, classes), np.float32)
     found = statistics(inputs, meta.get("kind", "images"), (meta.get("expectations") or {}).get("text")) \
         if len(inputs) else {}
@@ -69,14 +70,14 @@ def _forward(session, inputs: np.ndarray, meta: dict) -> np.ndarray:
                            for start in range(0, len(inputs), TEXT_ROWS)]).astype(np.float32)
 
 
-def _session(tag: str, model_bytes: bytes):
+def _session(tag: str, model_bytes: bytes, threads: int = 1):
     import onnxruntime as ort
 
-    if tag not in _SESSIONS:
+    if (tag, threads) not in _SESSIONS:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # the engine runs chunks side by side, one per core
-        _SESSIONS[tag] = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return _SESSIONS[tag]
+        options.intra_op_num_threads = threads
+        _SESSIONS[tag, threads] = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[tag, threads]
 
 
 def _bounds(meta: dict, name: str, margin: float) -> tuple[float, float] | None:

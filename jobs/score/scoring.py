@@ -164,8 +164,8 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     placed: dict = {}
     with tqdm(desc="score", unit="chunk", initial=len(finished), disable=None) as progress:
         for scored in engine.run(score_chunk, todo, address, placed=placed, spread=_worth_spreading(kind, model),
-                                 model_tag=model.tag, model_bytes=model.onnx_path.read_bytes(), meta=model.meta,
-                                 limits=limits):
+                                 alone={"threads": engine.CORES}, model_tag=model.tag,
+                                 model_bytes=model.onnx_path.read_bytes(), meta=model.meta, limits=limits):
             _write_part(parts, scored, model.classes, id_name, constants)
             progress.update(1)
     result = _combine(parts, partial, model.classes, id_name, constants)

@@ -36,6 +36,20 @@ def test_one_chunk_runs_here_and_more_run_on_a_process_per_core():
     assert placed["engine"] == "in-process"
 
 
+def _threads_of(chunk: int, threads: int = 1) -> tuple[int, int]:
+    return chunk, threads
+
+
+def test_chunks_scored_here_one_after_another_get_every_core_and_a_workers_one():
+    """`alone`: the keywords a chunk scored in this process gets (nothing else runs beside it: ONNX Runtime may
+    use every core); a chunk on a worker process gets the score function's default (one core's share)."""
+    here = list(engine.run(_threads_of, range(3), None, spread=False, alone={"threads": engine.CORES}))
+    assert sorted(here) == [(0, engine.CORES), (1, engine.CORES), (2, engine.CORES)]
+    if engine.CORES > 1:
+        spread = list(engine.run(_threads_of, range(6), None, alone={"threads": engine.CORES}))
+        assert sorted(spread) == [(chunk, 1) for chunk in range(6)]
+
+
 def _busiest(count: int, size: int, cores: int) -> int:
     """Items of the core that gets the most, chunks dealt to the cores in turn."""
     sizes = [min(size, count - start) for start in range(0, count, size)]
