@@ -17,6 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .   # the `mlops` command (cli/)
+	$(BIN)/python -m flows.prefect_database   # an empty Prefect database, migrated once: new projects' servers copy it
 	touch $(STAMP)
 
 # The validation report's browser test opens it in Debian's Chromium (Playwright drives it; it downloads no browser).

@@ -10,7 +10,8 @@ holds a shared lock on `.prefect/users.lock` while it lives (flows/prefect_serve
 however the process ends); once nobody has held it for MINUTES the keeper takes it exclusively and stops the server,
 so that no command starts using a server that is stopping (one that comes meanwhile waits, then starts another).
 One keeper a project (`.prefect/keeper.lock`, which holds its pid while it serves: `kill $(cat
-.prefect/keeper.lock)` stops it now). A SIGKILL of the keeper takes its server and host with it (they die with their parent).
+.prefect/keeper.lock)` stops it now). A SIGKILL of the keeper takes its server and host with it (they die with
+their parent).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from flows.prefect_server import (STATE_DIR, USERS_LOCK, port_taken, project_server, running_server,
                                   start_command_host)
 
-START_TIMEOUT_S = 120  # a fresh database is migrated first: 10-20 s on 2 cores
+START_TIMEOUT_S = 120  # a fresh database without the install's copy is migrated first: 10-20 s on 2 cores
 
 
 def keep(root: Path, port: int, minutes: float) -> int:

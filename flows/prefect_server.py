@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows import prefect_database
 from tasks.common import stage_host
 from tasks.common.errors import ConfigError, PipelineError
 from tasks.common.stage_host import stop_with_parent
@@ -83,6 +84,7 @@ def project_server(root: Path, port: int = DEFAULT_PORT, timeout_s: float = 120,
     api_url = f"http://127.0.0.1:{port}/api"
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    prefect_database.seed(home)  # a new project's: migrated at install, not now
     log_path = home / "server.log"
     with log_path.open("ab") as log:
         # Its own session: a Ctrl-C meant for the serving process does not kill the server under a running flow;
@@ -266,6 +268,7 @@ def for_command(root: Path) -> Iterator[CommandServer]:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     folder = Path(tempfile.mkdtemp(prefix="prefect-server-"))
+    prefect_database.seed(Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser())  # Prefect's default home
     log_path = folder / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bento.front import own_metrics
+from flows import prefect_database
 from tests.support.processes import REPO, free_port, stop, wait_until_healthy
 
 
@@ -111,6 +112,7 @@ def prefect_server(home: Path):
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     home.mkdir(parents=True, exist_ok=True)
+    prefect_database.seed(home)  # as the project's server starts: on the database migrated at install
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = f"http://127.0.0.1:{port}/api"
