@@ -100,7 +100,8 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     imputed = int(passed.isna().to_numpy().sum())
     quarantined, others, encoded = [], [], []
     rest = np.flatnonzero(~plain)
-    for position, row in zip(rest, frame.iloc[rest].to_dict("records")):  # Python values (an int64 cell: an int)
+    records = frame.iloc[rest].to_dict("records") if len(rest) else []  # (2 ms a chunk even when empty)
+    for position, row in zip(rest, records):  # Python values (an int64 cell: an int)
         one, reason, missing = _one_row(row, spec, meta, limits)
         if reason:
             quarantined.append((chunk.ids[position], reason))
