@@ -1,7 +1,8 @@
 """What the Prefect flow costs on top of the stages' own work (`python -m benchmarks.orchestration`).
 
-In fresh copies of the project (bundled digits, default params), each with its Prefect database created first (as
-after a clone's first command; the creation is timed apart): `mlops run --no-push` cold (it starts the project's
+In fresh copies of the project (bundled digits, default params), each with no Prefect database, which its first
+command copies from the empty one `make install` migrated (flows/prefect_database.py; Prefect's migrations, which
+that copy saves, are timed apart): `mlops run --no-push` cold (it starts the project's
 Prefect server, kept for the next commands: flows/kept_server.py), then warm (nothing changed), then warm with
 `--force-flow` (on that kept server); the same cold run with the project's server already running (kept from an
 earlier command), with a server of the command's own instead (`PIPELINE_SERVER_IDLE_MINUTES=0`, the default before),
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.record import save, table
+from flows import prefect_database
 from tests.support.processes import MLOPS, project_copy, stop_kept_server
 
 STAGES = ("ingest", "prepare", "validate", "train", "evaluate", "compress", "package", "promote")
@@ -68,15 +70,16 @@ def main(argv: list[str] | None = None) -> None:
         env = _env(tmp / "direct-homes")
         alone = {s: _timed([sys.executable, "-m", f"tasks.{s}"], direct, env)[0] for s in STAGES}
         copies = {name: project_copy(tmp / name) for name in ("flow", "running", "own", "hostless")}
-        # A Prefect database is created once: a clone's first command (.prefect/), a machine's first own server
-        # (PREFECT_HOME). Timed apart, then used by the runs.
-        database_s = [_database(tmp / "prefect", env)] + [_database(root / ".prefect", env) for root in copies.values()]
+        # The own server's database (PREFECT_HOME) migrated by Prefect, timed: what a new project's first command
+        # waits for without the install's copy; the projects' own (.prefect/) are copies of it, as a command makes.
+        database_s = _database(tmp / "prefect", env)
+        assert prefect_database.template_path().is_file(), "make install migrates the database new projects copy"
         envs = {name: _env(tmp / f"{name}-homes", tmp / "prefect") for name in copies}
         hostless = _in(copies["hostless"], lambda root: _cold(root, {**envs["hostless"], "PIPELINE_STAGE_HOST": ""}))
         own = _cold(copies["own"], {**envs["own"], "PIPELINE_SERVER_IDLE_MINUTES": "0"})
         running = _in(copies["running"], lambda root: _cold(root, envs["running"]), kept_first=envs["running"])
         cold, warm, warm_flow = _in(copies["flow"], lambda root: _cold_then_warm(root, envs["flow"]))
-    figures = {**_figures(cold, hostless, alone, warm, warm_flow), "prefect_database_s": database_s[0],
+    figures = {**_figures(cold, hostless, alone, warm, warm_flow), "prefect_database_s": database_s,
                "running_cold_s": running["wall_s"], "running_work_s": sum(running["work_s"].values()),
                "own_server_cold_s": own["wall_s"], "running_stage_s": running["stage_s"]}
     print(figures)
@@ -171,18 +174,19 @@ def _markdown(f: dict, cold: dict, hostless: dict, alone: dict) -> str:
             ["cold run, warm host off (`PIPELINE_STAGE_HOST=`: each stage its own process)", f["hostless_cold_s"],
              f"{f['hostless_cold_s'] / f['cold_s']:.2f}× the run with the host"],
             ["the stages alone (`python -m tasks.<stage>` in turn, no flow)", f["alone_s"], ""],
-            ["creating a Prefect database (a clone's first command only; `prefect server database upgrade`)",
-             f["prefect_database_s"], "not in the runs above"]]
+            ["migrating a new Prefect database (`prefect server database upgrade`): a new project's first command "
+             "copies the one `make install` migrated instead", f["prefect_database_s"], "not in the runs above"]]
     per_stage = [[s, cold["stage_s"][s], cold["work_s"][s], hostless["stage_s"][s], hostless["work_s"][s], alone[s]]
                  for s in STAGES]
     return "\n".join([
-        "`mlops run --no-push` in fresh copies of the project (bundled digits, default params), each on a Prefect "
-        "database created beforehand (timed apart): cold (it starts the project's server and keeps it), then warm, "
-        "then warm with `--force-flow` (on that kept server); cold runs with the project's server already running, "
-        "with a server of the command's own, and with the stages' warm host off; the stages alone in another copy. "
-        "Wall times include every process's start-up and imports and the Prefect server a command starts. A "
-        "stage's own work is the time in its `run` as the stage command measures it (no interpreter start, no "
-        "DVC). With nothing to do, `mlops run` checks `dvc status` once and returns without starting Prefect.",
+        "`mlops run --no-push` in fresh copies of the project (bundled digits, default params), each with no Prefect "
+        "database yet (its first command copies the one `make install` migrated): cold (it starts the project's "
+        "server and keeps it), then warm, then warm with `--force-flow` (on that kept server); cold runs with the "
+        "project's server already running, with a server of the command's own, and with the stages' warm host "
+        "off; the stages alone in another copy. Wall times include every process's start-up and imports and the "
+        "Prefect server a command starts. A stage's own work is the time in its `run` as the stage command "
+        "measures it (no interpreter start, no DVC). With nothing to do, `mlops run` checks `dvc status` once and "
+        "returns without starting Prefect.",
         "", table(["what", "seconds", ""], rows), "",
         table(["stage", "in the flow (s)", "its own work (s)", "host off: in the flow (s)", "host off: own work (s)",
                "alone (s)"], per_stage),
