@@ -71,14 +71,55 @@ def test_image_chunks_are_as_many_for_every_core_and_never_larger_than_asked():
 
 @pytest.mark.skipif(engine.CORES == 1, reason="one core: every chunk runs in this process")
 def test_a_worker_that_dies_fails_the_run_instead_of_hanging_it():
-    from loky.process_executor import TerminatedWorkerError
+    from concurrent.futures.process import BrokenProcessPool  # loky's TerminatedWorkerError is one
 
     began = time.monotonic()
-    with pytest.raises(TerminatedWorkerError, match="terminated"):
+    with pytest.raises(BrokenProcessPool, match="terminated"):
         list(engine.run(_pid_of, range(6), None, dying=3))
     assert time.monotonic() - began < 30
     # and the next run gets fresh workers
     assert sorted(chunk for chunk, _ in engine.run(_pid_of, range(4), None)) == list(range(4))
+
+
+_MARK = "a fresh interpreter's"
+
+
+def _mark_of(chunk: int, dying: int = -1) -> tuple[int, int, str]:
+    if chunk == dying:
+        os._exit(9)
+    return chunk, os.getppid(), _MARK
+
+
+FORKED_RUN = f"""
+import os, sys
+sys.path.insert(0, {str(REPO)!r})
+from concurrent.futures.process import BrokenProcessPool
+import tests.unit.test_engine as t
+from jobs import engine
+t._MARK = "this process's"  # set before the workers start: a fork has it, a fresh interpreter does not
+placed = {{}}
+found = sorted(engine.run(t._mark_of, range(6), None, placed=placed))
+assert placed["engine"] == f"{{engine.CORES}} local processes", placed
+assert found == [(chunk, os.getpid(), "this process's") for chunk in range(6)], found
+try:
+    list(engine.run(t._mark_of, range(6), None, dying=3))
+    raise SystemExit("a worker died and the run went on")
+except BrokenProcessPool as err:
+    assert "terminated" in str(err), err
+assert sorted(c for c, _, _ in engine.run(t._mark_of, range(4), None)) == [0, 1, 2, 3]  # a new pool
+print("forked")
+"""
+
+
+@pytest.mark.skipif(engine.CORES == 1, reason="one core: every chunk runs in this process")
+def test_a_process_with_no_other_thread_forks_its_workers_with_what_it_imported():
+    """A command run by the warm host starts its workers before its flow starts Prefect's threads: they are forks
+    of it (every library imported, no interpreter to start), and one that dies still fails the run."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORKED_RUN], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "forked", (done.stdout, done.stderr[-3000:])
 
 
 def test_prepare_never_fails(tmp_path):
