@@ -232,7 +232,7 @@ def _markdown(f: dict) -> str:
              f"{f['bare_64_s']:.2f} / {f['bare_20000_s']:.2f}", "", ""],
             ["bare loop on one core, 20,000 files",
              f"{f['bare_20000_one_core_s']:.2f}", "", ""],
-            ["the command's work against the bare loop (speed)", f"{f['work_share_of_limit']:.0%}", "",
+            ["the command's work against the bare loop (speed)", f"{f['work_share_of_limit']:.1%}", "",
              f"goal ≥ {GOAL_SHARE:.0%}: " + ("met" if f["work_share_of_limit"] >= GOAL_SHARE else "**not met**")]]
     t = f["table"]
     rows += [[f"`mlops score` on a table, 64 rows / {t['rows']:,} rows (wine's 13 numbers, a project trained on it)",
@@ -241,7 +241,7 @@ def _markdown(f: dict) -> str:
               ""],
              [f"bare table loop, 64 / {t['rows']:,} rows (pandas, NumPy encoding, ONNX b64)",
               f"{t['bare_64_s']:.2f} / {t['bare_large_s']:.2f}", "", ""],
-             ["the command's work on the table against the bare loop (speed)", f"{t['work_share_of_limit']:.0%}", "",
+             ["the command's work on the table against the bare loop (speed)", f"{t['work_share_of_limit']:.1%}", "",
               f"goal ≥ {GOAL_SHARE:.0%}: " + ("met" if t["work_share_of_limit"] >= GOAL_SHARE else "**not met**")]]
     return "\n".join([__doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
                       table(["what", "seconds", "each run", ""], rows)])
