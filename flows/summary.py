@@ -184,5 +184,6 @@ def failure_markdown(stage: str, error: BaseException, runs: list[StageRun]) -> 
 
 
 def _locked_md5(root: Path, path: str) -> str:
-    found = [o["md5"] for s in locked_stages(root).values() for o in s.get("outs", []) if o.get("path") == path and "md5" in o]
+    outs = [out for stage in locked_stages(root).values() for out in stage.get("outs", [])]
+    found = [out["md5"] for out in outs if out.get("path") == path and "md5" in out]
     return found[0] if found else "unknown"

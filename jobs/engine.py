@@ -31,7 +31,7 @@ def run(score: Callable, chunks: Iterable, address: str | None, in_flight: int =
     threads a model may use: a worker process gets one core's share)."""
     placed = {} if placed is None else placed
     if not address:
-        yield from _this_machine(score, iter(chunks), in_flight, shared, placed, spread, alone or {})
+        yield from _this_machine(score, iter(chunks), in_flight, shared, placed, spread, alone)
         return
     from distributed import as_completed
 

@@ -4,7 +4,6 @@ while it runs, never stopped under a process using it, stopped once unused for P
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +28,6 @@ def _answers(api: str) -> bool:
 
 def test_the_next_command_reuses_the_kept_server_which_stops_only_once_unused(trained_project, tmp_path):
     root = copy_trained(trained_project, tmp_path / "copy")
-    (root / ".prefect").mkdir()  # the project's Prefect database, as its first command left it (no migration)
-    shutil.copyfile(trained_project / "project" / ".prefect" / "prefect.db", root / ".prefect" / "prefect.db")
     env = {**project_env(tmp_path / "copy"), "PIPELINE_SERVER_IDLE_MINUTES": str(IDLE_MINUTES)}
     try:
         first = run_in(root, env, MLOPS, "run", "--no-push", "--force-flow")
@@ -47,7 +44,7 @@ def test_the_next_command_reuses_the_kept_server_which_stops_only_once_unused(tr
         second = run_in(root, env, MLOPS, "run", "--no-push", "--force-flow")
         assert second.returncode == 0, second.stderr[-3000:]
         assert f"flow runs tracked on the project's Prefect server: {ui}" in second.stderr
-        assert _flow_runs(api) == 3  # both runs in the project's database, after its first run's
+        assert _flow_runs(api) == 2  # both runs in the project's database
         holder.wait(timeout=60)
         assert _answers(api) and alive(keeper)  # held past its idle time, then the idle starts
         deadline = time.monotonic() + IDLE_MINUTES * 60 + 30
