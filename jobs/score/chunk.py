@@ -13,7 +13,7 @@ import numpy as np
 
 from jobs.score.reader import ImageFiles
 from tasks.shipped.imaging import NotAnImage, decode_image
-from tasks.shipped.rows import MAX_ENCODED, BadRow, encode_frame, encode_rows
+from tasks.shipped.rows import MAX_ENCODED, BadRow, encode_frame, encode_numbers, encode_rows
 from tasks.shipped.skew import statistics
 from tasks.shipped.text import takes_any_length, text_layout, trimmed
 
@@ -50,7 +50,8 @@ def score_chunk(chunk, model_tag: str, model_bytes: bytes, meta: dict, limits: L
     probabilities = _forward(session, inputs, meta) if len(inputs) else np.zeros((0, classes), np.float32)
     found = statistics(inputs, meta.get("kind", "images"), (meta.get("expectations") or {}).get("text")) \
         if len(inputs) else {}
-    return Scored(chunk.index, [chunk.ids[p] for p in positions], probabilities, quarantined,
+    ids = chunk.ids if len(positions) == len(chunk.ids) else [chunk.ids[p] for p in positions]  # (all, in order)
+    return Scored(chunk.index, ids, probabilities, quarantined,
                   {name: float(values.sum()) for name, values in found.items()}, imputed)
 
 
@@ -93,11 +94,14 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     the others one at a time (`_one_row`), which names their problem or, for a value the arrays could not judge
     (a number held as text, say), lets them pass."""
     spec = meta["encoding"]
+    fast = _number_inputs(chunk, meta, limits)
+    if fast is not None:
+        return fast
     expected = [c["column"] for part in ("numeric", "categorical", "text") for c in spec.get(part, [])]
-    frame = chunk.data[expected]
-    plain, numbers = _plain_rows(frame, meta, limits)
-    passed = numbers[plain]
-    imputed = int(passed.isna().to_numpy().sum())
+    frame = chunk.data if list(chunk.data.columns) == expected else chunk.data[expected]
+    plain, numbers, missing = _plain_rows(frame, meta, limits)
+    passed = numbers if plain.all() else numbers[plain]
+    imputed = int(missing[plain].sum())
     quarantined, others, encoded = [], [], []
     rest = np.flatnonzero(~plain)
     records = frame.iloc[rest].to_dict("records") if len(rest) else []  # (2 ms a chunk even when empty)
@@ -116,32 +120,47 @@ def _table_inputs(chunk, meta: dict, limits: Limits):
     return positions[order].tolist(), features[order], quarantined, imputed
 
 
+def _number_inputs(chunk, meta: dict, limits: Limits):
+    """`_table_inputs` of a chunk stored as numbers only, for a model that reads numbers only, when every row passes:
+    the chunk as one array, checked and encoded at once (pandas' column selection cost 2 ms a 4,096-row chunk, as
+    much as the forward). None otherwise: the general path names each problem."""
+    spec = meta["encoding"]
+    columns = list(chunk.data.columns)
+    names = [c["column"] for c in spec["numeric"]]
+    if spec["categorical"] or spec.get("text") or len(set(columns)) != len(columns) or not set(names) <= set(columns) \
+            or not all(_numeric(dtype) for dtype in chunk.data.dtypes):
+        return None
+    values = chunk.data.to_numpy(np.float64, na_value=np.nan)[:, [columns.index(name) for name in names]]
+    missing = np.isnan(values).sum(axis=1)
+    if not ((missing <= limits.max_missing_fraction * len(names)).all()
+            and _numbers_fine(values, meta, limits.range_margin).all()):
+        return None
+    return list(range(len(values))), encode_numbers(values, spec["numeric"]), [], int(missing.sum())
+
+
 def _plain_rows(frame, meta: dict, limits: Limits):
     """Which rows pass every check, judged a column at a time: few enough missing cells; numbers finite and within
     the training range widened by `range_margin` std devs; categories text, numbers or booleans; texts non-empty
     strings within `max_text_chars`. A row this cannot vouch for is not plain (`_one_row` judges it). And the frame
     with its numeric columns as numbers (a CSV column with one bad cell is read as text throughout: its other cells
-    read as `_one_row` reads them)."""
+    read as `_one_row` reads them); and each row's missing cells."""
     import pandas as pd
 
     spec = meta["encoding"]
-    plain = frame.isna().sum(axis=1).to_numpy() <= limits.max_missing_fraction * frame.shape[1]
-    numbers = frame.copy(deep=False)
-    for j, column in enumerate(spec["numeric"]):
+    missing = frame.isna().sum(axis=1).to_numpy()
+    plain = missing <= limits.max_missing_fraction * frame.shape[1]
+    numbers, columns = frame.copy(deep=False), []
+    for column in spec["numeric"]:
         series = frame[column["column"]]
-        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series) \
-                or pd.api.types.is_complex_dtype(series):
+        if _numeric(series.dtype):
+            values = series.to_numpy(np.float64, na_value=np.nan)
+        else:
             values, readable = _as_numbers(series)
             plain &= readable
             numbers[column["column"]] = values
-        else:
-            values = series.to_numpy(np.float64, na_value=np.nan)
-        encoded = (values - column["mean"]) / column["scale"]
-        fine = np.isfinite(values) & (np.abs(encoded) <= MAX_ENCODED)
-        bounds = _bounds(meta, f"feature_{j}", limits.range_margin)
-        if bounds is not None:  # compared as encode_rows stores it (float32), as _out_of_range does
-            fine &= (bounds[0] <= encoded.astype(np.float32)) & (encoded.astype(np.float32) <= bounds[1])
-        plain &= np.isnan(values) | fine
+        columns.append(values)
+    if columns:
+        plain &= _numbers_fine(np.column_stack(columns), meta, limits.range_margin)
     for column in spec["categorical"]:
         series = frame[column["column"]]
         if not pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.StringDtype):
@@ -150,7 +169,29 @@ def _plain_rows(frame, meta: dict, limits: Limits):
         cells = [v if not m and isinstance(v, str) else "" for v, m in _cells(frame[column["column"]])]
         plain &= np.array([0 < len(v) <= limits.max_text_chars and not v.isspace() for v in cells], bool)
         plain &= _encodable(cells)
-    return plain, numbers
+    return plain, numbers, missing
+
+
+def _numeric(dtype) -> bool:
+    """Whether a column of this dtype holds numbers as encode_rows reads them (not booleans, not complex)."""
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) \
+        and not pd.api.types.is_complex_dtype(dtype)
+
+
+def _numbers_fine(values: np.ndarray, meta: dict, margin: float) -> np.ndarray:
+    """Rows whose numbers (N × numeric columns) are each missing, or finite, within MAX_ENCODED and within the
+    training range widened by `margin` std devs, compared as encode_rows stores them (float32), as _out_of_range
+    does. All columns at once: a chunk of a wide table is a few array operations, not a few per column."""
+    numeric = meta["encoding"]["numeric"]
+    encoded = (values - [c["mean"] for c in numeric]) / [c["scale"] for c in numeric]
+    fine = np.isfinite(values) & (np.abs(encoded) <= MAX_ENCODED)
+    bounds = [_bounds(meta, f"feature_{j}", margin) or (-np.inf, np.inf) for j in range(len(numeric))]
+    stored = encoded.astype(np.float32)
+    fine &= (np.array([b[0] for b in bounds], np.float32) <= stored) & (stored <= np.array([b[1] for b in bounds],
+                                                                                          np.float32))
+    return (np.isnan(values) | fine).all(axis=1)
 
 
 def _cells(series) -> list[tuple[object, bool]]:

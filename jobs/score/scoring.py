@@ -67,6 +67,7 @@ class ScoreResult:
     seconds: float = 0.0
 
 
+PARTS = "arrow-ipc"  # the finished chunks' format (a killed run's Parquet parts, before it, are scored again)
 MAX_NAME = 100  # characters of the input's name kept in its output folder's (a 250-character name: ENAMETOOLONG)
 
 
@@ -153,7 +154,7 @@ def score(input_path: Path, model: ShippedModel, root: Path, cfg, max_image_pixe
     parts = partial / "parts"
     limits = Limits(cfg.range_margin, cfg.max_missing_fraction, max_image_pixels, max_text_chars)
     _resumable(partial, {"input_digest": digest, "model": model.tag, "chunk_rows": rows,
-                         "limits": dataclasses.asdict(limits)})
+                         "limits": dataclasses.asdict(limits), "parts": PARTS})
     parts.mkdir(parents=True, exist_ok=True)
     finished = {int(p.name.split("-")[1].split(".")[0]) for p in parts.glob("chunk-*.json")}
     todo = (c for c in reader.chunks(input_path, rows, files, int(cfg.max_line_kb * 1024),
@@ -210,40 +211,65 @@ def _check_columns(input_path: Path, model: ShippedModel) -> None:
 
 
 def _schemas(id_name: str, classes: list[str], constants: dict):
-    """The predictions' and the quarantine's Arrow schemas."""
+    """The predictions' and the quarantine's Arrow schemas (a part's predictions: without the constants)."""
     import pyarrow as pa
 
     id_type = pa.string() if id_name == "file" else pa.int64()
-    return (pa.schema([(id_name, id_type), ("label", pa.string()), *[(f"p_{c}", pa.float32()) for c in classes],
-                       *[(k, pa.string()) for k in constants]]),
-            pa.schema([(id_name, id_type), ("reason", pa.string())]))
+    scored = [(id_name, id_type), ("label", pa.string()), *[(f"p_{c}", pa.float32()) for c in classes]]
+    return (pa.schema([*scored, *[(k, pa.string()) for k in constants]]),
+            pa.schema([(id_name, id_type), ("reason", pa.string())]), pa.schema(scored))
+
+
+def _write_arrow(target: Path, table) -> None:
+    """A part as an Arrow IPC file: written and read back at the speed of a copy; the one Parquet
+    encoding is the output's, in `_combine` (Parquet parts cost 100,000 wine rows 0.2 s: written, read, written)."""
+    import pyarrow as pa
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    write_with(target, write)
+
+
+def _read_arrow(path: Path):
+    import pyarrow as pa
+
+    with pa.OSFile(str(path)) as source:  # read into memory: the table outlives the file's handle
+        return pa.ipc.open_file(source).read_all()
 
 
 def _write_part(parts: Path, scored: Scored, classes: list[str], id_name: str, constants: dict) -> None:
-    """A chunk's predictions, and its quarantine when it set rows aside, as Parquet; then its counts (.json)."""
+    """A chunk's predictions, and its quarantine when it set rows aside, as Arrow IPC; then its counts (.json)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     name = f"chunk-{scored.index:06d}"
     probabilities = scored.probabilities
     predicted = probabilities.argmax(1).astype(np.int32) if len(probabilities) else np.zeros(0, np.int32)
-    schema, quarantine_schema = _schemas(id_name, classes, constants)
-    columns = [pa.array(scored.ids, schema.field(0).type),  # labels and constants built in Arrow, not Python lists
+    _, quarantine_schema, schema = _schemas(id_name, classes, constants)
+    columns = [pa.array(scored.ids, schema.field(0).type),  # labels built in Arrow, not Python lists
                pa.DictionaryArray.from_arrays(predicted, pa.array(classes, pa.string())).cast(pa.string()),
-               *[pa.array(probabilities[:, k], pa.float32()) for k in range(len(classes))],
-               *[pa.repeat(pa.scalar(str(v), pa.string()), len(scored.ids)) for v in constants.values()]]
-    table = pa.Table.from_arrays(columns, schema=schema)
-    write_with(parts / f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
+               *[pa.array(probabilities[:, k], pa.float32()) for k in range(len(classes))]]
+    _write_arrow(parts / f"{name}.arrow", pa.Table.from_arrays(columns, schema=schema))
     if scored.quarantined:  # most chunks set nothing aside: no part to write, read and combine
         quarantine = pa.table({id_name: [i for i, _ in scored.quarantined],
                                "reason": [r for _, r in scored.quarantined]}, schema=quarantine_schema)
-        write_with(parts / f"{name}.quarantine.parquet", lambda tmp: pq.write_table(quarantine, tmp))
+        _write_arrow(parts / f"{name}.quarantine.arrow", quarantine)
     counts = np.bincount(predicted, minlength=len(classes))
     # last: a chunk counts as finished once its .json is there
     write_json(parts / f"{name}.json", {"scored": len(scored.ids), "quarantined": len(scored.quarantined),
                                         "statistic_sums": scored.statistic_sums, "imputed": scored.imputed,
                                         "labels": {c: int(n) for c, n in zip(classes, counts) if n}})
+
+
+def _with_constants(table, constants: dict):
+    """A part's predictions with the run's constants (model, version, variant, input digest) on every row."""
+    import pyarrow as pa
+
+    for key, value in constants.items():
+        table = table.append_column(key, pa.repeat(pa.scalar(str(value), pa.string()), table.num_rows))
+    return table
 
 
 def _combine(parts: Path, out: Path, classes: list[str], id_name: str, constants: dict) -> dict:
@@ -257,15 +283,17 @@ def _combine(parts: Path, out: Path, classes: list[str], id_name: str, constants
     labels: Counter = Counter()
     reasons: Counter = Counter()
     schemas = _schemas(id_name, classes, constants)
-    for suffix, target, schema in ((".parquet", "predictions.parquet", schemas[0]),
-                                   (".quarantine.parquet", "quarantine.parquet", schemas[1])):
-        with pq.ParquetWriter(out / f".{target}.tmp", schema) as writer:
+    for suffix, target, schema in ((".arrow", "predictions.parquet", schemas[0]),
+                                   (".quarantine.arrow", "quarantine.parquet", schemas[1])):
+        # dictionary-encoded: the label and the constants, not the probabilities and ids (all but unique: 100,000
+        # wine rows' output written in 16 ms instead of 35, and a third smaller)
+        with pq.ParquetWriter(out / f".{target}.tmp", schema, use_dictionary=["label", "reason", *constants]) as writer:
             for part in (parts / f"{name}{suffix}" for name in names):
                 if part.is_file():  # (a chunk with nothing quarantined has no quarantine part)
-                    table = pq.read_table(part)
-                    if suffix == ".quarantine.parquet":
+                    table = _read_arrow(part)
+                    if suffix == ".quarantine.arrow":
                         reasons.update(table.column("reason").to_pylist())
-                    writer.write_table(table)
+                    writer.write_table(table if suffix != ".arrow" else _with_constants(table, constants))
         (out / f".{target}.tmp").replace(out / target)
     for name in names:
         counts = json.loads((parts / f"{name}.json").read_text())

@@ -88,9 +88,8 @@ def encode_frame(frame, spec: dict) -> np.ndarray:
     numeric, categorical, text = spec["numeric"], spec["categorical"], spec.get("text", [])
     parts = [np.zeros((len(frame), 0), np.float32)]
     if numeric:
-        values = np.column_stack([frame[c["column"]].to_numpy(np.float64, na_value=np.nan) for c in numeric])
-        values = np.where(np.isnan(values), [c["fill"] for c in numeric], values)
-        parts.append(((values - [c["mean"] for c in numeric]) / [c["scale"] for c in numeric]).astype(np.float32))
+        parts.append(encode_numbers(
+            np.column_stack([frame[c["column"]].to_numpy(np.float64, na_value=np.nan) for c in numeric]), numeric))
     for column in categorical:
         where = {category: k for k, category in enumerate(column["categories"])}
         codes = np.array([where.get(v, -1) for v in _cells(frame[column["column"]], column["fill"], str)], np.int64)
@@ -99,6 +98,12 @@ def encode_frame(frame, spec: dict) -> np.ndarray:
         parts.append(hot)
     texts = [_cells(frame[c["column"]], "", lambda value: value) for c in text]
     return np.hstack([*parts, *_token_ids(texts, spec)]) if text else np.hstack(parts)
+
+
+def encode_numbers(values: np.ndarray, numeric: list[dict]) -> np.ndarray:
+    """The numeric columns' part of `encode_frame`, from their values (N × columns, float64, NaN where missing)."""
+    values = np.where(np.isnan(values), [c["fill"] for c in numeric], values)
+    return ((values - [c["mean"] for c in numeric]) / [c["scale"] for c in numeric]).astype(np.float32)
 
 
 def _cells(series, fill, read) -> list:

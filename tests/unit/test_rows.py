@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.score.chunk import Limits, _one_row, _plain_rows, _table_inputs
+from jobs.score.chunk import Limits, _number_inputs, _one_row, _plain_rows, _table_inputs
 from jobs.score.reader import Chunk
 from tasks.common.tables import LABEL, describe, fit_encoder
 from tasks.shipped.rows import encode_frame, encode_rows
@@ -74,3 +74,23 @@ def test_a_chunk_scores_as_it_did_row_by_row(spec):
         assert imputed == sum(missing for _, reason, missing in one_by_one if not reason)
         assert 0 < len(quarantined) < len(data) // 4 and imputed > 0
         assert _plain_rows(data, meta, LIMITS)[0].mean() > 0.7  # a column's few bad cells: its other rows at once
+
+
+def test_a_chunk_of_numbers_is_encoded_at_once_as_its_rows_are_one_by_one():
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"a": rng.normal(5, 2, 200), "b": rng.integers(0, 9, 200), LABEL: rng.integers(0, 2, 200)})
+    spec = describe(fit_encoder(train))
+    x = encode_frame(train, spec)
+    meta = {"encoding": spec, "served_shape": [x.shape[1]], "expectations": expectations(x, "table", "v1")}
+    new = pd.DataFrame({"id": np.arange(300), "b": rng.integers(0, 9, 300), "a": rng.normal(5, 2, 300)})
+    new.loc[[3, 70], "a"] = np.nan  # imputed, as in training
+    chunk = Chunk(0, list(range(300)), new)  # another column first, the model's in another order
+    positions, features, quarantined, imputed = _table_inputs(chunk, meta, LIMITS)
+    rows = [{k: None if pd.isna(v) else v for k, v in row.items()} for row in new[["a", "b"]].to_dict("records")]
+    assert _number_inputs(chunk, meta, LIMITS) is not None  # at once
+    assert positions == list(range(300)) and quarantined == [] and imputed == 2
+    assert np.array_equal(features, encode_rows(rows, spec))
+    new.loc[5, "a"] = 1e9  # a row to set aside: the chunk takes the general path, which names it
+    assert _number_inputs(chunk, meta, LIMITS) is None
+    positions, features, quarantined, imputed = _table_inputs(chunk, meta, LIMITS)
+    assert [i for i, _ in quarantined] == [5] and 5 not in positions and len(features) == 299
