@@ -289,6 +289,10 @@ def _keeper(root: Path, minutes: float) -> CommandServer:
 
     home = root.resolve() / STATE_DIR
     home.mkdir(exist_ok=True)
+    # In use from before the keeper starts: it sees this command using the server from its first look, and starts
+    # its warm host once the command is done, not while the command's stages import the same libraries (its
+    # first look came before the command attached, and a cold run shared 2 cores with that host's imports).
+    _using.append(_use(home))
     port = free_port() if port_taken(DEFAULT_PORT) else DEFAULT_PORT
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     with (home / "keeper.log").open("ab") as log:

@@ -26,6 +26,20 @@ def _answers(api: str) -> bool:
         return False
 
 
+def _host_started(root, timeout_s: float = 30):
+    """When the keeper started its warm host for commands (the server's record says, once it has one)."""
+    import datetime
+    import json
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = json.loads((root / ".prefect" / "server.json").read_text())
+        if "code_at" in record:
+            return datetime.datetime.fromtimestamp(record["code_at"])
+        time.sleep(0.1)
+    raise AssertionError("the keeper started no warm host for commands")
+
+
 def test_the_next_command_reuses_the_kept_server_which_stops_only_once_unused(trained_project, tmp_path):
     root = copy_trained(trained_project, tmp_path / "copy")
     env = {**project_env(tmp_path / "copy"), "PIPELINE_SERVER_IDLE_MINUTES": str(IDLE_MINUTES)}
@@ -35,6 +49,12 @@ def test_the_next_command_reuses_the_kept_server_which_stops_only_once_unused(tr
         ui = re.search(r"project's Prefect server, starting now: (http://127\.0\.0\.1:\d+)", first.stderr).group(1)
         api = f"{ui}/api"
         keeper = int((root / ".prefect" / "keeper.lock").read_text())
+        # Its warm host for the next commands starts once the command that started the server is done, not while
+        # that command's own stages import the same libraries.
+        finished = re.findall(r"(\d\d:\d\d:\d\d\.\d+) \| INFO +\| Flow run '[^']+' - Finished in state",
+                              first.stderr + first.stdout)[-1]
+        host_started = _host_started(root)
+        assert host_started.strftime("%H:%M:%S.%f") > finished, (host_started, finished)
         # A process using the server (as a long `mlops run` would) for longer than the idle time: kept meanwhile.
         holder = subprocess.Popen(
             [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.prefect_server import "
