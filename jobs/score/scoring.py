@@ -221,8 +221,8 @@ def _schemas(id_name: str, classes: list[str], constants: dict):
 
 
 def _write_arrow(target: Path, table) -> None:
-    """A part as an Arrow IPC file: written and read back at the speed of a copy; the one Parquet
-    encoding is the output's, in `_combine` (Parquet parts cost 100,000 wine rows 0.2 s: written, read, written)."""
+    """A part as an Arrow IPC file: written and read back at the speed of a copy; the one Parquet encoding is the
+    output's, in `_combine` (Parquet parts cost 100,000 wine rows 0.2 s: written, read, written)."""
     import pyarrow as pa
 
     def write(tmp: Path) -> None:
