@@ -59,7 +59,8 @@ def _serve(root: Path, port: int, minutes: float) -> int:
             _log(f"serving {server.ui_url} until unused for {minutes:g} min")
             idle_s = minutes * 60
             check_s = min(5.0, max(0.2, idle_s / 10))
-            _wait_unused(users)  # the command that started it, and any other meanwhile
+            while not _unused(users):  # the command that started it, and any other meanwhile
+                time.sleep(check_s)
             with start_command_host(root):
                 _wait_idle(users, idle_s, check_s)  # returns holding the lock: nobody starts using it as it stops
                 _log(f"unused for {minutes:g} min")
@@ -91,11 +92,14 @@ def _keeper_lock(home: Path) -> int | None:
     return fd
 
 
-def _wait_unused(users: int) -> None:
-    """Return once no process holds the server's users' lock, as soon as the last one lets go (a blocking lock, not
-    a poll: the warm host starts as the command that started the server ends, ready sooner for the next)."""
-    fcntl.flock(users, fcntl.LOCK_EX)
+def _unused(users: int) -> bool:
+    """Whether no process holds the server's users' lock now."""
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     fcntl.flock(users, fcntl.LOCK_UN)
+    return True
 
 
 def _wait_idle(users: int, idle_s: float, check_s: float) -> None:

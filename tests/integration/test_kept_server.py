@@ -75,26 +75,3 @@ def test_the_next_command_reuses_the_kept_server_which_stops_only_once_unused(tr
         assert "unused for 0.1 min" in (root / ".prefect" / "keeper.log").read_text()
     finally:
         stop_kept_server(root)
-
-
-def test_the_keeper_sees_the_last_command_go_at_once(tmp_path):
-    """The keeper's wait for the command that started its server (`_wait_unused`) returns as that command lets go of
-    the server, not at its next look: its warm host is then ready sooner for the next command."""
-    import fcntl
-    import os
-    import threading
-
-    from flows.kept_server import _wait_unused
-
-    path = tmp_path / "users.lock"
-    command, keeper = os.open(path, os.O_RDWR | os.O_CREAT), os.open(path, os.O_RDWR)
-    fcntl.flock(command, fcntl.LOCK_SH)
-    returned = threading.Event()
-    waiting = threading.Thread(target=lambda: (_wait_unused(keeper), returned.set()), daemon=True)
-    waiting.start()
-    assert not returned.wait(1.0), "the keeper went on while the command still used the server"
-    released = time.monotonic()
-    os.close(command)
-    assert returned.wait(5) and time.monotonic() - released < 0.2
-    fcntl.flock(keeper, fcntl.LOCK_SH | fcntl.LOCK_NB)  # and it holds nothing: the next command is not kept waiting
-    os.close(keeper)
